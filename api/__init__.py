@@ -1,0 +1,1 @@
+"""HTTP only: the aiohttp app serving the Tutum v1 Images API."""

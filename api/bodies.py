@@ -1,0 +1,81 @@
+"""Request bodies: content type, size, JSON, and the fields each endpoint accepts."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from api.errors import BadRequestError, UnsupportedMediaTypeError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ImageCreate(_Body):
+    name: str
+    username: str | None = Field(default=None, max_length=255)
+    password: str | None = Field(default=None, max_length=4096)
+    description: str | None = Field(default=None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _credentials_pair(self) -> ImageCreate:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password must be given together")
+        return self
+
+
+class ImagePatch(_Body):
+    username: str | None = Field(default=None, max_length=255)
+    password: str | None = Field(default=None, max_length=4096)
+    description: str | None = Field(default=None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _credentials_pair(self) -> ImagePatch:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password must be given together")
+        return self
+
+
+def _describe(exc: ValidationError) -> tuple[str, str]:
+    """(field, sentence) for the first problem pydantic found."""
+    err = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in err["loc"]) or "body"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return field, f"unknown field '{field}'"
+    if kind == "missing":
+        return field, f"field '{field}' is required"
+    if kind == "string_type":
+        return field, f"field '{field}' must be a string"
+    if kind == "string_too_long":
+        return field, f"field '{field}' is too long"
+    if kind == "value_error":
+        return field, str(err["msg"]).removeprefix("Value error, ")
+    return field, f"field '{field}': {err['msg']}"
+
+
+async def read_json(request: web.Request, model: type[M]) -> M:
+    """Parse the body as `model`; 415 for a non-JSON content type, 400 naming the field."""
+    ctype = request.content_type
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"send the body as JSON with Content-Type: application/json (got {ctype or 'none'})"
+        )
+    raw = await request.read()  # aiohttp enforces client_max_size here (413)
+    try:
+        data: Any = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        field, message = _describe(exc)
+        raise BadRequestError(message, field=field) from None

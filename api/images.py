@@ -1,0 +1,167 @@
+"""Handlers for /api/v1/image/…: thin — validate, call a query, serialize."""
+
+from __future__ import annotations
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from api import paths, queries, serializers
+from api.auth import request_account
+from api.bodies import ImageCreate, ImagePatch, read_json
+from api.errors import (
+    BadRequestError, ConflictError, ForbiddenError, MethodNotAllowedError, NotFoundError,
+    json_response,
+)
+from api.keys import CREDENTIAL_BOX, POOL, SETTINGS
+from api.params import parse_image_filters, parse_paging, reject_unknown
+from api.publish import FALLBACK_SECONDS, queue_priority_sync
+from core.accounts import Account
+from core.crypto import Credentials
+from core.names import InvalidNameError, parse_image_name
+from core.registries import ensure_registry
+
+log = structlog.get_logger("api.images")
+
+
+async def image_resource(request: web.Request) -> web.StreamResponse:
+    """Entry point for every path under /api/v1/image/: resolve it, then dispatch by method."""
+    account = request_account(request)
+    readings, problem = paths.candidates(request.match_info.get("tail", ""))
+    if not readings:
+        raise BadRequestError(f"invalid image name: {problem}", field="name")
+    target = readings[0]
+    if len(readings) > 1:
+        # Ambiguous: an existing image of the full name wins over the suffix reading.
+        assert target.image is not None
+        if not await queries.image_exists(request.app[POOL], account.id, target.image.name):
+            target = readings[1]
+    allowed = paths.ALLOWED[target.kind]
+    method = "GET" if request.method == "HEAD" else request.method
+    if method not in allowed:
+        raise MethodNotAllowedError(request.method, allowed)
+    if target.kind == paths.COLLECTION:
+        return await (list_images(request, account) if method == "GET" else create_image(request, account))
+    assert target.image is not None
+    image = await queries.get_image(request.app[POOL], account.id, target.image.name)
+    if image is None:
+        raise NotFoundError(f"image '{target.image.name}' not found")
+    if target.kind == paths.IMAGE:
+        if method == "GET":
+            reject_unknown(request.query, ())
+            return json_response(serializers.image(image))
+        _check_writable(account, image)
+        if method == "PATCH":
+            return await patch_image(request, image)
+        return await delete_image(request, image)
+    if target.kind == paths.TAG_LIST:
+        return await list_tags(request, image)
+    if target.kind == paths.SYNC:
+        return await sync_status(request, image)
+    assert target.tag is not None
+    tag = await queries.get_tag(request.app[POOL], image["id"], target.tag)
+    if tag is None:
+        raise NotFoundError(f"image '{image['name']}' has no tag '{target.tag}'")
+    if target.kind == paths.BUILD:
+        _check_writable(account, image)
+        await queries.request_sync(request.app[POOL], image["id"], fallback_in=FALLBACK_SECONDS)
+        await queue_priority_sync(request.app, image["id"])
+        return json_response(serializers.tag(image["name"], tag), status=202)
+    return json_response(serializers.tag(image["name"], tag))
+
+
+def _check_writable(account: Account, image: asyncpg.Record) -> None:
+    if image["owner_id"] is None and not account.is_admin:
+        raise ForbiddenError(f"image '{image['name']}' is in the shared catalog, which is read-only")
+
+
+async def list_images(request: web.Request, account: Account) -> web.Response:
+    limit, offset = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
+    filters, keep = parse_image_filters(request.query)
+    rows, total = await queries.list_images(request.app[POOL], account.id, filters, limit, offset)
+    return json_response(
+        serializers.envelope(
+            (serializers.image(r) for r in rows), path="/api/v1/image/", params=keep,
+            limit=limit, offset=offset, total=total,
+        )
+    )
+
+
+async def create_image(request: web.Request, account: Account) -> web.Response:
+    body = await read_json(request, ImageCreate)
+    try:
+        name = parse_image_name(body.name)
+    except InvalidNameError as exc:
+        raise BadRequestError(f"invalid image name: {exc}", field="name") from None
+    settings = request.app[SETTINGS]
+    sealed = None
+    if body.username is not None and body.password is not None:
+        sealed = request.app[CREDENTIAL_BOX].seal(Credentials(body.username, body.password))
+    pool = request.app[POOL]
+    async with pool.acquire() as conn, conn.transaction():
+        registry_id = await ensure_registry(conn, name.host, settings)
+        image_id = await queries.insert_image(
+            conn, name=name.name, owner_id=account.id, registry_id=registry_id,
+            repository=name.repository, description=body.description or "",
+            is_private=sealed is not None or not name.is_hub, public_url=name.public_url,
+            credentials=sealed, first_sync_in=FALLBACK_SECONDS,
+        )
+        if image_id is None:
+            raise ConflictError(f"you have already registered '{name.name}'", field="name")
+    log.info("image.created", image=name.name, image_id=image_id, with_credentials=sealed is not None)
+    await queue_priority_sync(request.app, image_id)
+    image = await queries.get_image(pool, account.id, name.name)
+    return json_response(serializers.image(image), status=201)
+
+
+async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Response:
+    body = await read_json(request, ImagePatch)
+    new_creds = body.username is not None and body.password is not None
+    sealed = None
+    if new_creds:
+        assert body.username is not None and body.password is not None
+        sealed = request.app[CREDENTIAL_BOX].seal(Credentials(body.username, body.password))
+    pool = request.app[POOL]
+    await queries.update_image(
+        pool, image["id"], description=body.description, set_credentials=new_creds, credentials=sealed
+    )
+    if new_creds:
+        log.info("image.credentials_changed", image=image["name"])
+        await queue_priority_sync(request.app, image["id"])
+    updated = await queries.get_image(pool, request_account(request).id, image["name"])
+    if updated is None:  # deleted by a concurrent request after our update
+        raise NotFoundError(f"image '{image['name']}' not found")
+    return json_response(serializers.image(updated))
+
+
+async def delete_image(request: web.Request, image: asyncpg.Record) -> web.Response:
+    await queries.delete_image(request.app[POOL], image["id"])
+    log.info("image.deleted", image=image["name"], image_id=image["id"])
+    return web.Response(status=204)
+
+
+async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response:
+    limit, offset = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
+    reject_unknown(request.query)
+    rows, total = await queries.list_tags(request.app[POOL], image["id"], limit, offset)
+    return json_response(
+        serializers.envelope(
+            (serializers.tag(image["name"], r) for r in rows),
+            path=serializers.tag_uri(image["name"], "").removesuffix("/"), params=[],
+            limit=limit, offset=offset, total=total,
+        )
+    )
+
+
+async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Response:
+    row = await queries.sync_status(request.app[POOL], image["id"])
+    return json_response({
+        "image": serializers.image_uri(image["name"]),
+        "state": image["state"],
+        "syncing": bool(row["syncing"]),
+        "last_synced_at": serializers.rfc2822(row["last_synced_at"]),
+        "next_sync_at": serializers.rfc2822(row["next_sync_at"]),
+        "error": row["sync_error"],
+        "error_at": serializers.rfc2822(row["sync_error_at"]),
+        "consecutive_failures": row["sync_failures"],
+    })

@@ -1,0 +1,237 @@
+"""SQL of the API. Each constant sits beside the one function that runs it; the connection
+(or pool) comes first so the caller owns the transaction.
+
+Visibility (SPEC §1 tenancy): an account sees the shared catalog (owner_id IS NULL) and its
+own images. When it registered a name that is also in the catalog, its own image wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+Conn = asyncpg.Connection | asyncpg.Pool
+
+_IMAGE_COLUMNS = """
+    i.id, i.name, i.owner_id, i.description, i.icon_url, i.state, i.star_count, i.jumpstart,
+    i.in_use, i.is_private_image, i.public_url, i.last_build_date, r.host AS registry_host,
+    ARRAY(SELECT t.name FROM tags AS t WHERE t.image_id = i.id ORDER BY t.name COLLATE "C") AS tags,
+    ARRAY(SELECT c.name FROM image_categories AS ic JOIN categories AS c ON c.id = ic.category_id
+           WHERE ic.image_id = i.id ORDER BY c.name COLLATE "C") AS categories
+"""
+
+GET_IMAGE_SQL = f"""
+SELECT {_IMAGE_COLUMNS}
+  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
+ WHERE i.name = $2 AND (i.owner_id = $1 OR i.owner_id IS NULL)
+ ORDER BY i.owner_id NULLS LAST
+ LIMIT 1
+"""
+
+
+async def get_image(conn: Conn, account_id: int, name: str) -> asyncpg.Record | None:
+    """The image `name` as `account_id` sees it, or None (also for another account's image)."""
+    return await conn.fetchrow(GET_IMAGE_SQL, account_id, name)
+
+
+IMAGE_EXISTS_SQL = """
+SELECT EXISTS (SELECT 1 FROM images WHERE name = $2 AND (owner_id = $1 OR owner_id IS NULL))
+"""
+
+
+async def image_exists(conn: Conn, account_id: int, name: str) -> bool:
+    return bool(await conn.fetchval(IMAGE_EXISTS_SQL, account_id, name))
+
+
+# Filter fragments: constant SQL with positional parameters; values are never interpolated.
+IMAGE_FILTERS: dict[str, str] = {
+    "name": "i.name = ${}",
+    "jumpstart": "i.jumpstart = ${}",
+    "is_private_image": "i.is_private_image = ${}",
+    "is_user_image": "(i.owner_id IS NOT DISTINCT FROM $1) = ${}",
+    "registry": "r.host = ${}",
+    "categories__name": (
+        "EXISTS (SELECT 1 FROM image_categories AS ic JOIN categories AS c ON c.id = ic.category_id"
+        " WHERE ic.image_id = i.id AND c.name = ${})"
+    ),
+}
+
+_VISIBLE = """
+(i.owner_id = $1 OR (i.owner_id IS NULL AND NOT EXISTS (
+    SELECT 1 FROM images AS own WHERE own.owner_id = $1 AND own.name = i.name)))
+"""
+
+
+async def list_images(
+    conn: Conn, account_id: int, filters: Sequence[tuple[str, Any]], limit: int, offset: int
+) -> tuple[list[asyncpg.Record], int]:
+    """One page of visible images ordered by name, and the total matching count."""
+    where = [_VISIBLE]
+    args: list[Any] = [account_id]
+    for key, value in filters:
+        args.append(value)
+        where.append(IMAGE_FILTERS[key].format(len(args)))
+    cond = " AND ".join(where)
+    base = f"FROM images AS i JOIN registries AS r ON r.id = i.registry_id WHERE {cond}"
+    rows = await conn.fetch(
+        f"SELECT {_IMAGE_COLUMNS}, count(*) OVER () AS total_count {base}"
+        f' ORDER BY i.name COLLATE "C", i.id LIMIT {int(limit)} OFFSET {int(offset)}',
+        *args,
+    )
+    if rows:
+        return list(rows), rows[0]["total_count"]
+    total = await conn.fetchval(f"SELECT count(*) {base}", *args) if offset else 0
+    return [], total
+
+
+_TAG_COLUMNS = """
+    t.name AS tag_name, t.state AS tag_state, t.buildable, t.config_digest,
+    l.author, l.created, l.entrypoint, l.run_command, l.envvars, l.labels, l.ports, l.volumes,
+    l.fetched_at AS layer_fetched_at
+"""
+
+LIST_TAGS_SQL = f"""
+SELECT {_TAG_COLUMNS}, count(*) OVER () AS total_count
+  FROM tags AS t LEFT JOIN layers AS l ON l.config_digest = t.config_digest
+ WHERE t.image_id = $1
+ ORDER BY t.name COLLATE "C"
+ LIMIT $2 OFFSET $3
+"""
+COUNT_TAGS_SQL = "SELECT count(*) FROM tags WHERE image_id = $1"
+
+
+async def list_tags(conn: Conn, image_id: int, limit: int, offset: int) -> tuple[list[asyncpg.Record], int]:
+    rows = await conn.fetch(LIST_TAGS_SQL, image_id, limit, offset)
+    if rows:
+        return list(rows), rows[0]["total_count"]
+    return [], (await conn.fetchval(COUNT_TAGS_SQL, image_id) if offset else 0)
+
+
+GET_TAG_SQL = f"""
+SELECT {_TAG_COLUMNS}
+  FROM tags AS t LEFT JOIN layers AS l ON l.config_digest = t.config_digest
+ WHERE t.image_id = $1 AND t.name = $2
+"""
+
+
+async def get_tag(conn: Conn, image_id: int, tag: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(GET_TAG_SQL, image_id, tag)
+
+
+GET_LAYER_SQL = """
+SELECT l.config_digest, l.author, l.created, l.entrypoint, l.run_command, l.envvars, l.labels,
+       l.ports, l.volumes, l.fetched_at AS layer_fetched_at
+  FROM layers AS l
+ WHERE l.config_digest = $2
+   AND EXISTS (SELECT 1 FROM tags AS t JOIN images AS i ON i.id = t.image_id
+                WHERE t.config_digest = l.config_digest AND (i.owner_id = $1 OR i.owner_id IS NULL))
+"""
+
+
+async def get_layer(conn: Conn, account_id: int, config_digest: str) -> asyncpg.Record | None:
+    """A layer, only if one of the caller's visible tags points at it."""
+    return await conn.fetchrow(GET_LAYER_SQL, account_id, config_digest)
+
+
+INSERT_IMAGE_SQL = """
+INSERT INTO images (name, owner_id, registry_id, repository, description, is_private_image,
+                    public_url, credentials, next_sync_at, sync_requested_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), now())
+ON CONFLICT ON CONSTRAINT images_owner_name_key DO NOTHING
+RETURNING id
+"""
+
+
+async def insert_image(
+    conn: Conn, *, name: str, owner_id: int | None, registry_id: int, repository: str,
+    description: str, is_private: bool, public_url: str, credentials: bytes | None,
+    first_sync_in: float,
+) -> int | None:
+    """The new image's id, or None when this owner already has the name."""
+    return await conn.fetchval(
+        INSERT_IMAGE_SQL, name, owner_id, registry_id, repository, description, is_private,
+        public_url, credentials, first_sync_in,
+    )
+
+
+UPDATE_IMAGE_SQL = """
+UPDATE images
+   SET description = COALESCE($2, description),
+       credentials = CASE WHEN $3::boolean THEN $4 ELSE credentials END,
+       sync_requested_at = CASE WHEN $3::boolean THEN now() ELSE sync_requested_at END,
+       sync_failures = CASE WHEN $3::boolean THEN 0 ELSE sync_failures END,
+       updated_at = now()
+ WHERE id = $1
+"""
+
+
+async def update_image(
+    conn: Conn, image_id: int, *, description: str | None, set_credentials: bool,
+    credentials: bytes | None,
+) -> None:
+    await conn.execute(UPDATE_IMAGE_SQL, image_id, description, set_credentials, credentials)
+
+
+async def delete_image(conn: Conn, image_id: int) -> None:
+    await conn.execute("DELETE FROM images WHERE id = $1", image_id)
+
+
+REQUEST_SYNC_SQL = """
+UPDATE images SET sync_requested_at = now(), next_sync_at = now() + make_interval(secs => $2)
+ WHERE id = $1
+"""
+
+
+async def request_sync(conn: Conn, image_id: int, *, fallback_in: float) -> None:
+    """Mark a user-requested sync; the scheduler runs it after `fallback_in` s if no worker did."""
+    await conn.execute(REQUEST_SYNC_SQL, image_id, fallback_in)
+
+
+SYNC_STATUS_SQL = """
+SELECT last_synced_at, next_sync_at, sync_error, sync_error_at, sync_failures,
+       lease_until > now() AS syncing
+  FROM images WHERE id = $1
+"""
+
+
+async def sync_status(conn: Conn, image_id: int) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(SYNC_STATUS_SQL, image_id)
+    return row
+
+
+_VISIBLE_REGISTRY = """
+(r.is_tutum_registry OR r.host = $2 OR EXISTS (
+    SELECT 1 FROM images AS i WHERE i.registry_id = r.id AND (i.owner_id = $1 OR i.owner_id IS NULL)))
+"""
+
+LIST_REGISTRIES_SQL = f"""
+SELECT r.host, r.name, r.icon_url, r.is_ssl, r.is_tutum_registry, count(*) OVER () AS total_count
+  FROM registries AS r
+ WHERE {_VISIBLE_REGISTRY}
+ ORDER BY r.host COLLATE "C"
+ LIMIT $3 OFFSET $4
+"""
+COUNT_REGISTRIES_SQL = f"SELECT count(*) FROM registries AS r WHERE {_VISIBLE_REGISTRY}"
+
+
+async def list_registries(
+    conn: Conn, account_id: int, hub_host: str, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], int]:
+    """Registries the caller has a reason to know: its images', the catalog's, Hub, ours."""
+    rows = await conn.fetch(LIST_REGISTRIES_SQL, account_id, hub_host, limit, offset)
+    if rows:
+        return list(rows), rows[0]["total_count"]
+    total = await conn.fetchval(COUNT_REGISTRIES_SQL, account_id, hub_host) if offset else 0
+    return [], total
+
+
+GET_REGISTRY_SQL = f"""
+SELECT r.host, r.name, r.icon_url, r.is_ssl, r.is_tutum_registry
+  FROM registries AS r WHERE r.host = $3 AND {_VISIBLE_REGISTRY}
+"""
+
+
+async def get_registry(conn: Conn, account_id: int, hub_host: str, host: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(GET_REGISTRY_SQL, account_id, hub_host, host)

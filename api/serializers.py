@@ -1,0 +1,124 @@
+"""The Tutum v1 wire format, built in one place (SPEC §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+API = "/api/v1"
+
+
+def rfc2822(value: datetime | None) -> str | None:
+    """`Fri, 8 Nov 2013 00:22:26 +0000` (UTC, day without a leading zero, as Tutum wrote it)."""
+    if value is None:
+        return None
+    v = value.astimezone(UTC)
+    return f"{_DAYS[v.weekday()]}, {v.day} {_MONTHS[v.month - 1]} {v.year} {v:%H:%M:%S} +0000"
+
+
+def image_uri(name: str) -> str:
+    return f"{API}/image/{name}/"
+
+
+def tag_uri(image_name: str, tag: str) -> str:
+    return f"{API}/image/{image_name}/tag/{tag}/"
+
+
+def registry_uri(host: str) -> str:
+    return f"{API}/registry/{host}/"
+
+
+def layer_uri(docker_id: str) -> str:
+    return f"{API}/layer/{docker_id}/"
+
+
+def image(row: Mapping[str, Any]) -> dict[str, Any]:
+    name = row["name"]
+    return {
+        "resource_uri": image_uri(name),
+        "name": name,
+        "description": row["description"],
+        "icon_url": row["icon_url"],
+        "state": row["state"],
+        "star_count": row["star_count"],
+        "jumpstart": row["jumpstart"],
+        "in_use": row["in_use"],
+        "categories": [{"name": c} for c in row["categories"]],
+        "is_private_image": row["is_private_image"],
+        "public_url": row["public_url"],
+        "registry": registry_uri(row["registry_host"]),
+        "last_build_date": rfc2822(row["last_build_date"]),
+        "tags": [tag_uri(name, t) for t in row["tags"]],
+        "build_source": None,
+    }
+
+
+def layer(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    digest = row["config_digest"]
+    if digest is None or row["layer_fetched_at"] is None:
+        return None
+    docker_id = digest.split(":", 1)[1]
+    return {
+        "author": row["author"],
+        "creation": rfc2822(row["created"]),
+        "docker_id": docker_id,
+        "entrypoint": row["entrypoint"],
+        "run_command": row["run_command"],
+        "envvars": row["envvars"],
+        "labels": row["labels"],
+        "ports": row["ports"],
+        "volumes": row["volumes"],
+        "resource_uri": layer_uri(docker_id),
+    }
+
+
+def tag(image_name: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    t = row["tag_name"]
+    return {
+        "resource_uri": tag_uri(image_name, t),
+        "name": t,
+        "full_name": f"{image_name}:{t}",
+        "image": image_uri(image_name),
+        "state": row["tag_state"],
+        "buildable": row["buildable"],
+        "layer": layer(row),
+    }
+
+
+def registry(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "resource_uri": registry_uri(row["host"]),
+        "name": row["name"],
+        "host": row["host"],
+        "icon_url": row["icon_url"],
+        "is_ssl": row["is_ssl"],
+        "is_tutum_registry": row["is_tutum_registry"],
+    }
+
+
+def page_link(path: str, params: Sequence[tuple[str, str]], limit: int, offset: int) -> str:
+    query = urlencode([*params, ("limit", str(limit)), ("offset", str(offset))], quote_via=quote)
+    return f"{path}?{query}"
+
+
+def envelope(
+    objects: Iterable[dict[str, Any]],
+    *,
+    path: str,
+    params: Sequence[tuple[str, str]],
+    limit: int,
+    offset: int,
+    total: int,
+) -> dict[str, Any]:
+    """The `meta/objects` list envelope; next/previous keep the caller's filters."""
+    nxt = page_link(path, params, limit, offset + limit) if offset + limit < total else None
+    prev = page_link(path, params, limit, max(offset - limit, 0)) if offset > 0 else None
+    return {
+        "meta": {"limit": limit, "offset": offset, "total_count": total, "next": nxt, "previous": prev},
+        "objects": list(objects),
+    }

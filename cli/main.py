@@ -1,0 +1,102 @@
+"""`registry-sync <command>`: migrate, create-account, web, worker, beat, dev."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import asyncpg
+
+from core.accounts import AccountExistsError, create_account
+from core.db import migrate
+from core.logs import configure_logging
+from core.settings import ConfigError, Settings
+
+
+def _settings(*required: str) -> Settings:
+    settings = Settings.from_env()
+    settings.require(*required)
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    settings = _settings("database_url")
+    asyncio.run(migrate(settings.database_url))
+    print("schema applied")
+    return 0
+
+
+async def _create_account(dsn: str, name: str, admin: bool) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        _, key = await create_account(conn, name, is_admin=admin)
+    finally:
+        await conn.close()
+    return key
+
+
+def cmd_create_account(args: argparse.Namespace) -> int:
+    settings = _settings("database_url")
+    try:
+        key = asyncio.run(_create_account(settings.database_url, args.name, args.admin))
+    except (AccountExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    kind = "admin account" if args.admin else "account"
+    print(f"created {kind} {args.name!r}; its API key is shown once, below:")
+    print(f"  use it as:  Authorization: ApiKey {args.name}:<key>")
+    print(key)
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from api.server import serve
+
+    settings = _settings("database_url", "redis_url", "secret_key")
+    serve(settings, port=args.port, workers=args.workers)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from cli.dev import run_dev
+
+    return run_dev(port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="registry-sync",
+        description="Keeps the state of container images fresh (see README.md).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply schema.sql (safe to repeat)").set_defaults(func=cmd_migrate)
+    p = sub.add_parser("create-account", help="create an account and print its API key once")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="an operator account (may edit the shared catalog)")
+    p.set_defaults(func=cmd_create_account)
+    p = sub.add_parser("web", help="serve the API")
+    p.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
+    p.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
+    p.set_defaults(func=cmd_web)
+    p = sub.add_parser("dev", help="run API, worker and scheduler locally (embedded Postgres/Redis if none configured)")
+    p.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
+    p.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Postgres access shared by the API and the worker: pools and the schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+# Any fixed number: serialises concurrent `migrate` runs (two deploys rolling at once).
+_MIGRATE_LOCK = 7_305_001
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for codec in ("json", "jsonb"):
+        await conn.set_type_codec(
+            codec, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, **kw: Any) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kw
+    )
+    assert pool is not None
+    return pool
+
+
+async def apply_schema(conn: asyncpg.Connection) -> None:
+    """Apply schema.sql; safe on a database that already has it (every statement is idempotent)."""
+    sql = SCHEMA_PATH.read_text()
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK)
+        # NOTICEs like "relation already exists, skipping" are expected on every re-run
+        await conn.execute("SET LOCAL client_min_messages = warning")
+        await conn.execute(sql)
+
+
+async def migrate(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await apply_schema(conn)
+    finally:
+        await conn.close()

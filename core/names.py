@@ -1,0 +1,94 @@
+"""Docker reference grammar: image names, tags, digests (SPEC §1 Names).
+
+Grammar (distribution/reference): path components `[a-z0-9]+` joined by `.`, `_`, `__` or
+runs of `-`, components joined by `/`; an optional registry host first, recognised only when
+the name has a `/` and the first component contains `.` or `:` or is `localhost`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+HUB_HOST = "registry.hub.docker.com"
+# Hosts that mean Docker Hub: a name written with one of them is stored in its short form.
+HUB_ALIASES = frozenset({HUB_HOST, "docker.io", "index.docker.io", "registry-1.docker.io"})
+MAX_NAME_LENGTH = 255
+
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
+_DOMAIN = re.compile(
+    r"(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])(?:\.(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9]))*"
+    r"(?::[0-9]{1,5})?"
+)
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-fA-F0-9]{32,}")
+
+
+class InvalidNameError(ValueError):
+    """The message says what is wrong, in words a person understands."""
+
+
+@dataclass(frozen=True)
+class ImageName:
+    name: str  # canonical API form: ubuntu, tutum/hello-world, host:5000/team/app
+    host: str  # registry host; HUB_HOST for Docker Hub
+    repository: str  # path on the registry: library/ubuntu, team/app
+
+    @property
+    def is_hub(self) -> bool:
+        return self.host == HUB_HOST
+
+    @property
+    def public_url(self) -> str:
+        if not self.is_hub:
+            return ""
+        if self.repository.startswith("library/"):
+            return f"https://hub.docker.com/_/{self.repository.removeprefix('library/')}/"
+        return f"https://hub.docker.com/r/{self.repository}/"
+
+
+def parse_image_name(raw: object) -> ImageName:
+    """Parse and canonicalise a docker image name; raise InvalidNameError saying why not."""
+    if not isinstance(raw, str) or not raw:
+        raise InvalidNameError("name must be a non-empty string")
+    if len(raw) > MAX_NAME_LENGTH:
+        raise InvalidNameError(f"name is longer than {MAX_NAME_LENGTH} characters")
+    if raw != raw.lower():
+        raise InvalidNameError("name must be lower case")
+    if any(c in raw for c in "@ \t\n"):
+        raise InvalidNameError("name must not contain a digest, spaces or control characters")
+    parts = raw.split("/")
+    host = HUB_HOST
+    first = parts[0]
+    if len(parts) > 1 and ("." in first or ":" in first or first == "localhost"):
+        if not _DOMAIN.fullmatch(first):
+            raise InvalidNameError(f"registry host {first!r} is not a valid host[:port]")
+        if ":" in first and not 0 < int(first.rsplit(":", 1)[1]) < 65536:
+            raise InvalidNameError(f"registry host {first!r} has a port out of range")
+        host = first
+        parts = parts[1:]
+    for part in parts:
+        if not part:
+            raise InvalidNameError("name has an empty path component (a leading, trailing or double '/')")
+        if not _COMPONENT.fullmatch(part):
+            raise InvalidNameError(
+                f"path component {part!r} is invalid: use lower-case letters and digits, "
+                "separated by '.', '_', '__' or '-'"
+            )
+    if ":" in "/".join(parts):
+        raise InvalidNameError("name must not include a tag; register the repository name only")
+    if host in HUB_ALIASES:
+        host = HUB_HOST
+        if parts[0] == "library" and len(parts) == 2:
+            parts = parts[1:]
+        repository = "/".join(parts) if len(parts) > 1 else f"library/{parts[0]}"
+        return ImageName(name="/".join(parts), host=HUB_HOST, repository=repository)
+    return ImageName(name=f"{host}/{'/'.join(parts)}", host=host, repository="/".join(parts))
+
+
+def is_valid_tag(tag: object) -> bool:
+    return isinstance(tag, str) and TAG_RE.fullmatch(tag) is not None
+
+
+def is_digest(value: str) -> bool:
+    return DIGEST_RE.fullmatch(value) is not None

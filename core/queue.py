@@ -1,0 +1,50 @@
+"""The Celery app, its queues and task names: the contract between the API and the worker.
+
+The API only *sends* tasks by name (it never imports worker code); the worker registers
+the implementations on the same app configuration.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from core.settings import Settings
+
+PRIORITY_QUEUE = "priority"  # registrations, webhooks, user-requested syncs
+ROUTINE_QUEUE = "routine"  # scheduled polling
+QUEUES = (PRIORITY_QUEUE, ROUTINE_QUEUE)
+
+SYNC_IMAGE_TASK = "sync_image"  # args: image_id; priority
+SYNC_BATCH_TASK = "sync_images"  # args: [image_id, ...], claim token; routine
+PROCESS_EVENT_TASK = "process_webhook_event"  # args: event_id
+
+
+def make_celery(settings: Settings, name: str = "registry-sync") -> Celery:
+    app = Celery(name, broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_queues=[Queue(q, routing_key=q) for q in QUEUES],
+        task_default_queue=ROUTINE_QUEUE,
+        task_routes={
+            SYNC_IMAGE_TASK: {"queue": PRIORITY_QUEUE},
+            PROCESS_EVENT_TASK: {"queue": PRIORITY_QUEUE},
+            SYNC_BATCH_TASK: {"queue": ROUTINE_QUEUE},
+        },
+        # Long I/O work: ack after the task ran, take one message at a time per consumer,
+        # so a killed worker's message is redelivered and no process hoards a backlog.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_connection_retry_on_startup=True,
+        # Postgres, not the broker, is the source of truth for due work (SPEC §4): a message
+        # lost with Redis is found again by the scheduler, so a short redelivery window is fine.
+        broker_transport_options={"visibility_timeout": 600},
+        broker_pool_limit=4,
+    )
+    return app
