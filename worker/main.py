@@ -1,0 +1,91 @@
+"""`registry-sync worker`: Celery consumers for the two queues.
+
+Each `worker` runs one consumer process per queue, so routine polling never delays priority
+work (registrations, webhooks, user-requested syncs): they do not share threads or prefetch.
+Each consumer process keeps one Runtime (loop, pool, session, caches) for all its tasks and
+runs tasks in threads, so one process syncs many images at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from core.logs import configure_logging
+from core.queue import PRIORITY_QUEUE, ROUTINE_QUEUE, make_celery
+from core.settings import Settings
+from worker.runtime import Runtime
+from worker.tasks import register_tasks
+
+log = structlog.get_logger("worker")
+
+# queue -> Celery threads in its consumer process
+DEFAULT_CONCURRENCY = {PRIORITY_QUEUE: 8, ROUTINE_QUEUE: 4}
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent dies, so a killed `worker` leaves no orphans."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_consumer(settings: Settings, queue: str, concurrency: int) -> None:
+    """One Celery consumer of `queue`, until SIGTERM (warm shutdown: running tasks finish)."""
+    _die_with_parent()
+    configure_logging(settings.log_level, settings.log_format)
+    app = make_celery(settings)
+    runtime = Runtime(settings, name=queue).start()
+    register_tasks(app, runtime)
+    try:
+        app.worker_main([
+            "worker", "--queues", queue, "--pool", "threads", "--concurrency", str(concurrency),
+            "--hostname", f"{queue}@{socket.gethostname()}.{os.getpid()}",
+            "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle",
+        ])
+    finally:
+        runtime.close()
+
+
+def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUTINE_QUEUE),
+               concurrency: int | None = None) -> int:
+    """Start one consumer process per queue and supervise them; SIGTERM is passed on."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = {
+        q: ctx.Process(
+            target=run_consumer, name=f"worker-{q}",
+            args=(settings, q, concurrency or DEFAULT_CONCURRENCY[q]),
+        )
+        for q in queues
+    }
+    for p in procs.values():
+        p.start()
+
+    def forward(signum: int, _: object) -> None:
+        for p in procs.values():
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    # a consumer that dies takes the worker down, so the platform restarts the whole unit
+    multiprocessing.connection.wait([p.sentinel for p in procs.values()])
+    forward(signal.SIGTERM, None)
+    codes = []
+    for p in procs.values():
+        p.join()
+        codes.append(p.exitcode or 0)
+    return max(codes, key=abs) if any(codes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_worker(Settings.from_env()))
