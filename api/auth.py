@@ -15,7 +15,6 @@ from api.errors import Handler, ThrottledError, UnauthorizedError
 from api.keys import POOL, SETTINGS
 from core.accounts import Account, authenticate, hash_key
 
-REQUEST_ACCOUNT = "account"  # request-scoped, set by the middleware
 
 # Paths with their own authentication (or none): health, metrics, webhooks.
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/api/v1/webhooks/")
@@ -66,6 +65,7 @@ class AuthCache:
 
 
 AUTH_CACHE = web.AppKey("auth_cache", AuthCache)
+REQUEST_ACCOUNT = web.RequestKey("account", Account)  # set by the middleware
 
 
 def parse_authorization(header: str) -> tuple[str, str] | None:
@@ -98,12 +98,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     cache = request.app[AUTH_CACHE]
     client = request.remote or "unknown"
-    wait = cache.throttled_for(client)
-    if wait:
-        raise ThrottledError(
-            "too many failed authentication attempts; try again later",
-            headers={"Retry-After": str(int(wait) + 1)},
-        )
     parsed = parse_authorization(request.headers.get("Authorization", ""))
     if parsed is None:
         raise UnauthorizedError(
@@ -115,6 +109,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     digest = hash_key(key)
     account = cache.get(user, digest)
     if account is None:
+        # A key verified recently is served even from a throttled address (clients behind
+        # a shared NAT); anything else from there waits, so keys cannot be guessed quickly.
+        wait = cache.throttled_for(client)
+        if wait:
+            raise ThrottledError(
+                "too many failed authentication attempts; try again later",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
         account = await authenticate(request.app[POOL], user, key)
         if account is None:
             cache.failed(client)

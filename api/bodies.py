@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from api.errors import BadRequestError, UnsupportedMediaTypeError
 
@@ -16,18 +16,13 @@ M = TypeVar("M", bound=BaseModel)
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-
-class ImageCreate(_Body):
-    name: str
-    username: str | None = Field(default=None, max_length=255)
-    password: str | None = Field(default=None, max_length=4096)
-    description: str | None = Field(default=None, max_length=4096)
-
-    @model_validator(mode="after")
-    def _credentials_pair(self) -> ImageCreate:
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password must be given together")
-        return self
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        # Postgres text cannot hold NUL: refuse it here rather than fail in the database.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class ImagePatch(_Body):
@@ -35,11 +30,20 @@ class ImagePatch(_Body):
     password: str | None = Field(default=None, max_length=4096)
     description: str | None = Field(default=None, max_length=4096)
 
-    @model_validator(mode="after")
-    def _credentials_pair(self) -> ImagePatch:
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password must be given together")
-        return self
+
+class ImageCreate(ImagePatch):
+    name: str
+
+
+def credentials_pair(body: ImagePatch) -> tuple[str, str] | None:
+    """(username, password) when both are given, None when neither; 400 naming the missing one."""
+    if body.username is None and body.password is None:
+        return None
+    if body.password is None:
+        raise BadRequestError("a username needs its password", field="password")
+    if body.username is None:
+        raise BadRequestError("a password needs its username", field="username")
+    return body.username, body.password
 
 
 def _describe(exc: ValidationError) -> tuple[str, str]:
@@ -56,7 +60,7 @@ def _describe(exc: ValidationError) -> tuple[str, str]:
     if kind == "string_too_long":
         return field, f"field '{field}' is too long"
     if kind == "value_error":
-        return field, str(err["msg"]).removeprefix("Value error, ")
+        return field, f"field '{field}' " + str(err["msg"]).removeprefix("Value error, ")
     return field, f"field '{field}': {err['msg']}"
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from api import paths, queries, serializers
 from api.auth import request_account
-from api.bodies import ImageCreate, ImagePatch, read_json
+from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
     BadRequestError, ConflictError, ForbiddenError, MethodNotAllowedError, NotFoundError,
     json_response,
@@ -94,9 +94,8 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
     except InvalidNameError as exc:
         raise BadRequestError(f"invalid image name: {exc}", field="name") from None
     settings = request.app[SETTINGS]
-    sealed = None
-    if body.username is not None and body.password is not None:
-        sealed = request.app[CREDENTIAL_BOX].seal(Credentials(body.username, body.password))
+    pair = credentials_pair(body)
+    sealed = request.app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
     pool = request.app[POOL]
     async with pool.acquire() as conn, conn.transaction():
         registry_id = await ensure_registry(conn, name.host, settings)
@@ -116,11 +115,9 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
 
 async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Response:
     body = await read_json(request, ImagePatch)
-    new_creds = body.username is not None and body.password is not None
-    sealed = None
-    if new_creds:
-        assert body.username is not None and body.password is not None
-        sealed = request.app[CREDENTIAL_BOX].seal(Credentials(body.username, body.password))
+    pair = credentials_pair(body)
+    new_creds = pair is not None
+    sealed = request.app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
     pool = request.app[POOL]
     await queries.update_image(
         pool, image["id"], description=body.description, set_credentials=new_creds, credentials=sealed

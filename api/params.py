@@ -14,6 +14,7 @@ _FALSE = {"false", "False", "0"}
 PAGING = ("limit", "offset")
 # Tutum clients send `format=json`; harmless, so it is accepted and ignored.
 IGNORED = ("format",)
+MAX_OFFSET = 2**31 - 1
 
 
 def parse_bool(key: str, raw: str) -> bool:
@@ -37,6 +38,8 @@ def parse_paging(query: MultiDictProxy[str], max_limit: int) -> tuple[int, int]:
             raise BadRequestError(f"'{key}' must be a whole number (got {raw!r})", field=key) from None
         if values[key] < 0:
             raise BadRequestError(f"'{key}' must not be negative", field=key)
+        if values[key] > MAX_OFFSET:
+            raise BadRequestError(f"'{key}' must be at most {MAX_OFFSET}", field=key)
     limit = values["limit"] or 25
     return min(limit, max_limit), values["offset"]
 
@@ -72,8 +75,10 @@ def parse_image_filters(query: MultiDictProxy[str]) -> tuple[list[tuple[str, Any
         elif key == "registry":
             value = _registry_host(raw)
         elif key == "categories__name":
-            if not raw or len(raw) > 255:
-                raise BadRequestError("filter 'categories__name' must be 1-255 characters", field=key)
+            if not raw or len(raw) > 255 or "\x00" in raw:
+                raise BadRequestError(
+                    "filter 'categories__name' must be 1-255 characters, without NUL", field=key
+                )
             value = raw
         else:
             raise BadRequestError(
