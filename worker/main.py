@@ -22,7 +22,7 @@ import structlog
 from core.logs import configure_logging
 from core.queue import PRIORITY_QUEUE, ROUTINE_QUEUE, make_celery
 from core.settings import Settings
-from worker.runtime import Runtime
+from worker.runtime import LoopThread, Runtime
 from worker.tasks import register_tasks
 
 log = structlog.get_logger("worker")
@@ -44,8 +44,9 @@ def run_consumer(settings: Settings, queue: str, concurrency: int) -> None:
     _die_with_parent()
     configure_logging(settings.log_level, settings.log_format)
     app = make_celery(settings)
-    runtime = Runtime(settings, name=queue).start()
-    register_tasks(app, runtime)
+    loop = LoopThread().start()
+    runtime = loop.run(Runtime(settings, name=queue).open())
+    register_tasks(app, runtime, loop)
     try:
         app.worker_main([
             "worker", "--queues", queue, "--pool", "threads", "--concurrency", str(concurrency),
@@ -53,7 +54,8 @@ def run_consumer(settings: Settings, queue: str, concurrency: int) -> None:
             "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle",
         ])
     finally:
-        runtime.close()
+        loop.run(runtime.aclose())
+        loop.stop()
 
 
 def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUTINE_QUEUE),

@@ -1,7 +1,8 @@
-"""What a worker process keeps across tasks: one event loop (in its own thread), one asyncpg
-pool, one HTTP session and one registry client (token, ping and config caches).
+"""What a worker process keeps across tasks: one asyncpg pool, one HTTP session and one
+registry client (token, ping and config caches), all on one event loop.
 
-Celery runs tasks in threads; each task hands its coroutine to this loop and waits.
+Celery runs tasks in threads; `LoopThread` runs the process's loop and each task hands its
+coroutine to it and waits. Tests open a Runtime on their own loop instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
 import structlog
 
@@ -29,8 +31,13 @@ log = structlog.get_logger("worker.runtime")
 
 
 class Runtime:
-    def __init__(self, settings: Settings, name: str = "worker") -> None:
+    pool: asyncpg.Pool
+    client: RegistryClient
+
+    def __init__(self, settings: Settings, name: str = "worker", **client_options: Any) -> None:
+        """`client_options` go to RegistryClient (tests shorten its retries)."""
         self.settings = settings
+        self._client_options = client_options
         self.name = f"{name}@{socket.gethostname()}:{os.getpid()}"
         self.box = CredentialBox(settings.secret_key)
         hub = urlsplit(settings.docker_hub_registry_url)
@@ -41,18 +48,9 @@ class Runtime:
         self.insecure_hosts = frozenset(insecure)
         # config digests known to be in the layers table (rows are never changed or removed)
         self.known_layers: set[str] = set()
-        self.pool: asyncpg.Pool
-        self.client: RegistryClient
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="sync-loop", daemon=True)
+        self._session: aiohttp.ClientSession | None = None
 
-    def start(self) -> Runtime:
-        self._thread.start()
-        self.run(self._open())
-        log.info("runtime.started", name=self.name)
-        return self
-
-    async def _open(self) -> None:
+    async def open(self) -> Runtime:
         s = self.settings
         self.pool = await create_pool(s.database_url, min_size=1, max_size=s.db_pool_max)
         self._session = make_session(
@@ -61,30 +59,41 @@ class Runtime:
         self.client = RegistryClient(
             self._session, platform=s.platform, timeout=s.registry_timeout_seconds,
             per_host_limit=s.registry_concurrency, insecure_hosts=self.insecure_hosts,
+            **self._client_options,
         )
+        log.info("runtime.started", name=self.name)
+        return self
+
+    async def aclose(self) -> None:
+        if self._session is None:
+            return
+        await self.client.close()
+        await self._session.close()
+        await self.pool.close()
+        self._session = None
 
     def network_host(self, host: str) -> str:
         """Where to reach a registry: Docker Hub's API host is configured, others are as named."""
         return self.hub_host if host == HUB_HOST else host
 
+
+class LoopThread:
+    """An event loop running in a daemon thread; `run` waits for a coroutine from any thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sync-loop", daemon=True)
+
+    def start(self) -> LoopThread:
+        self._thread.start()
+        return self
+
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the process's loop from any thread and wait for its result."""
         return self.submit(coro).result()
 
-    def close(self) -> None:
-        if not self._thread.is_alive():
-            return
-
-        async def _close() -> None:
-            await self.client.close()
-            await self._session.close()
-            await self.pool.close()
-
-        try:
-            self.run(_close())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)

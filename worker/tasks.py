@@ -7,19 +7,19 @@ from celery import Celery, Task
 
 from core.queue import SYNC_BATCH_TASK, SYNC_IMAGE_TASK
 from worker import sync
-from worker.runtime import Runtime
+from worker.runtime import LoopThread, Runtime
 
 log = structlog.get_logger("worker.tasks")
 
 
-def register_tasks(app: Celery, runtime: Runtime) -> None:
+def register_tasks(app: Celery, runtime: Runtime, loop: LoopThread) -> None:
     """Bind the task implementations to `app`, all sharing this process's runtime."""
 
     @app.task(name=SYNC_IMAGE_TASK, bind=True)
     def sync_image(task: Task, image_id: int) -> str:
         structlog.contextvars.bind_contextvars(task_id=task.request.id)
         try:
-            return runtime.run(sync.sync_image(runtime, int(image_id)))
+            return loop.run(sync.sync_image(runtime, int(image_id)))
         finally:
             structlog.contextvars.unbind_contextvars("task_id")
 
@@ -27,7 +27,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
     def sync_images(task: Task, image_ids: list[int], claim: str) -> dict[str, int]:
         structlog.contextvars.bind_contextvars(task_id=task.request.id)
         try:
-            counts = runtime.run(sync.sync_many(runtime, [int(i) for i in image_ids], claim))
+            counts = loop.run(sync.sync_many(runtime, [int(i) for i in image_ids], claim))
             log.info("batch.done", images=len(image_ids), **counts)
             return counts
         finally:

@@ -1,0 +1,128 @@
+"""Registry fixtures: the real docker-registry (anonymous, htpasswd, token), the fake one for
+failure injection, and a factory of RegistryClients whose sessions are closed after the test.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import pytest
+
+from tests.support.fake_registry import FakeRegistry
+from tests.support.registry import RegistryServer
+from tests.support.token_server import TokenServer
+from worker.registry import RegistryClient, make_session
+
+ALICE = ("alice", "wonderland")  # htpasswd registry
+BOB = ("bob", "builder")  # token registry
+
+# Every host a fixture started: the client factory treats them as insecure (plain http).
+_test_hosts: set[str] = set()
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[RegistryServer]:
+    """Anonymous pull and push."""
+    with RegistryServer() as reg:
+        _test_hosts.add(reg.host)
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def auth_registry() -> Iterator[RegistryServer]:
+    """htpasswd (Basic) auth; the user is ALICE."""
+    with RegistryServer(htpasswd=dict([ALICE])) as reg:
+        _test_hosts.add(reg.host)
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def token_server() -> Iterator[TokenServer]:
+    server = TokenServer(dict([BOB]), public_repos={"public/app"}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(token_server: TokenServer) -> Iterator[RegistryServer]:
+    """Bearer token auth against `token_server`; BOB may do anything, anonymous may pull
+    public/app only."""
+    with tempfile.TemporaryDirectory(prefix="rs-token-") as tmp:
+        cert = token_server.write_cert(Path(tmp) / "token.pem")
+        with RegistryServer(
+            token_realm=token_server.realm,
+            token_service=token_server.service,
+            token_issuer=token_server.issuer,
+            token_cert=cert,
+        ) as reg:
+            _test_hosts.add(reg.host)
+            yield reg
+
+
+def _fake(**kwargs: Any) -> Iterator[FakeRegistry]:
+    fake = FakeRegistry(**kwargs).start()
+    _test_hosts.update({fake.host, fake.other_host})
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_registry() -> Iterator[FakeRegistry]:
+    """Anonymous fake; see tests/support/fake_registry.py for the behaviour per repo."""
+    yield from _fake(slow_seconds=1.0)
+
+
+@pytest.fixture(scope="session")
+def fake_bearer_registry() -> Iterator[FakeRegistry]:
+    yield from _fake(auth="bearer", users=dict([BOB]))
+
+
+@pytest.fixture(scope="session")
+def fake_basic_registry() -> Iterator[FakeRegistry]:
+    yield from _fake(auth="basic", users=dict([ALICE]))
+
+
+class ClientFactory(Protocol):
+    def __call__(
+        self, *, guarded: bool = ..., allow_private: bool = ..., **kw: Any
+    ) -> RegistryClient: ...
+
+
+@pytest.fixture
+async def registry_client() -> AsyncIterator[ClientFactory]:
+    """`registry_client(**RegistryClient kwargs)` → a client on a fresh session.
+
+    Defaults for tests: every fixture host is insecure (http), quick retries
+    (backoff_base=0.01, max_retry_wait=2), timeout 5 s. `guarded=True` (default) uses
+    make_session(allow_private=...) (default True: the fixtures are on loopback)."""
+    sessions: list[aiohttp.ClientSession] = []
+    clients: list[RegistryClient] = []
+
+    def make(*, guarded: bool = True, allow_private: bool = True, **kw: Any) -> RegistryClient:
+        timeout = kw.setdefault("timeout", 5.0)
+        session = (
+            make_session(allow_private=allow_private, timeout=timeout)
+            if guarded
+            else aiohttp.ClientSession()
+        )
+        sessions.append(session)
+        kw.setdefault("insecure_hosts", frozenset(_test_hosts))
+        kw.setdefault("backoff_base", 0.01)
+        kw.setdefault("max_retry_wait", 2.0)
+        client = RegistryClient(session, **kw)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+    for session in sessions:
+        await session.close()
