@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=None, help="threads per consumer process")
     p.set_defaults(func=cmd_worker)
     sub.add_parser("beat", help="run the scheduler (a singleton: extra copies wait)").set_defaults(func=cmd_beat)
-    p = sub.add_parser("dev", help="run API, worker and scheduler locally (embedded Postgres/Redis if none configured)")
+    p = sub.add_parser(
+        "dev", help="run API, worker and scheduler locally (embedded Postgres/Redis if none set)"
+    )
     p.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
     p.set_defaults(func=cmd_dev)
     return parser

@@ -37,25 +37,31 @@ def unique(prefix: str = "t") -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def postgres_dsn() -> Iterator[str]:
     with postgres_server() as server_dsn:
-        dbname = f"rs_test_{worker_index()}"
+        yield server_dsn
 
-        async def setup() -> None:
-            conn = await asyncpg.connect(server_dsn)
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-                await conn.execute(f'CREATE DATABASE "{dbname}"')
-            finally:
-                await conn.close()
-            conn = await asyncpg.connect(_with_db(server_dsn, dbname))
-            try:
-                await apply_schema(conn)
-            finally:
-                await conn.close()
 
-        asyncio.run(setup())
-        yield _with_db(server_dsn, dbname)
+async def create_database(server_dsn: str, dbname: str) -> str:
+    """(Re)create `dbname` with the schema applied; returns its DSN."""
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{dbname}"')
+    finally:
+        await conn.close()
+    dsn = _with_db(server_dsn, dbname)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await apply_schema(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_dsn: str) -> str:
+    return asyncio.run(create_database(postgres_dsn, f"rs_test_{worker_index()}"))
 
 
 def _with_db(dsn: str, dbname: str) -> str:
@@ -65,9 +71,15 @@ def _with_db(dsn: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_server_url() -> Iterator[str]:
+    """The Redis server's URL without a database number."""
     with redis_server() as url:
-        yield f"{url}/{1 + worker_index()}"
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server_url: str) -> str:
+    return f"{redis_server_url}/{1 + worker_index()}"
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -67,7 +66,6 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
         return SKIPPED
     structlog.contextvars.bind_contextvars(image=image.name, image_id=image_id)
     started_wall = datetime.now(UTC)
-    started = time.perf_counter()
     heartbeat = asyncio.create_task(_keep_lease(rt, image_id, run_token))
     try:
         creds = rt.box.open(image.credentials) if image.credentials else None
@@ -78,8 +76,10 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
             layers=layers, next_in=next_poll_seconds(s),
         )
         rt.known_layers.update(la.config_digest for la in layers)
+        finished = datetime.now(UTC)
         log.info("sync.done", tags=len(present), changed=len(writes),
-                 ms=round((time.perf_counter() - started) * 1000, 1))
+                 ms=round((finished - started_wall).total_seconds() * 1000, 1),
+                 started=started_wall.timestamp(), finished=finished.timestamp())
         return SYNCED
     except store.LeaseLostError:
         log.warning("sync.lease_lost")

