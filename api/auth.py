@@ -15,7 +15,6 @@ from api.errors import Handler, ThrottledError, UnauthorizedError
 from api.keys import POOL, SETTINGS
 from core.accounts import Account, authenticate, hash_key
 
-
 # Paths with their own authentication (or none): health, metrics, webhooks.
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/api/v1/webhooks/")
 

@@ -10,7 +10,11 @@ from api import paths, queries, serializers
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
-    BadRequestError, ConflictError, ForbiddenError, MethodNotAllowedError, NotFoundError,
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    MethodNotAllowedError,
+    NotFoundError,
     json_response,
 )
 from api.keys import CREDENTIAL_BOX, POOL, SETTINGS

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.names import InvalidNameError, ImageName, is_valid_tag, parse_image_name
+from core.names import ImageName, InvalidNameError, is_valid_tag, parse_image_name
 
 COLLECTION, IMAGE, TAG_LIST, TAG, BUILD, SYNC = "collection", "image", "tags", "tag", "build", "sync"
 

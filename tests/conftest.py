@@ -19,7 +19,11 @@ from core.accounts import Account, create_account
 from core.db import apply_schema, create_pool
 from core.settings import Settings
 from tests.support.services import (
-    REGISTRY_BINARY, ensure_debian_packages, postgres_server, redis_server, worker_index,
+    REGISTRY_BINARY,
+    ensure_debian_packages,
+    postgres_server,
+    redis_server,
+    worker_index,
 )
 
 _names = count(1)

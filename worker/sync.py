@@ -15,7 +15,7 @@ import structlog
 
 from core.settings import Settings
 from worker import store
-from worker.registry import Layer, Target, TagResolution
+from worker.registry import Layer, TagResolution, Target
 from worker.registry.errors import ManifestNotFoundError, RateLimitedError, RegistryError
 from worker.runtime import Runtime
 

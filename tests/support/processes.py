@@ -19,7 +19,7 @@ class Service:
 
     def __init__(self, args: list[str], env: Mapping[str, str]) -> None:
         self.args = args
-        self._log = tempfile.NamedTemporaryFile(prefix=f"rs-{args[0]}-", suffix=".log", delete=False)  # noqa: SIM115
+        self._log = tempfile.NamedTemporaryFile(prefix=f"rs-{args[0]}-", suffix=".log", delete=False)
         self.log_path = Path(self._log.name)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cli.main", *args],

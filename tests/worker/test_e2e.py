@@ -4,6 +4,7 @@ and `beat` against the real registry, each end-to-end scenario in a database of 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ class Stack:
         return svc
 
     def call(self, method: str, path: str, key: str, user: str, body: Any = None) -> tuple[int, Any]:
-        req = urllib.request.Request(  # noqa: S310 - loopback http only
+        req = urllib.request.Request(
             f"http://127.0.0.1:{self.port}{path}", method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"ApiKey {user}:{key}", "Content-Type": "application/json"},
@@ -165,13 +166,13 @@ def test_killing_a_worker_mid_batch_loses_nothing(stack: Stack, registry: Regist
     assert len(spans) == n  # every image's completed sync was logged by a surviving worker or before the kill
     for image_id, intervals in spans.items():
         intervals.sort()
-        for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(intervals):
             assert start >= end, f"image {image_id} synced twice at once: {intervals}"
 
 
 def _up(st: Stack) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{st.port}/healthz", timeout=1):  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{st.port}/healthz", timeout=1):
             return True
     except OSError:
         return False
