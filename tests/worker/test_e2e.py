@@ -184,3 +184,31 @@ def _children(pid: int) -> list[int]:
             return [int(p) for p in f.read().split()]
     except OSError:
         return []
+
+
+def test_flushing_redis_loses_no_scheduled_work(stack: Stack, registry: RegistryServer) -> None:
+    """Beat claims and queues; Redis loses the messages before any worker runs; the claims
+    lapse and beat queues the images again from Postgres."""
+    n = 30
+    prefix = unique("flush")
+    for i in range(n):
+        push_image(registry.url, f"{prefix}/app{i}", "latest", {"created": "2024-01-01T00:00:00Z"}, layers=0)
+    stack.env.update(SYNC_INTERVAL_SECONDS="3600", LEASE_SECONDS="2")
+    stack.sql("INSERT INTO registries (host, name, is_ssl) VALUES ($1, $1, false)", registry.host)
+    stack.sql(
+        "INSERT INTO images (name, registry_id, repository)"
+        " SELECT $1 || '/' || $2 || '/app' || i, r.id, $2 || '/app' || i"
+        " FROM generate_series(0, $3 - 1) AS i, registries AS r WHERE r.host = $1",
+        registry.host, prefix, n,
+    )
+    beat = stack.start("beat")
+    claimed = "SELECT count(*) FROM images WHERE lease_owner LIKE 'claim:%'"
+    wait_for(lambda: stack.sql(claimed) == n, 20, "beat to claim and queue every image")
+    queued = redis.Redis.from_url(stack.env["REDIS_URL"])
+    wait_for(lambda: queued.llen("routine") > 0, 10, "the batches in Redis")
+    queued.flushdb()
+    beat.stop()  # no new claims while the messages are gone
+    stack.start("worker", "--queues", "routine")
+    stack.start("beat")
+    wait_for(lambda: stack.sql("SELECT count(*) FROM images WHERE state = 'Success'") == n,
+             40, "every image synced after its claim lapsed")
