@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 
 import structlog
 
+from core.crypto import Credentials
 from core.settings import Settings
 from worker import store
 from worker.registry import Layer, TagResolution, Target
-from worker.registry.errors import ManifestNotFoundError, RateLimitedError, RegistryError
+from worker.registry.errors import ManifestNotFoundError, RateLimitedError, RegistryAuthError, RegistryError
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.sync")
@@ -68,7 +69,7 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
     started_wall = datetime.now(UTC)
     heartbeat = asyncio.create_task(_keep_lease(rt, image_id, run_token))
     try:
-        creds = rt.box.open(image.credentials) if image.credentials else None
+        creds = _credentials(rt, image.credentials)
         target = Target(host=rt.network_host(image.host), repository=image.repository, credentials=creds)
         writes, layers, present = await _discover(rt, image_id, target)
         await store.write_success(
@@ -84,9 +85,9 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
     except store.LeaseLostError:
         log.warning("sync.lease_lost")
         return SKIPPED
-    except (RegistryError, ValueError) as exc:
-        # bad credentials, unknown repository, a forbidden host, undecryptable credentials
-        permanent = not getattr(exc, "transient", False)
+    except RegistryError as exc:
+        # bad credentials, unknown repository, a forbidden host: permanent
+        permanent = not exc.transient
         retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
         delay = backoff_seconds(s, image.sync_failures, permanent=permanent, retry_after=retry_after)
         message = f"{type(exc).__name__}: {exc}"
@@ -100,6 +101,15 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
     finally:
         heartbeat.cancel()
         structlog.contextvars.unbind_contextvars("image", "image_id")
+
+
+def _credentials(rt: Runtime, sealed: bytes | None) -> Credentials | None:
+    if sealed is None:
+        return None
+    try:
+        return rt.box.open(sealed)
+    except ValueError as exc:  # SECRET_KEY changed without SECRET_KEY_OLD: needs an operator
+        raise RegistryAuthError(f"stored credentials are unreadable: {exc}") from None
 
 
 async def _keep_lease(rt: Runtime, image_id: int, run_token: str) -> None:
@@ -144,16 +154,25 @@ async def _discover(
         present.append(res.tag)
         if res.unchanged:
             continue
-        if res.layer is not None and res.config_digest:
-            layers.setdefault(res.config_digest, layer_write(res.config_digest, res.layer))
-        writes.append(store.TagWrite(res.tag, res.digest, res.platform_digest, res.config_digest, res.note))
+        config = res.config_digest
+        if res.layer is not None and config:
+            layers.setdefault(config, layer_write(config, res.layer))
+        elif config not in rt.known_layers:
+            config = None  # not an image config (an artifact): no layer to point at
+        writes.append(store.TagWrite(res.tag, res.digest, res.platform_digest, config, res.note))
     return writes, list(layers.values()), present
 
 
 async def sync_many(rt: Runtime, image_ids: Sequence[int], claim: str | None = None) -> dict[str, int]:
-    """Sync a batch concurrently (per-registry limits live in the client); counts by outcome."""
-    outcomes = await asyncio.gather(*(sync_image(rt, i, claim) for i in image_ids))
+    """Sync a batch concurrently (per-registry limits live in the client); counts by outcome.
+
+    An unexpected error in one image (its lease is already released) does not stop the others.
+    """
+    outcomes = await asyncio.gather(*(sync_image(rt, i, claim) for i in image_ids), return_exceptions=True)
     counts: dict[str, int] = {}
-    for o in outcomes:
+    for image_id, o in zip(image_ids, outcomes, strict=True):
+        if isinstance(o, BaseException):
+            log.error("sync.crashed", image_id=image_id, exc_info=o)
+            o = "crashed"
         counts[o] = counts.get(o, 0) + 1
     return counts

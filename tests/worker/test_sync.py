@@ -342,3 +342,30 @@ def test_credentials_at_rest_are_not_clear_text() -> None:
     with pytest.raises(ValueError, match="SECRET_KEY"):
         CredentialBox("other").open(sealed)
     assert CredentialBox("k2", old_keys=("k1",)).open(sealed).password == "s3cret-pw"
+
+
+async def test_artifact_tag_is_kept_without_a_layer(
+    client: TestClient, make_user: MakeUser, registry: RegistryServer, runtime: OpenRuntime
+) -> None:
+    """A tag whose config is not an image config (a Helm chart, say) is a tag with layer null."""
+    from tests.support.registry import OCI_MANIFEST, _Http, _push_blob, _put_manifest
+
+    user = await make_user()
+    repo = f"{unique('chart')}/app"
+    http = _Http(registry.url, None)
+    config = b'{"name": "chart", "version": "1.0.0"}'
+    manifest = {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", "size": len(config),
+                   "digest": await asyncio.to_thread(_push_blob, http, repo, config)},
+        "layers": [],
+    }
+    await asyncio.to_thread(_put_manifest, http, repo, "1.0.0", manifest, OCI_MANIFEST)
+    await apush_image(registry.url, repo, "img", FULL_CONFIG)
+    name = f"{registry.host}/{repo}"
+    iid = await register(client, user, name)
+    rt = await runtime(registry.host)
+    assert await sync.sync_image(rt, iid) == sync.SYNCED
+    chart = await get(client, user, f"/api/v1/image/{name}/tag/1.0.0/")
+    assert chart["layer"] is None and chart["state"] == "Success"
+    assert (await get(client, user, f"/api/v1/image/{name}/tag/img/"))["layer"] is not None
