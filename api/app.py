@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from aiohttp import web
 
-from api import images, resources
+from api import images, resources, webhooks
 from api.auth import AUTH_CACHE, AuthCache, auth_middleware
 from api.errors import Handler, error_middleware
 from api.keys import CELERY, CREDENTIAL_BOX, MAX_BODY, POOL, PUBLISHER, SETTINGS
@@ -45,7 +45,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
-    app[POOL] = await create_pool(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
+    app[POOL] = await create_pool(
+        s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max, stateless=True
+    )
     yield
     await app[POOL].close()
 
@@ -80,4 +82,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/v1/layer/{docker_id:[^/]+}" + slash, resources.get_layer)
     app.router.add_route("*", "/api/v1/image", images.image_resource)
     app.router.add_route("*", "/api/v1/image/{tail:.*}", images.image_resource)
+    webhooks.add_routes(app)
     return app

@@ -199,7 +199,8 @@ async def seed(dsn: str, n_images: int, account_id: int, seed_value: int = 2) ->
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                     f"(SELECT max(id) FROM {table}))"
                 )
-        await conn.execute("ANALYZE")
+        # As autovacuum would leave it: statistics, and a visibility map for index-only scans.
+        await conn.execute("VACUUM ANALYZE")
         print(f"seeded {len(images)} images, {len(tags)} tags, {len(layers)} layers, "
               f"{len(cats)} image categories", flush=True)
     finally:
@@ -482,7 +483,8 @@ async def _account_id(dsn: str) -> int:
 def report(args: argparse.Namespace, results: dict[str, Result], bodies: dict[str, bytes]) -> None:
     print()
     print(f"images={args.images} duration={args.duration:g}s concurrency={args.concurrency} "
-          f"web_workers={args.web_workers} wrk_threads={args.wrk_threads} cpus={os.cpu_count()}")
+          f"web_workers={args.web_workers} wrk_threads={args.wrk_threads} cpus={os.cpu_count()} "
+          f"load average at the end={os.getloadavg()[0]:.2f} (other work on the machine skews it)")
     print()
     print("| endpoint | server | req/s | p50 ms | p99 ms |")
     print("|---|---|---:|---:|---:|")

@@ -21,7 +21,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, **kw: Any) -> asyncpg.Pool:
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """No reset on release: saves a round trip per query (the default resets every release)."""
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, stateless: bool = False, **kw: Any
+) -> asyncpg.Pool:
+    """A pool whose connections decode json/jsonb with orjson.
+
+    `stateless=True` skips asyncpg's reset query when a connection goes back to the pool. Only
+    for callers that never leave session state behind (no SET, LISTEN, session advisory locks,
+    open cursors): the API's pool. It halves the round trips of a detail GET.
+    """
+    if stateless:
+        kw["reset"] = _keep_session
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kw
     )
