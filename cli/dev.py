@@ -218,13 +218,17 @@ def _run(port: int | None, stack: ExitStack) -> int:
         env["REDIS_URL"], stop = start_redis(data_dir / "redis")
         stack.callback(stop)
         print(f"dev: embedded Redis at {env['REDIS_URL']}", flush=True)
-    key = asyncio.run(prepare_database(env["DATABASE_URL"]))
+    try:
+        key = asyncio.run(prepare_database(env["DATABASE_URL"]))
+    except (OSError, asyncpg.PostgresError) as exc:  # messages name the host, never a password
+        print(f"dev: cannot prepare the database: {exc}", file=sys.stderr)
+        return 1
     print(f"dev: services ready in {time.monotonic() - started:.1f}s", flush=True)
 
     known = available_commands()
     for name in CHILD_COMMANDS:
         if name not in known:
-            print(f"dev: `registry-sync {name}` does not exist here yet; not starting it")
+            print(f"dev: `registry-sync {name}` does not exist here yet; not starting it", flush=True)
     children = {
         name: _spawn(name, ["--port", str(port)] if name == "web" else [], env)
         for name in CHILD_COMMANDS if name in known

@@ -68,10 +68,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings, queues, args.concurrency)
 
 
+def cmd_worker_health(args: argparse.Namespace) -> int:
+    import json
+
+    from worker.health import ping_consumers
+
+    settings = Settings.from_env()  # no logging setup: the probe prints one JSON line
+    settings.require("redis_url")
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
+    answered = ping_consumers(settings, queues, timeout=args.timeout)
+    print(json.dumps({"status": "ok" if all(answered.values()) else "down", "consumers": answered}))
+    return 0 if all(answered.values()) else 1
+
+
 def cmd_beat(_: argparse.Namespace) -> int:
     from worker.scheduler import celery_sender, run_beat
 
     settings = _settings("database_url", "redis_url")
+    if settings.metrics_port:
+        from core.metrics import serve_metrics
+
+        serve_metrics(settings.metrics_port, settings.bind_host)
     asyncio.run(run_beat(settings, celery_sender(settings)))
     return 0
 
@@ -101,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", default="priority,routine", help="comma-separated: priority, routine")
     p.add_argument("--concurrency", type=int, default=None, help="threads per consumer process")
     p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("worker-health", help="exit 0 if this host's worker consumers answer a ping (liveness)")
+    p.add_argument("--queues", default="priority,routine", help="the queues the worker was started with")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answers")
+    p.set_defaults(func=cmd_worker_health)
     sub.add_parser("beat", help="run the scheduler (a singleton: extra copies wait)").set_defaults(func=cmd_beat)
     p = sub.add_parser(
         "dev", help="run API, worker and scheduler locally (embedded Postgres/Redis if none set)"
