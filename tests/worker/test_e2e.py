@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from tests.conftest import create_database, unique
+from tests.support.fake_registry import FakeRegistry
 from tests.support.processes import Service, wait_for
 from tests.support.registry import RegistryServer, delete_tag, push_image
 from tests.support.services import free_port, worker_index
@@ -212,3 +214,45 @@ def test_flushing_redis_loses_no_scheduled_work(stack: Stack, registry: Registry
     stack.start("beat")
     wait_for(lambda: stack.sql("SELECT count(*) FROM images WHERE state = 'Success'") == n,
              40, "every image synced after its claim lapsed")
+
+
+def test_routine_backlog_does_not_delay_a_registration(
+    stack: Stack, registry: RegistryServer, fake_registry: FakeRegistry
+) -> None:
+    """The routine consumer is busy with slow registries; a new registration goes through the
+    priority consumer and is synced at once all the same."""
+    stack.env.update(SYNC_INTERVAL_SECONDS="3600", TASK_BATCH_SIZE="5",
+                     INSECURE_REGISTRIES=f"{registry.host},{fake_registry.host}")
+    stack.sql("INSERT INTO registries (host, name, is_ssl) VALUES ($1, $1, false)", fake_registry.host)
+    stack.sql(
+        "INSERT INTO images (name, registry_id, repository)"
+        " SELECT $1 || '/slow/app' || i, r.id, 'slow/app' || i"
+        " FROM generate_series(0, 59) AS i, registries AS r WHERE r.host = $1",
+        fake_registry.host,
+    )
+    key = create_account(stack, "carol")
+    repo = f"{unique('urgent')}/app"
+    push_image(registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"})
+    stack.start("web")
+    worker = stack.start("worker")
+    stack.start("beat")
+    wait_for(lambda: _up(stack) and worker.output().count("ready") >= 2, 30, "API and both consumers")
+    busy = "SELECT count(*) FROM images WHERE lease_owner LIKE 'run:routine%'"
+    wait_for(lambda: stack.sql(busy) >= 10, 20, "the routine consumer to be busy with slow images")
+
+    started = time.monotonic()
+    name = f"{registry.host}/{repo}"
+    status, _ = stack.call("POST", "/api/v1/image/", key, "carol", {"name": name})
+    assert status == 201
+
+    def synced() -> bool:
+        _, img = stack.call("GET", f"/api/v1/image/{name}/", key, "carol")
+        return img["state"] == "Success"
+
+    wait_for(synced, 10, "the registration's sync")
+    elapsed = time.monotonic() - started
+    assert stack.sql(busy) > 0, "the routine backlog was still being worked on"
+    assert stack.sql(
+        "SELECT count(*) FROM images WHERE name LIKE $1 AND last_synced_at IS NULL", f"{fake_registry.host}/slow/%"
+    ) > 0, "the routine backlog was not yet done when the registration was synced"
+    assert elapsed < 5, f"registration took {elapsed:.1f} s behind the routine backlog"
