@@ -158,3 +158,150 @@ CREATE OR REPLACE TRIGGER tags_after_update AFTER UPDATE ON tags
 CREATE OR REPLACE TRIGGER tags_after_delete AFTER DELETE ON tags
     REFERENCING OLD TABLE AS changed_tags
     FOR EACH STATEMENT EXECUTE FUNCTION tags_refresh_image_state();
+
+-- ======================================================================================
+-- Push webhooks (issue 4): the durable inbox. Owned by api/webhooks.py (writes, before it
+-- answers the sender) and worker/events.py (applies, sweeps). An event is one change named by
+-- a sender (core/webhooks.py normalizes every sender's format to these columns).
+-- ======================================================================================
+CREATE TABLE IF NOT EXISTS webhook_events (
+    id            bigserial   PRIMARY KEY,
+    source        text        NOT NULL,  -- the receiver: registry, dockerhub, harbor, quay, build
+    dedupe_key    text        NOT NULL,  -- sender's event id, or a hash of the delivery's content
+    kind          text        NOT NULL,
+    host          text        NOT NULL,  -- registry host as in registries.host
+    repository    text        NOT NULL,  -- as in images.repository
+    tag           text,
+    digest        text,
+    build_state   text,
+    occurred_at   timestamptz NOT NULL,  -- the sender's time (or received_at): orders events
+    payload       jsonb       NOT NULL,  -- the sender's event, for the record
+    status        text        NOT NULL DEFAULT 'pending',
+    attempts      integer     NOT NULL DEFAULT 0,
+    note          text,                  -- why ignored, or the last processing error
+    received_at   timestamptz NOT NULL DEFAULT now(),
+    queued_at     timestamptz NOT NULL DEFAULT now(),  -- last time it was sent to the queue
+    processed_at  timestamptz,
+    CONSTRAINT webhook_events_dedupe_key_key UNIQUE (dedupe_key),
+    CONSTRAINT webhook_events_source_check
+        CHECK (source IN ('registry', 'dockerhub', 'harbor', 'quay', 'build')),
+    CONSTRAINT webhook_events_kind_check
+        CHECK (kind IN ('push', 'delete_tag', 'delete_manifest', 'delete_repository', 'sync', 'build')),
+    CONSTRAINT webhook_events_status_check
+        CHECK (status IN ('pending', 'done', 'ignored', 'failed')),
+    CONSTRAINT webhook_events_build_state_check
+        CHECK (build_state IS NULL OR build_state IN ('Building', 'Success', 'Failed'))
+);
+-- the sweep: pending events by the time they were last queued
+CREATE INDEX IF NOT EXISTS webhook_events_pending_idx ON webhook_events (queued_at)
+    WHERE status = 'pending';
+-- deletes are tombstones: a push older than a processed delete must not resurrect its tag
+CREATE INDEX IF NOT EXISTS webhook_events_deletes_idx ON webhook_events (repository, host, occurred_at)
+    WHERE kind IN ('delete_tag', 'delete_manifest', 'delete_repository');
+-- retention of processed events
+CREATE INDEX IF NOT EXISTS webhook_events_processed_idx ON webhook_events (processed_at)
+    WHERE status IN ('done', 'ignored');
+-- events name (registry host, repository): find the images they are about
+CREATE INDEX IF NOT EXISTS images_repository_idx ON images (repository);
+-- ============================================================ end of push webhooks (issue 4)
+
+-- ============================================================================================
+-- Freshness (issue 5): Docker Hub inspections and the events stream. Owner: api/events.py,
+-- api/inspect.py, worker/inspect.py.
+-- ============================================================================================
+
+-- The last lookup of a Docker Hub name that was not in the catalog (GET of an unknown Hub
+-- name). The API inserts the request; the worker writes the outcome and notifies
+-- `registry_sync_inspect` in the same transaction. A recent 'missing' answers 404 without
+-- asking the hub again.
+CREATE TABLE IF NOT EXISTS hub_inspections (
+    name          text        PRIMARY KEY,  -- canonical API name: ubuntu, tutum/mysql
+    requested_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,
+    outcome       text,                     -- NULL while the lookup runs
+    error         text,
+    CONSTRAINT hub_inspections_outcome_check CHECK (outcome IN ('found', 'missing', 'failed'))
+);
+
+-- Events stream (SPEC §5): NOTIFY from the transaction that changes an image or a tag, so a
+-- listener hears only committed changes, in commit order. Statement-level with transition
+-- tables: one trigger call per statement, and only client-visible changes are sent (a sync
+-- moves leases on `images` all the time; those stay silent). Payload: compact JSON that the
+-- API turns into the wire message; `owner` decides who may see it. Deleting an image sends
+-- one image delete, not one per tag (its tags' rows are gone with it).
+CREATE OR REPLACE FUNCTION images_notify_events() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'image', 'action', 'create', 'owner', n.owner_id, 'name', n.name,
+            'state', n.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM new_rows AS n;
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'image', 'action', 'update', 'owner', n.owner_id, 'name', n.name,
+            'state', n.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+         WHERE (o.name, o.owner_id, o.registry_id, o.description, o.icon_url, o.state, o.star_count,
+                o.jumpstart, o.in_use, o.is_private_image, o.public_url, o.last_build_date)
+               IS DISTINCT FROM
+               (n.name, n.owner_id, n.registry_id, n.description, n.icon_url, n.state, n.star_count,
+                n.jumpstart, n.in_use, n.is_private_image, n.public_url, n.last_build_date);
+    ELSE
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'image', 'action', 'delete', 'owner', o.owner_id, 'name', o.name,
+            'state', o.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM old_rows AS o;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER images_events_insert AFTER INSERT ON images
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION images_notify_events();
+CREATE OR REPLACE TRIGGER images_events_update AFTER UPDATE ON images
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION images_notify_events();
+CREATE OR REPLACE TRIGGER images_events_delete AFTER DELETE ON images
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION images_notify_events();
+
+CREATE OR REPLACE FUNCTION tags_notify_events() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'imagetag', 'action', 'create', 'owner', i.owner_id, 'name', i.name,
+            'tag', n.name, 'state', n.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM new_rows AS n JOIN images AS i ON i.id = n.image_id;
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'imagetag', 'action', 'update', 'owner', i.owner_id, 'name', i.name,
+            'tag', n.name, 'state', n.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id JOIN images AS i ON i.id = n.image_id
+         WHERE (o.name, o.state, o.buildable, o.manifest_digest, o.config_digest, o.build_date)
+               IS DISTINCT FROM
+               (n.name, n.state, n.buildable, n.manifest_digest, n.config_digest, n.build_date);
+    ELSE
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'imagetag', 'action', 'delete', 'owner', i.owner_id, 'name', i.name,
+            'tag', o.name, 'state', o.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM old_rows AS o JOIN images AS i ON i.id = o.image_id;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER tags_events_insert AFTER INSERT ON tags
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_notify_events();
+CREATE OR REPLACE TRIGGER tags_events_update AFTER UPDATE ON tags
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_notify_events();
+CREATE OR REPLACE TRIGGER tags_events_delete AFTER DELETE ON tags
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_notify_events();
+-- ============================================================================================
+-- End of the freshness section.
+-- ============================================================================================

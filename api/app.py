@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from aiohttp import web
 
-from api import images, resources, webhooks
+from api import events, health, images, metrics, openapi, resources, webhooks
 from api.auth import AUTH_CACHE, AuthCache, auth_middleware
 from api.errors import Handler, error_middleware
+from api.etag import etag_middleware
 from api.keys import CELERY, CREDENTIAL_BOX, MAX_BODY, POOL, PUBLISHER, SETTINGS
 from core.crypto import CredentialBox
 from core.db import create_pool
@@ -66,20 +67,27 @@ def create_app(settings: Settings) -> web.Application:
     settings.require("database_url", "redis_url", "secret_key")
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_context, error_middleware, auth_middleware],
+        middlewares=[metrics.metrics_middleware, request_context, error_middleware, auth_middleware, etag_middleware],
     )
     app[SETTINGS] = settings
     app[MAX_BODY] = settings.max_body_bytes
-    app[CREDENTIAL_BOX] = CredentialBox(settings.secret_key)
+    app[CREDENTIAL_BOX] = CredentialBox(settings.secret_key, settings.secret_keys_old)
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
-    app.cleanup_ctx.extend([_database, _broker])
+    app.cleanup_ctx.extend([_database, _broker, events.listen, health.redis_client])
+    # Open event streams must end before the server waits for its handlers to finish.
+    app.on_shutdown.append(events.close_streams)
 
     slash = "{slash:/?}"
     app.router.add_get("/healthz", resources.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", metrics.metrics_endpoint)
+    app.router.add_get("/api/v1/openapi.json", openapi.openapi_json)
+    app.router.add_get("/docs", openapi.docs_page)
     app.router.add_get(f"/api/v1/auth{slash}", resources.auth_info)
     app.router.add_get(f"/api/v1/registry{slash}", resources.list_registries)
     app.router.add_get("/api/v1/registry/{host:[^/]+}" + slash, resources.get_registry)
     app.router.add_get("/api/v1/layer/{docker_id:[^/]+}" + slash, resources.get_layer)
+    app.router.add_get(f"/api/v1/events{slash}", events.stream, allow_head=False)
     app.router.add_route("*", "/api/v1/image", images.image_resource)
     app.router.add_route("*", "/api/v1/image/{tail:.*}", images.image_resource)
     webhooks.add_routes(app)

@@ -29,6 +29,7 @@ class Settings:
     database_url: str = ""
     redis_url: str = ""
     secret_key: str = ""
+    secret_key_old: str = ""  # comma-separated keys that still decrypt (rotation); see secret_keys_old
     port: int = 8000
     bind_host: str = "0.0.0.0"  # noqa: S104 - a server in a container listens on all interfaces
     log_level: str = "info"
@@ -54,8 +55,14 @@ class Settings:
     tutum_registry_host: str = ""
     docker_hub_registry_url: str = "https://registry-1.docker.io"
     docker_hub_api_url: str = "https://hub.docker.com"
+    # freshness (issue 5): inspect-on-GET of Hub names, the events stream
+    inspect_timeout_seconds: float = 10.0
+    events_buffer: int = 256
+    events_ping_seconds: float = 25.0
     webhook_secret: str = ""
+    webhook_secrets: str = ""  # per receiver / registry host overrides: "quay=s1,reg.example=s2"
     data_dir: str = ".data"
+    metrics_port: int = 0  # worker parent and beat serve /metrics here; 0: not served
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -86,6 +93,11 @@ class Settings:
         missing = [n.upper() for n in names if not getattr(self, n)]
         if missing:
             raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
+
+    @property
+    def secret_keys_old(self) -> tuple[str, ...]:
+        """Previous SECRET_KEYs, newest first: credentials sealed with them still open."""
+        return tuple(k.strip() for k in self.secret_key_old.split(",") if k.strip())
 
     @property
     def platform_os(self) -> str:

@@ -17,10 +17,12 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import structlog
 
+from core import metrics
 from core.db import create_pool
-from core.queue import ROUTINE_QUEUE, SYNC_BATCH_TASK
+from core.queue import PRIORITY_QUEUE, PROCESS_EVENT_TASK, ROUTINE_QUEUE, SYNC_BATCH_TASK
 from core.settings import Settings
 from worker import store
+from worker.events import EventSweeper
 
 log = structlog.get_logger("worker.beat")
 
@@ -29,7 +31,8 @@ BEAT_LOCK = 7_305_002
 
 CLAIM_DUE_SQL = """
 WITH due AS (
-    SELECT id FROM images
+    -- a lease still set here has lapsed: its worker died or overran (counted as a metric)
+    SELECT id, lease_owner IS NOT NULL AS lapsed FROM images
      WHERE next_sync_at <= now() AND (lease_until IS NULL OR lease_until < now())
      ORDER BY next_sync_at
      LIMIT $1
@@ -38,7 +41,7 @@ WITH due AS (
 UPDATE images AS i
    SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
   FROM due WHERE i.id = due.id
-RETURNING i.id
+RETURNING i.id, due.lapsed
 """
 
 RELEASE_CLAIM_SQL = "UPDATE images SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1"
@@ -48,6 +51,9 @@ async def claim_due(conn: asyncpg.Pool | asyncpg.Connection, limit: int, lease_s
     """Claim up to `limit` due images: (claim token, ids)."""
     token = f"{store.CLAIM_PREFIX}{uuid.uuid4().hex}"
     rows = await conn.fetch(CLAIM_DUE_SQL, limit, token, lease_seconds)
+    if lapsed := sum(1 for r in rows if r["lapsed"]):
+        metrics.LEASE_EXPIRIES.inc(lapsed)
+        log.info("beat.leases_lapsed", images=lapsed)
     return token, [r["id"] for r in rows]
 
 
@@ -80,7 +86,8 @@ def celery_sender(settings: Settings) -> Send:
     app.conf.broker_connection_timeout = 3.0
 
     def send(task: str, args: list) -> None:
-        app.send_task(task, args=args, queue=ROUTINE_QUEUE, retry=False)
+        queue = PRIORITY_QUEUE if task == PROCESS_EVENT_TASK else ROUTINE_QUEUE  # webhook sweep
+        app.send_task(task, args=args, queue=queue, retry=False)
 
     return send
 
@@ -103,10 +110,12 @@ async def run_beat(settings: Settings, send: Send, stop: asyncio.Event | None = 
             if stop.is_set():
                 return
             log.info("beat.active")
+            sweep_webhooks = EventSweeper()  # re-queues webhook events nobody processed
             try:
                 while not stop.is_set():
                     try:
                         queued = await tick(pool, settings, send)
+                        await sweep_webhooks(pool, send)
                     except (OSError, asyncpg.PostgresError) as exc:
                         log.warning("beat.tick_failed", error=str(exc))
                         queued = 0

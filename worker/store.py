@@ -132,9 +132,14 @@ ON CONFLICT ON CONSTRAINT tags_image_name_key DO UPDATE
        updated_at = now()
 """
 
-# Only tags not touched since the sync began: a webhook may have added one meanwhile.
+# Only tags not touched since the sync began: a webhook may have added one meanwhile. A tag
+# that a CI build event created (no digest yet: building, or its build failed) is not in the
+# registry by nature; it is kept for a day so the build can finish and push it.
 DELETE_GONE_TAGS_SQL = """
-DELETE FROM tags WHERE image_id = $1 AND NOT (name = ANY ($2::text[])) AND updated_at < $3
+DELETE FROM tags
+ WHERE image_id = $1 AND NOT (name = ANY ($2::text[])) AND updated_at < $3
+   AND NOT (manifest_digest IS NULL AND state IN ('Building', 'Failed')
+            AND state_at > now() - interval '1 day')
 """
 
 FINISH_OK_SQL = """

@@ -1,0 +1,210 @@
+"""Push webhook receivers under /api/v1/webhooks/ (SPEC §3, docs/webhooks.md).
+
+Each receiver: authenticate the sender (constant-time) → parse its format into events
+(core/webhooks.py) → insert them into the `webhook_events` inbox in one statement, duplicates
+skipped by their dedupe key → answer 202 (200 when nothing new) → send
+`process_webhook_event(id)` to the priority queue. The send happens after the commit and
+after the answer; when it fails (Redis down) the event is still pending in Postgres and the
+scheduler's sweep (worker/events.py) queues it again, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import orjson
+import structlog
+from aiohttp import web
+
+from api.errors import BadRequestError, UnauthorizedError, json_response
+from api.keys import CELERY, POOL, PUBLISHER, SETTINGS
+from core import metrics
+from core import webhooks as wh
+from core.queue import PRIORITY_QUEUE, PROCESS_EVENT_TASK
+
+log = structlog.get_logger("api.webhooks")
+
+# After a failed send, leave queueing to the sweep for this long: a webhook is answered at
+# once instead of waiting for a broker timeout on every request.
+BROKER_PAUSE_SECONDS = 5.0
+SEND_TIMEOUT_SECONDS = 3.0
+
+
+@dataclass
+class Outbox:
+    """Per app: sends in flight (awaited on shutdown) and the broker pause."""
+
+    paused_until: float = 0.0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+OUTBOX = web.AppKey("webhook_outbox", Outbox)
+
+# One statement: all events of a delivery are stored, or none. RETURNING yields only the
+# rows that were new, so a duplicate delivery queues nothing.
+INSERT_EVENTS_SQL = """
+INSERT INTO webhook_events (source, dedupe_key, kind, host, repository, tag, digest, build_state,
+                            occurred_at, payload)
+SELECT e.source, e.dedupe_key, e.kind, e.host, e.repository, e.tag, e.digest, e.build_state,
+       COALESCE(e.occurred_at, now()), e.payload::jsonb
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+              $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+       AS e (source, dedupe_key, kind, host, repository, tag, digest, build_state, occurred_at, payload)
+ON CONFLICT ON CONSTRAINT webhook_events_dedupe_key_key DO NOTHING
+RETURNING id
+"""
+
+
+async def store_events(conn: asyncpg.Pool | asyncpg.Connection, events: list[wh.WebhookEvent]) -> list[int]:
+    """Insert events into the inbox; the ids of those not seen before."""
+    if not events:
+        return []
+    cols: list[list[object]] = [[] for _ in range(10)]
+    for ev in events:
+        row = (
+            ev.source, ev.dedupe_key, ev.kind, ev.host, ev.repository, ev.tag, ev.digest,
+            ev.build_state, ev.occurred_at, orjson.dumps(ev.payload).decode(),
+        )
+        for col, value in zip(cols, row, strict=True):
+            col.append(value)
+    rows = await conn.fetch(INSERT_EVENTS_SQL, *cols)
+    return [r["id"] for r in rows]
+
+
+def _secrets(request: web.Request, receiver: str, host: str | None) -> list[str]:
+    s = request.app[SETTINGS]
+    found = wh.secrets_for(receiver, host, s.webhook_secret, wh.parse_secret_overrides(s.webhook_secrets))
+    if not found:
+        raise UnauthorizedError(
+            "webhook receivers are disabled: the service has no WEBHOOK_SECRET configured"
+        )
+    return found
+
+
+def _refuse(receiver: str, request: web.Request) -> UnauthorizedError:
+    log.info("webhook.unauthorized", receiver=receiver, client=request.remote)
+    metrics.webhook_event(receiver, "unauthorized")
+    return UnauthorizedError(f"the {receiver} webhook secret is missing or wrong")
+
+
+def _pinned_host(request: web.Request) -> str | None:
+    host = request.query.get("host", "").strip().lower()
+    return host or None
+
+
+Parser = Callable[[object], list[wh.WebhookEvent]]
+
+
+async def _accept(request: web.Request, receiver: str, parse: Parser, body: bytes) -> web.Response:
+    try:
+        events = wh.unique_events(parse(wh.load_json(body)))
+    except wh.MalformedPayloadError as exc:
+        log.info("webhook.malformed", receiver=receiver, error=str(exc))
+        metrics.webhook_event(receiver, "malformed")
+        raise BadRequestError(f"malformed {receiver} webhook: {exc}") from None
+    ids = await store_events(request.app[POOL], events)
+    log.info("webhook.received", receiver=receiver, events=len(events), new=len(ids))
+    metrics.WEBHOOK_EVENTS.labels(source=receiver, outcome="accepted").inc(len(ids))
+    metrics.WEBHOOK_EVENTS.labels(source=receiver, outcome="duplicate").inc(len(events) - len(ids))
+    _queue_after_answer(request.app, ids)
+    return json_response(
+        {"accepted": len(ids), "duplicates": len(events) - len(ids)}, status=202 if ids else 200
+    )
+
+
+def _queue_after_answer(app: web.Application, ids: list[int]) -> None:
+    outbox = app[OUTBOX]
+    if not ids or outbox.paused_until > time.monotonic():
+        return
+    task = asyncio.get_running_loop().create_task(_send(app, ids))
+    outbox.tasks.add(task)
+    task.add_done_callback(outbox.tasks.discard)
+
+
+async def _send(app: web.Application, ids: list[int]) -> None:
+    celery = app[CELERY]
+
+    def send_all() -> None:
+        for event_id in ids:
+            celery.send_task(PROCESS_EVENT_TASK, args=[event_id], queue=PRIORITY_QUEUE, retry=False)
+
+    try:
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.run_in_executor(app[PUBLISHER], send_all), SEND_TIMEOUT_SECONDS)
+    except Exception as exc:  # any broker failure: the events are pending in Postgres
+        app[OUTBOX].paused_until = time.monotonic() + BROKER_PAUSE_SECONDS
+        log.warning("webhook.queue_failed", events=len(ids), error=type(exc).__name__)
+
+
+# ------------------------------------------------------------------ receivers
+
+
+async def receive_registry(request: web.Request) -> web.Response:
+    """CNCF distribution notifications: `Authorization: Bearer <secret>`."""
+    host = _pinned_host(request)
+    if not wh.bearer_ok(request.headers.get("Authorization"), _secrets(request, wh.REGISTRY, host)):
+        raise _refuse(wh.REGISTRY, request)
+    body = await request.read()
+    return await _accept(request, wh.REGISTRY, lambda b: wh.parse_registry(b, host=host), body)
+
+
+async def receive_dockerhub(request: web.Request) -> web.Response:
+    """Docker Hub: the secret is the last path component of the URL."""
+    host = _pinned_host(request)
+    if not wh.token_ok(request.match_info.get("token"), _secrets(request, wh.DOCKERHUB, host)):
+        raise _refuse(wh.DOCKERHUB, request)
+    body = await request.read()
+    return await _accept(request, wh.DOCKERHUB, lambda b: wh.parse_dockerhub(b, host=host), body)
+
+
+async def receive_harbor(request: web.Request) -> web.Response:
+    """Harbor v2 (default or CloudEvents): the policy's auth header, `Bearer <secret>` or bare."""
+    host = _pinned_host(request)
+    if not wh.bearer_ok(request.headers.get("Authorization"), _secrets(request, wh.HARBOR, host)):
+        raise _refuse(wh.HARBOR, request)
+    body = await request.read()
+    return await _accept(request, wh.HARBOR, lambda b: wh.parse_harbor(b, host=host), body)
+
+
+async def receive_quay(request: web.Request) -> web.Response:
+    """Quay: the secret is a path component; build notifications add `?event=<build_…>`."""
+    host = _pinned_host(request)
+    if not wh.token_ok(request.match_info.get("token"), _secrets(request, wh.QUAY, host)):
+        raise _refuse(wh.QUAY, request)
+    event = request.query.get("event") or None
+    body = await request.read()
+    return await _accept(request, wh.QUAY, lambda b: wh.parse_quay(b, host=host, event=event), body)
+
+
+async def receive_build(request: web.Request) -> web.Response:
+    """Generic build status: `X-Signature-256: sha256=<HMAC-SHA256 of the body>`."""
+    secrets = _secrets(request, wh.BUILD, None)
+    body = await request.read()
+    header = next((request.headers[h] for h in wh.SIGNATURE_HEADERS if h in request.headers), None)
+    if not wh.signature_ok(body, header, secrets):
+        raise _refuse(wh.BUILD, request)
+    return await _accept(request, wh.BUILD, wh.parse_build, body)
+
+
+async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    pending = list(app[OUTBOX].tasks)
+    if pending:  # let in-flight sends finish before the broker connection closes
+        await asyncio.wait(pending, timeout=SEND_TIMEOUT_SECONDS + 1)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the receivers (called by create_app; no I/O)."""
+    app[OUTBOX] = Outbox()
+    app.cleanup_ctx.append(_outbox_ctx)
+    slash = "{slash:/?}"
+    base = "/api/v1/webhooks"
+    app.router.add_post(f"{base}/registry{slash}", receive_registry)
+    app.router.add_post(f"{base}/dockerhub/{{token:[^/]+}}{slash}", receive_dockerhub)
+    app.router.add_post(f"{base}/harbor{slash}", receive_harbor)
+    app.router.add_post(f"{base}/quay/{{token:[^/]+}}{slash}", receive_quay)
+    app.router.add_post(f"{base}/build{slash}", receive_build)

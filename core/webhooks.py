@@ -1,0 +1,460 @@
+"""Push webhooks: sender formats → normalized events, and sender authentication.
+
+Pure functions shared by the API (which authenticates, parses and stores events) and the
+worker (which applies them). Each parser takes the decoded JSON body and returns the
+events worth storing, each with a `dedupe_key`: the sender's event id where it has one, else
+a hash of the fields that identify one delivery (REGISTRY-NOTES, "Webhooks we receive").
+Noise (pulls, blob pushes, manifests pushed by digest without a tag) yields no event.
+A body that is not what the sender documents raises MalformedPayloadError, whose message is
+a sentence for the sender's operator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from core.names import HUB_ALIASES, HUB_HOST, InvalidNameError, is_digest, is_valid_tag, parse_image_name
+
+# Receivers (also the `source` column of webhook_events).
+REGISTRY, DOCKERHUB, HARBOR, QUAY, BUILD = "registry", "dockerhub", "harbor", "quay", "build"
+SOURCES = (REGISTRY, DOCKERHUB, HARBOR, QUAY, BUILD)
+
+# What an event asks for (the `kind` column).
+PUSH = "push"  # a tag now points at `digest`
+DELETE_TAG = "delete_tag"  # `tag` is gone
+DELETE_MANIFEST = "delete_manifest"  # every tag pointing at `digest` is gone
+DELETE_REPOSITORY = "delete_repository"  # every tag is gone
+SYNC = "sync"  # something was pushed (no digest known): sync the image now
+BUILD_STATE = "build"  # `tag`'s build state is `build_state` since `occurred_at`
+KINDS = (PUSH, DELETE_TAG, DELETE_MANIFEST, DELETE_REPOSITORY, SYNC, BUILD_STATE)
+
+BUILDING, SUCCESS, FAILED = "Building", "Success", "Failed"
+GENERIC_STATUSES = {"building": BUILDING, "success": SUCCESS, "failed": FAILED}
+QUAY_BUILD_EVENTS = {
+    "build_queued": BUILDING,
+    "build_start": BUILDING,
+    "build_success": SUCCESS,
+    "build_failure": FAILED,
+    "build_cancelled": FAILED,  # stopped: the tag was not built, the old image may be stale
+}
+MANIFEST_TYPES = frozenset({
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+})
+# Quay's repo_push carries neither an id nor a time: identical bodies within this many
+# seconds are one delivery (its effect, a sync, is idempotent anyway).
+QUAY_DEDUPE_WINDOW_SECONDS = 60
+SIGNATURE_HEADERS = ("X-Signature-256", "X-Hub-Signature-256")
+
+_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?")
+
+
+class MalformedPayloadError(ValueError):
+    """The body is not in the sender's documented format; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    source: str
+    dedupe_key: str
+    kind: str
+    host: str  # registry host as in image names; HUB_HOST for Docker Hub
+    repository: str  # path on the registry: team/app, library/ubuntu
+    tag: str | None = None
+    digest: str | None = None
+    build_state: str | None = None
+    occurred_at: datetime | None = None  # the sender's time; None: the time we received it
+    payload: Mapping[str, Any] = field(default_factory=dict)  # the sender's event, for the record
+
+
+# ------------------------------------------------------------------ authentication
+
+
+def _equal(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _any_equal(given: str, secrets: Sequence[str]) -> bool:
+    # Every candidate is compared (no early exit) and empty secrets never match.
+    ok = False
+    for secret in secrets:
+        ok |= bool(secret) and _equal(given, secret)
+    return ok
+
+
+def bearer_ok(header: str | None, secrets: Sequence[str]) -> bool:
+    """`Authorization: Bearer <secret>` (CNCF registry). Harbor sends the configured header
+    value verbatim, so a bare `<secret>` is accepted too."""
+    if not header:
+        return False
+    value = header.strip()
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() == "bearer" and rest:
+        value = rest.strip()
+    return _any_equal(value, secrets)
+
+
+def token_ok(token: str | None, secrets: Sequence[str]) -> bool:
+    """A secret token in the URL path (Docker Hub, Quay)."""
+    return bool(token) and _any_equal(token or "", secrets)
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The signature header value for `body`: `sha256=<hex HMAC-SHA256>`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_ok(body: bytes, header: str | None, secrets: Sequence[str]) -> bool:
+    """`X-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>` (generic build events)."""
+    if not header:
+        return False
+    return _any_equal(header.strip().lower(), [sign(body, s) if s else "" for s in secrets])
+
+
+def parse_secret_overrides(raw: str) -> dict[str, str]:
+    """`WEBHOOK_SECRETS`: comma-separated `<receiver or registry host>=<secret>` pairs."""
+    out: dict[str, str] = {}
+    for item in raw.split(","):
+        key, sep, secret = item.strip().partition("=")
+        if sep and key.strip() and secret.strip():
+            out[key.strip().lower()] = secret.strip()
+    return out
+
+
+def secrets_for(receiver: str, host: str | None, default: str, overrides: Mapping[str, str]) -> list[str]:
+    """The secret a receiver accepts: the one of the pinned registry host (`?host=`), else
+    the receiver's own, else WEBHOOK_SECRET. An empty list: the receiver is disabled."""
+    for key in (host, receiver):
+        if key and key.lower() in overrides:
+            return [overrides[key.lower()]]
+    return [default] if default else []
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def load_json(body: bytes) -> Any:
+    if not body.strip():
+        raise MalformedPayloadError("the body is empty; send the event as JSON")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise MalformedPayloadError("the body is not valid JSON") from None
+
+
+def _content_key(prefix: str, *parts: Any) -> str:
+    blob = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS, default=str)
+    return f"{prefix}:{hashlib.sha256(blob).hexdigest()}"
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedPayloadError(f"{what} must be a JSON object")
+    return value
+
+
+def _str(obj: Mapping[str, Any], key: str, what: str, *, required: bool = True) -> str | None:
+    value = obj.get(key)
+    label = key if what == "the body" else f"{what}.{key}"
+    if value is None or value == "":
+        if required:
+            raise MalformedPayloadError(f"{label} is missing")
+        return None
+    if not isinstance(value, str):
+        raise MalformedPayloadError(f"{label} must be a string")
+    return value
+
+
+def parse_time(value: Any, what: str) -> datetime | None:
+    """RFC 3339 text (nanoseconds allowed) or epoch seconds (int or float) → aware UTC."""
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int | float):
+            seconds = float(value)
+            if seconds > 1e11:  # milliseconds
+                seconds /= 1000
+            return datetime.fromtimestamp(seconds, UTC)
+        if isinstance(value, str):
+            parsed = datetime.fromisoformat(value.strip().replace("z", "Z"))
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    raise MalformedPayloadError(f"{what} is not a time (RFC 3339 text or epoch seconds)")
+
+
+def normalize_target(host: str, repository: str, what: str) -> tuple[str, str]:
+    """(host, repository) as stored on images: Docker Hub aliases become HUB_HOST and a
+    one-component Hub name becomes library/<name>."""
+    host = host.strip().lower()
+    if host.startswith(("http://", "https://")):
+        host = urlsplit(host).netloc
+    if not _HOST.fullmatch(host):
+        raise MalformedPayloadError(f"{what}: {host!r} is not a registry host")
+    repository = repository.strip().strip("/")
+    try:
+        if host in HUB_ALIASES:
+            return HUB_HOST, parse_image_name(repository).repository
+        parse_image_name(f"localhost/{repository}")  # the path grammar, whatever the host
+    except InvalidNameError as exc:
+        raise MalformedPayloadError(f"{what}: repository {repository!r} is invalid: {exc}") from None
+    return host, repository
+
+
+def _tag(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    if not is_valid_tag(value):
+        raise MalformedPayloadError(f"{what}: {value!r} is not a valid tag")
+    return value
+
+
+def _digest(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    if not is_digest(value):
+        raise MalformedPayloadError(f"{what}: {value!r} is not a digest (algorithm:hex)")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise MalformedPayloadError(f"{what} must be a list")
+    return value
+
+
+# ------------------------------------------------------------------ CNCF distribution
+
+
+def parse_registry(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
+    """A CNCF distribution notification envelope `{"events": [...]}`.
+
+    The registry host is `host` when the endpoint pins it (`?host=`), else the event's
+    `request.host` (the Host header the pusher used), else the host of `target.url`.
+    """
+    envelope = _obj(body, "the body")
+    events = _list(envelope.get("events"), "events")
+    out: list[WebhookEvent] = []
+    for i, raw in enumerate(events):
+        what = f"events[{i}]"
+        ev = _obj(raw, what)
+        action = _str(ev, "action", what)
+        if action not in ("push", "delete"):
+            continue  # pull, mount: not a change
+        event_id = _str(ev, "id", what)
+        target = _obj(ev.get("target"), f"{what}.target")
+        media = target.get("mediaType")
+        if action == "push" and media not in MANIFEST_TYPES:
+            continue  # blob upload
+        raw_request = ev.get("request")
+        request: dict[str, Any] = raw_request if isinstance(raw_request, dict) else {}
+        where = host or request.get("host") or urlsplit(str(target.get("url") or "")).netloc
+        if not where:
+            raise MalformedPayloadError(f"{what} names no registry host (request.host or target.url)")
+        repo = _str(target, "repository", f"{what}.target")
+        assert repo is not None
+        where, repo = normalize_target(where, repo, what)
+        tag = _tag(_str(target, "tag", f"{what}.target", required=False), f"{what}.target.tag")
+        digest = _digest(_str(target, "digest", f"{what}.target", required=False), f"{what}.target.digest")
+        if action == "push":
+            if digest is None:
+                raise MalformedPayloadError(f"{what}: a manifest push without target.digest")
+            if tag is None:
+                continue  # a platform manifest pushed by digest: not a tag
+            kind = PUSH
+        elif tag is not None:
+            kind, digest = DELETE_TAG, None
+        elif digest is not None:
+            kind = DELETE_MANIFEST
+        else:
+            kind = DELETE_REPOSITORY
+        out.append(WebhookEvent(
+            REGISTRY, f"{REGISTRY}:{event_id}", kind, where, repo, tag, digest,
+            occurred_at=parse_time(ev.get("timestamp"), f"{what}.timestamp"), payload=ev,
+        ))
+    return out
+
+
+# ------------------------------------------------------------------ Docker Hub
+
+
+def parse_dockerhub(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
+    """A Docker Hub repository webhook: a tag was pushed (no digest, no deletes)."""
+    doc = _obj(body, "the body")
+    push = _obj(doc.get("push_data"), "push_data")
+    repo_obj = _obj(doc.get("repository"), "repository")
+    repo_name = _str(repo_obj, "repo_name", "repository")
+    assert repo_name is not None
+    where, repo = normalize_target(host or HUB_HOST, repo_name, "repository.repo_name")
+    tag = _tag(_str(push, "tag", "push_data", required=False), "push_data.tag")
+    pushed_at = parse_time(push.get("pushed_at"), "push_data.pushed_at")
+    # Several deliveries of one push are identical in these fields.
+    key = _content_key(DOCKERHUB, where, repo, tag, push.get("pushed_at"))
+    return [WebhookEvent(DOCKERHUB, key, SYNC, where, repo, tag, None, occurred_at=pushed_at, payload=doc)]
+
+
+# ------------------------------------------------------------------ Harbor
+
+
+_HARBOR_TYPES = {
+    "PUSH_ARTIFACT": PUSH, "DELETE_ARTIFACT": DELETE_MANIFEST,
+    "harbor.artifact.pushed": PUSH, "harbor.artifact.deleted": DELETE_MANIFEST,
+}
+
+
+def parse_harbor(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
+    """Harbor v2, default format or CloudEvents (`specversion`). Other event types (scans,
+    quotas, replication) are not changes of tags and yield nothing."""
+    doc = _obj(body, "the body")
+    cloud = "specversion" in doc
+    event_type = _str(doc, "type", "the body")
+    if cloud:
+        event_id = _str(doc, "id", "the body")
+        occurred = parse_time(doc.get("time"), "time")
+        data = _obj(doc.get("data"), "data")
+    else:
+        event_id = None
+        occurred = parse_time(doc.get("occur_at"), "occur_at")
+        data = _obj(doc.get("event_data"), "event_data")
+    kind = _HARBOR_TYPES.get(event_type or "")
+    if kind is None:
+        return []
+    repo_obj = _obj(data.get("repository"), "event_data.repository")
+    full = _str(repo_obj, "repo_full_name", "event_data.repository", required=False)
+    if full is None:
+        ns = _str(repo_obj, "namespace", "event_data.repository")
+        name = _str(repo_obj, "name", "event_data.repository")
+        full = f"{ns}/{name}"
+    resources = _list(data.get("resources"), "event_data.resources")
+    out: list[WebhookEvent] = []
+    for i, raw in enumerate(resources):
+        what = f"event_data.resources[{i}]"
+        res = _obj(raw, what)
+        digest = _digest(_str(res, "digest", what), f"{what}.digest")
+        raw_tag = _str(res, "tag", what, required=False)
+        # Harbor puts the digest in `tag` when the artifact was pushed by digest.
+        tag = None if raw_tag is None or raw_tag == digest or is_digest(raw_tag) else _tag(raw_tag, f"{what}.tag")
+        url = (_str(res, "resource_url", what, required=False) or "").split("://", 1)[-1]
+        where = host or (url.split("/", 1)[0] if "/" in url else None)
+        if not where:
+            raise MalformedPayloadError(f"{what}.resource_url names no registry host")
+        where, repo = normalize_target(where, full, "event_data.repository.repo_full_name")
+        if kind == PUSH and tag is None:
+            continue  # pushed by digest: not a tag
+        ev_kind = DELETE_TAG if kind == DELETE_MANIFEST and tag is not None else kind
+        key = (
+            f"{HARBOR}:{event_id}:{i}" if event_id
+            else _content_key(HARBOR, event_type, doc.get("occur_at"), where, repo, digest, tag)
+        )
+        out.append(WebhookEvent(
+            HARBOR, key, ev_kind, where, repo, tag,
+            None if ev_kind == DELETE_TAG else digest, occurred_at=occurred, payload=doc,
+        ))
+    return out
+
+
+# ------------------------------------------------------------------ Quay
+
+
+def parse_quay(
+    body: Any, *, host: str | None = None, event: str | None = None, now: datetime | None = None,
+) -> list[WebhookEvent]:
+    """Quay `repo_push` (→ a sync) and build notifications (→ build states of docker_tags).
+
+    Quay's bodies do not name their event: a build notification's URL must say which one
+    (`?event=build_success`), except failures, which carry `error_message`."""
+    doc = _obj(body, "the body")
+    repo_name = _str(doc, "repository", "the body")
+    assert repo_name is not None
+    docker_url = _str(doc, "docker_url", "the body", required=False) or ""
+    where = host or (docker_url.split("/", 1)[0] if "/" in docker_url else "quay.io")
+    where, repo = normalize_target(where, repo_name, "repository")
+    build_id = doc.get("build_id")
+    if event not in (None, "", "repo_push") and event not in QUAY_BUILD_EVENTS:
+        raise MalformedPayloadError(f"unknown Quay event {event!r}")
+    if build_id is None:
+        updated = doc.get("updated_tags")
+        if updated is None:
+            raise MalformedPayloadError("a repo_push needs updated_tags (a list, or a map in old payloads)")
+        # Old payloads send a {tag: image id} map.
+        tags = list(updated) if isinstance(updated, dict | list) else None
+        if tags is None or not all(isinstance(t, str) for t in tags):
+            raise MalformedPayloadError("updated_tags must be a list of tags or a {tag: id} map")
+        for t in tags:
+            _tag(t, "updated_tags")
+        bucket = int((now or datetime.now(UTC)).timestamp()) // QUAY_DEDUPE_WINDOW_SECONDS
+        key = _content_key(QUAY, where, repo, sorted(tags), bucket)
+        return [WebhookEvent(QUAY, key, SYNC, where, repo, None, None, payload=doc)]
+    phase = _quay_phase(doc, event)
+    tags = _list(doc.get("docker_tags"), "docker_tags")
+    out = []
+    for t in tags:
+        if not isinstance(t, str):
+            raise MalformedPayloadError("docker_tags must be a list of tags")
+        tag = _tag(t, "docker_tags")
+        key = f"{QUAY}:build:{build_id}:{phase}:{tag}"
+        out.append(WebhookEvent(
+            QUAY, key, BUILD_STATE, where, repo, tag, None, QUAY_BUILD_EVENTS[phase],
+            occurred_at=now or datetime.now(UTC), payload=doc,
+        ))
+    return out
+
+
+def _quay_phase(doc: Mapping[str, Any], event: str | None) -> str:
+    if event in QUAY_BUILD_EVENTS:
+        assert event is not None
+        return event
+    if doc.get("error_message"):
+        return "build_failure"
+    raise MalformedPayloadError(
+        "a Quay build notification needs its event: configure the URL with "
+        "?event=build_queued|build_start|build_success|build_failure|build_cancelled"
+    )
+
+
+# ------------------------------------------------------------------ generic build event
+
+
+def parse_build(body: Any) -> list[WebhookEvent]:
+    """`{"image", "tag", "status": "building"|"success"|"failed", "timestamp"}`."""
+    doc = _obj(body, "the body")
+    image = _str(doc, "image", "the body")
+    try:
+        name = parse_image_name(image)
+    except InvalidNameError as exc:
+        raise MalformedPayloadError(f"image: {exc}") from None
+    tag = _tag(_str(doc, "tag", "the body"), "tag")
+    status = _str(doc, "status", "the body")
+    if status not in GENERIC_STATUSES:
+        raise MalformedPayloadError("status must be one of building, success, failed")
+    occurred = parse_time(doc.get("timestamp"), "timestamp")
+    if occurred is None:
+        raise MalformedPayloadError("timestamp is missing")
+    key = _content_key(BUILD, name.host, name.repository, tag, status, occurred.isoformat())
+    return [WebhookEvent(
+        BUILD, key, BUILD_STATE, name.host, name.repository, tag, None, GENERIC_STATUSES[status],
+        occurred_at=occurred, payload=doc,
+    )]
+
+
+def unique_events(events: Iterable[WebhookEvent]) -> list[WebhookEvent]:
+    """Drop repeated dedupe keys within one body, keeping the first."""
+    seen: dict[str, WebhookEvent] = {}
+    for ev in events:
+        seen.setdefault(ev.dedupe_key, ev)
+    return list(seen.values())

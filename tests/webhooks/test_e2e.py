@@ -1,0 +1,211 @@
+"""End to end: the real registry notifies a running `registry-sync web`; a running
+`registry-sync worker` applies the events. Each scenario has a database of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import pytest
+import redis
+
+from core.accounts import create_account
+from tests.conftest import create_database, unique
+from tests.support.processes import Service, wait_for
+from tests.support.registry import RegistryServer, delete_tag, push_image, push_index
+from tests.support.services import free_port, worker_index
+
+SECRET = "e2e-webhook-secret"
+
+
+@dataclass
+class HookStack:
+    env: dict[str, str]
+    port: int
+    registry: RegistryServer
+    user: str = ""
+    key: str = ""
+    services: list[Service] = field(default_factory=list)
+
+    def start(self, *args: str) -> Service:
+        svc = Service(list(args), self.env)
+        self.services.append(svc)
+        return svc
+
+    def get(self, path: str) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            headers={"Authorization": f"ApiKey {self.user}:{self.key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+    def tags(self, name: str) -> list[str] | None:
+        status, image = self.get(f"/api/v1/image/{name}/")
+        return [t.rsplit("/", 2)[-2] for t in image["tags"]] if status == 200 else None
+
+    def sql(self, query: str, *args: Any) -> Any:
+        async def run() -> Any:
+            conn = await asyncpg.connect(self.env["DATABASE_URL"])
+            try:
+                return await conn.fetchval(query, *args)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+
+def _up(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _stack(postgres_dsn: str, redis_url: str, db: str) -> Iterator[HookStack]:
+    dsn = asyncio.run(create_database(postgres_dsn, db))
+    port = free_port()
+    hook = {"url": f"http://127.0.0.1:{port}/api/v1/webhooks/registry/",
+            "headers": {"Authorization": f"Bearer {SECRET}"}, "backoff": "200ms"}
+    with RegistryServer(notifications=[hook]) as reg:
+        env = {
+            "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": "e2e-secret-key",
+            "WEBHOOK_SECRET": SECRET, "PORT": str(port), "BIND_HOST": "127.0.0.1",
+            "ALLOW_PRIVATE_REGISTRIES": "1", "INSECURE_REGISTRIES": reg.host,
+            "LOG_FORMAT": "json", "LOG_LEVEL": "info", "BEAT_INTERVAL_SECONDS": "0.2",
+            "SYNC_INTERVAL_SECONDS": "3600",
+        }
+        st = HookStack(env, port, reg)
+        st.user = unique("hooker")
+
+        async def account() -> str:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return (await create_account(conn, st.user))[1]
+            finally:
+                await conn.close()
+
+        st.key = asyncio.run(account())
+        try:
+            yield st
+        finally:
+            for svc in st.services:
+                svc.stop()
+
+
+def _register(st: HookStack, repo: str) -> str:
+    name = f"{st.registry.host}/{repo}"
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{st.port}/api/v1/image/", method="POST",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Authorization": f"ApiKey {st.user}:{st.key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+        assert resp.status == 201
+    return name
+
+
+@pytest.fixture
+def hook_stack(postgres_dsn: str, redis_server_url: str) -> Iterator[HookStack]:
+    redis_url = f"{redis_server_url}/{12 + worker_index()}"
+    redis.Redis.from_url(redis_url).flushdb()
+    with _stack(postgres_dsn, redis_url, f"rs_hooks_{worker_index()}") as st:
+        yield st
+
+
+def test_registry_push_multiarch_and_delete_reach_the_api(hook_stack: HookStack) -> None:
+    st = hook_stack
+    st.start("web")
+    st.start("worker", "--queues", "priority")
+    wait_for(lambda: _up(st.port), 20, "the API to answer")
+    repo, multi = f"{unique('e2e')}/app", f"{unique('e2e')}/multi"
+    name, multi_name = _register(st, repo), _register(st, multi)
+    wait_for(lambda: all("ready" in s.output() for s in st.services[1:]), 30, "the worker")
+
+    push_image(st.registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"})
+    wait_for(lambda: st.tags(name) == ["v1"], 10, "the pushed tag in the API")
+    _, tag = st.get(f"/api/v1/image/{name}/tag/v1/")
+    assert tag["state"] == "Success"
+    wait_for(lambda: st.get(f"/api/v1/image/{name}/tag/v1/")[1]["layer"], 10, "the enrichment")
+
+    idx = push_index(st.registry.url, multi, "1.0")
+    wait_for(lambda: st.tags(multi_name) == ["1.0"], 10, "the multi-arch tag")
+    assert st.sql("SELECT count(*) FROM tags AS t JOIN images AS i ON i.id = t.image_id"
+                  " WHERE i.name = $1", multi_name) == 1
+    assert st.sql("SELECT manifest_digest FROM tags WHERE name = '1.0'") == idx.digest
+
+    delete_tag(st.registry.url, repo, "v1")
+    wait_for(lambda: st.tags(name) == [], 10, "the deleted tag to go")
+    _, image = st.get(f"/api/v1/image/{name}/")
+    assert image["state"] == "Empty"
+    assert st.sql("SELECT count(*) FROM webhook_events WHERE status = 'pending'") == 0
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    yield port, procs
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            p.wait(10)
+
+
+def _redis(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: _ping(port), 10, "redis-server")
+    return proc
+
+
+def _ping(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port, socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def test_webhooks_are_stored_while_redis_is_down_and_applied_after(
+    postgres_dsn: str, own_redis: tuple[int, list[subprocess.Popen[bytes]]],
+) -> None:
+    port, procs = own_redis
+    procs.append(_redis(port))
+    with _stack(postgres_dsn, f"redis://127.0.0.1:{port}/0", f"rs_hooks_down_{worker_index()}") as st:
+        st.start("web")
+        st.start("worker", "--queues", "priority")
+        st.start("beat")
+        wait_for(lambda: _up(st.port), 20, "the API to answer")
+        repo = f"{unique('down')}/app"
+        name = _register(st, repo)
+        wait_for(lambda: "ready" in st.services[1].output(), 30, "the worker")
+
+        procs[0].terminate()
+        procs[0].wait(10)
+        push_image(st.registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"})
+        wait_for(lambda: st.sql("SELECT count(*) FROM webhook_events WHERE repository = $1", repo) == 1,
+                 10, "the event to be stored while Redis is down")
+        assert st.sql("SELECT status FROM webhook_events WHERE repository = $1", repo) == "pending"
+        assert st.tags(name) == []
+        web = st.services[0]
+        assert any(e.get("status") == 202 for e in web.events("request.done")
+                   if e.get("path") == "/api/v1/webhooks/registry/")
+
+        procs.append(_redis(port))  # Redis is back, empty: the sweep re-queues the event
+        wait_for(lambda: st.tags(name) == ["v1"], 40, "the event to be applied after Redis is back")
+        assert st.sql("SELECT status FROM webhook_events WHERE repository = $1", repo) == "done"
