@@ -18,6 +18,7 @@ QUEUES = (PRIORITY_QUEUE, ROUTINE_QUEUE)
 SYNC_IMAGE_TASK = "sync_image"  # args: image_id; priority
 SYNC_BATCH_TASK = "sync_images"  # args: [image_id, ...], claim token; routine
 PROCESS_EVENT_TASK = "process_webhook_event"  # args: event_id
+INSPECT_HUB_IMAGE_TASK = "inspect_hub_image"  # args: image name; priority (a GET waits)
 
 
 def make_celery(settings: Settings, name: str = "registry-sync") -> Celery:
@@ -32,6 +33,7 @@ def make_celery(settings: Settings, name: str = "registry-sync") -> Celery:
         task_routes={
             SYNC_IMAGE_TASK: {"queue": PRIORITY_QUEUE},
             PROCESS_EVENT_TASK: {"queue": PRIORITY_QUEUE},
+            INSPECT_HUB_IMAGE_TASK: {"queue": PRIORITY_QUEUE},
             SYNC_BATCH_TASK: {"queue": ROUTINE_QUEUE},
         },
         # Long I/O work: ack after the task ran, take one message at a time per consumer,
@@ -42,6 +44,8 @@ def make_celery(settings: Settings, name: str = "registry-sync") -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
+        # a worker outlives any Redis outage: it keeps reconnecting instead of exiting
+        broker_connection_max_retries=None,
         # Postgres, not the broker, is the source of truth for due work (SPEC §4): a message
         # lost with Redis is found again by the scheduler, so a short redelivery window is fine.
         broker_transport_options={"visibility_timeout": 600},

@@ -22,7 +22,9 @@ from tests.support.services import (
     REGISTRY_BINARY,
     ensure_debian_packages,
     postgres_server,
+    redis_db,
     redis_server,
+    run_tag,
     worker_index,
 )
 
@@ -46,8 +48,15 @@ def postgres_dsn() -> Iterator[str]:
         yield server_dsn
 
 
+_created: set[str] = set()
+
+
 async def create_database(server_dsn: str, dbname: str) -> str:
-    """(Re)create `dbname` with the schema applied; returns its DSN."""
+    """(Re)create `dbname` (suffixed with this run's tag) with the schema; returns its DSN.
+
+    Every database made this way is dropped when the session ends."""
+    dbname = f"{dbname}_{run_tag()}"
+    _created.add(dbname)
     conn = await asyncpg.connect(server_dsn)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
@@ -63,9 +72,25 @@ async def create_database(server_dsn: str, dbname: str) -> str:
     return dsn
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_created_databases(postgres_dsn: str) -> Iterator[None]:
+    yield
+    asyncio.run(_drop_databases(postgres_dsn))
+
+
 @pytest.fixture(scope="session")
 def database_url(postgres_dsn: str) -> str:
     return asyncio.run(create_database(postgres_dsn, f"rs_test_{worker_index()}"))
+
+
+async def _drop_databases(server_dsn: str) -> None:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        for name in sorted(_created):
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+    _created.clear()
 
 
 def _with_db(dsn: str, dbname: str) -> str:
@@ -83,7 +108,7 @@ def redis_server_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url(redis_server_url: str) -> str:
-    return f"{redis_server_url}/{1 + worker_index()}"
+    return f"{redis_server_url}/{redis_db('base')}"
 
 
 @pytest.fixture(scope="session")

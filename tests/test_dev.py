@@ -20,7 +20,7 @@ from urllib.error import HTTPError
 import asyncpg
 import pytest
 
-from tests.support.services import free_port, port_open, worker_index
+from tests.support.services import free_port, port_open, redis_db, run_tag, worker_index
 
 START_TIMEOUT = 90.0  # pgserver's first start runs initdb
 STOP_TIMEOUT = 30.0
@@ -190,7 +190,7 @@ def _assert_all_stopped(data_dir: Path, port: int, redis_port: int) -> None:
 @pytest.fixture
 def empty_database(database_url: str) -> Iterator[str]:
     """A database with no schema on the test server, dropped afterwards."""
-    name = f"rs_dev_test_{worker_index()}"
+    name = f"rs_dev_test_{worker_index()}_{run_tag()}"
     base, _, query = database_url.partition("?")
     dsn = f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
 
@@ -212,7 +212,7 @@ def test_dev_uses_configured_database_and_redis(
 ) -> None:
     data_dir = tmp_path / "data"
     # a Redis database of its own, so this run's worker takes no other test's tasks
-    redis = redis_url.rsplit("/", 1)[0] + "/15"
+    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('dev')}"
     dev = Dev(_env(data_dir, DATABASE_URL=empty_database, REDIS_URL=redis), free_port())
     try:
         key = dev.wait_for(KEY_RE, START_TIMEOUT).group(1)
@@ -232,7 +232,7 @@ def test_dev_uses_configured_database_and_redis(
 def test_dev_stops_everything_when_a_child_dies(
     tmp_path: Path, empty_database: str, redis_url: str
 ) -> None:
-    redis = redis_url.rsplit("/", 1)[0] + "/15"
+    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('dev')}"
     dev = Dev(_env(tmp_path, DATABASE_URL=empty_database, REDIS_URL=redis), free_port())
     try:
         dev.wait_for(KEY_RE, START_TIMEOUT)

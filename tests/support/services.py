@@ -18,6 +18,22 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+# Redis database numbers per test area; each area takes one per xdist worker (-n 2: +0, +1),
+# so processes started by one area never consume another area's Celery messages.
+REDIS_DBS = {"base": 1, "dev": 3, "ops": 5, "e2e": 7, "webhooks": 9, "freshness": 11, "spare": 13}
+
+
+def redis_db(area: str) -> int:
+    return REDIS_DBS[area] + worker_index() % 2
+
+
+def run_tag() -> str:
+    """The same short id in every xdist worker of one run, another in the next run: database
+    names carry it, so two runs on one machine (two checkouts) never drop each other's."""
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"p{os.getppid()}"
+    return uid[:8]
+
+
 def worker_index() -> int:
     """0 for a plain run, N for the xdist worker gwN."""
     name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")

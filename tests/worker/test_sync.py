@@ -303,15 +303,38 @@ async def test_transient_500s_are_retried_within_the_sync(
 
 
 async def test_two_syncs_of_one_image_never_run_at_once(
-    make_user: MakeUser, fake_registry: FakeRegistry, runtime: OpenRuntime, pool: asyncpg.Pool,
+    make_user: MakeUser, fake_registry: FakeRegistry, settings: Settings, pool: asyncpg.Pool,
 ) -> None:
+    """The fake's slow/ repositories answer after 1 s, so the first sync still holds the lease
+    when the second one starts."""
     user = await make_user()
-    iid = await insert_image(pool, name=f"{fake_registry.host}/ok/{unique('r')}", owner_id=user.account.id)
-    rt1 = await runtime(fake_registry.host)
-    rt2 = await runtime(fake_registry.host)
-    outcomes = await asyncio.gather(sync.sync_image(rt1, iid), sync.sync_image(rt2, iid))
+    iid = await insert_image(pool, name=f"{fake_registry.host}/slow/{unique('r')}", owner_id=user.account.id)
+    s = dataclasses.replace(settings, insecure_registries=frozenset({fake_registry.host}),
+                            registry_timeout_seconds=10.0)
+    rts = [await Runtime(s, name=f"w{i}", backoff_base=0.01).open() for i in (1, 2)]
+    try:
+        outcomes = await asyncio.gather(*(sync.sync_image(rt, iid) for rt in rts))
+    finally:
+        for rt in rts:
+            await rt.aclose()
     assert sorted(outcomes) == [sync.SKIPPED, sync.SYNCED]
     assert await pool.fetchval("SELECT lease_owner FROM images WHERE id = $1", iid) is None
+
+
+async def test_an_image_leased_elsewhere_is_skipped_untouched(
+    make_user: MakeUser, fake_registry: FakeRegistry, runtime: OpenRuntime, pool: asyncpg.Pool,
+) -> None:
+    from worker import store
+
+    user = await make_user()
+    iid = await insert_image(pool, name=f"{fake_registry.host}/ok/{unique('r')}", owner_id=user.account.id)
+    assert await store.acquire(pool, iid, "run:elsewhere", None, 60) is not None
+    rt = await runtime(fake_registry.host)
+    assert await sync.sync_image(rt, iid) == sync.SKIPPED
+    row = await pool.fetchrow(
+        "SELECT lease_owner, last_synced_at, (SELECT count(*) FROM tags WHERE image_id = $1) AS n"
+        " FROM images WHERE id = $1", iid)
+    assert tuple(row) == ("run:elsewhere", None, 0)
 
 
 async def test_a_run_whose_lease_was_taken_over_writes_nothing(
