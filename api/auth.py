@@ -15,8 +15,8 @@ from api.errors import Handler, ThrottledError, UnauthorizedError
 from api.keys import POOL, SETTINGS
 from core.accounts import Account, authenticate, hash_key
 
-# Paths with their own authentication (or none): health, metrics, webhooks.
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/api/v1/webhooks/")
+# Paths with their own authentication (or none): health, metrics, webhooks, the OpenAPI document.
+PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/api/v1/webhooks/", "/api/v1/openapi.json")
 
 log = structlog.get_logger("api.auth")
 
@@ -98,6 +98,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     cache = request.app[AUTH_CACHE]
     client = request.remote or "unknown"
     parsed = parse_authorization(request.headers.get("Authorization", ""))
+    if parsed is None and request.path.rstrip("/") == "/api/v1/events":
+        # Browsers cannot set headers on a WebSocket: `?user=…&token=…`, as Tutum's stream took.
+        user, token = request.query.get("user", ""), request.query.get("token", "")
+        parsed = (user, token) if user and token else None
     if parsed is None:
         raise UnauthorizedError(
             "authentication required: send 'Authorization: ApiKey <user>:<apikey>' "

@@ -9,6 +9,7 @@ import signal
 from aiohttp import web
 
 from api.app import create_app
+from core import metrics
 from core.logs import configure_logging
 from core.settings import Settings
 
@@ -27,6 +28,9 @@ def serve(settings: Settings, *, port: int | None = None, workers: int = 1) -> N
     if workers <= 1:
         _run(settings, port, reuse_port=False)
         return
+    # before the spawn: every process counts into files of one folder, and a scrape of any
+    # of them (SO_REUSEPORT picks one) reports the sum over all of them
+    metrics_dir, made_dir = metrics.prepare_multiprocess_dir()
     procs = [
         multiprocessing.get_context("spawn").Process(target=_run, args=(settings, port, True))
         for _ in range(workers)
@@ -43,3 +47,4 @@ def serve(settings: Settings, *, port: int | None = None, workers: int = 1) -> N
     signal.signal(signal.SIGINT, forward)
     for p in procs:
         p.join()
+    metrics.remove_multiprocess_dir(metrics_dir, made_dir)

@@ -93,6 +93,33 @@ def cmd_beat(_: argparse.Namespace) -> int:
     return 0
 
 
+async def _load_catalog(settings: Settings, path: str | None) -> str:
+    from pathlib import Path
+
+    from core.catalog import DEFAULT_CATALOG, load_catalog, read_catalog
+
+    entries = read_catalog(Path(path) if path else DEFAULT_CATALOG)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        result = await load_catalog(conn, entries, settings)
+    finally:
+        await conn.close()
+    return (f"catalog loaded: {len(entries)} jumpstarts ({result.created} new, {result.updated} updated, "
+            f"{result.retired} no longer jumpstarts)")
+
+
+def cmd_load_catalog(args: argparse.Namespace) -> int:
+    from core.catalog import CatalogError
+
+    settings = _settings("database_url")
+    try:
+        print(asyncio.run(_load_catalog(settings, args.file)))
+    except (CatalogError, OSError) as exc:
+        print(f"error: {args.file or 'catalog'}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from cli.dev import run_dev
 
@@ -123,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answers")
     p.set_defaults(func=cmd_worker_health)
     sub.add_parser("beat", help="run the scheduler (a singleton: extra copies wait)").set_defaults(func=cmd_beat)
+    p = sub.add_parser("load-catalog", help="load the jumpstart catalog (safe to repeat)")
+    p.add_argument("file", nargs="?", default=None, help="default: catalog/jumpstarts.json")
+    p.set_defaults(func=cmd_load_catalog)
     p = sub.add_parser(
         "dev", help="run API, worker and scheduler locally (embedded Postgres/Redis if none set)"
     )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from core import metrics
 from core.logs import configure_logging
 from core.queue import PRIORITY_QUEUE, ROUTINE_QUEUE, make_celery
 from core.settings import Settings
@@ -62,6 +63,8 @@ def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUT
                concurrency: int | None = None) -> int:
     """Start one consumer process per queue and supervise them; SIGTERM is passed on."""
     ctx = multiprocessing.get_context("spawn")
+    # before the spawn: the consumers write their metrics where this process can sum them
+    metrics_dir, made_dir = metrics.prepare_multiprocess_dir()
     procs = {
         q: ctx.Process(
             target=run_consumer, name=f"worker-{q}",
@@ -71,10 +74,16 @@ def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUT
     }
     for p in procs.values():
         p.start()
+    server = metrics.serve_metrics(settings.metrics_port, settings.bind_host)[0] if settings.metrics_port else None
+
+    signalled: set[int] = set()
 
     def forward(signum: int, _: object) -> None:
         for p in procs.values():
-            if p.pid and p.is_alive():
+            # Once per child: a second SIGTERM that lands after Celery's warm shutdown has
+            # restored the default handler kills the child before it closes its runtime.
+            if p.pid and p.is_alive() and p.pid not in signalled:
+                signalled.add(p.pid)
                 os.kill(p.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
@@ -86,6 +95,9 @@ def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUT
     for p in procs.values():
         p.join()
         codes.append(p.exitcode or 0)
+    if server is not None:
+        server.shutdown()
+    metrics.remove_multiprocess_dir(metrics_dir, made_dir)
     return max(codes, key=abs) if any(codes) else 0
 
 

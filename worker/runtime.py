@@ -39,7 +39,7 @@ class Runtime:
         self.settings = settings
         self._client_options = client_options
         self.name = f"{name}@{socket.gethostname()}:{os.getpid()}"
-        self.box = CredentialBox(settings.secret_key)
+        self.box = CredentialBox(settings.secret_key, settings.secret_keys_old)
         hub = urlsplit(settings.docker_hub_registry_url)
         self.hub_host = hub.netloc
         insecure = set(settings.insecure_registries)
@@ -71,6 +71,12 @@ class Runtime:
         await self._session.close()
         await self.pool.close()
         self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The process's guarded HTTP session (for calls beside the registry API: Hub metadata)."""
+        assert self._session is not None, "Runtime.open() first"
+        return self._session
 
     def network_host(self, host: str) -> str:
         """Where to reach a registry: Docker Hub's API host is configured, others are as named."""

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from core import metrics
 from core.crypto import Credentials
 from core.settings import Settings
 from worker import store
@@ -56,6 +57,7 @@ def layer_write(digest: str, layer: Layer) -> store.LayerWrite:
     )
 
 
+@metrics.timed_sync  # registry_sync_syncs_total / _sync_duration_seconds by the outcome returned
 async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> str:
     """Sync one image. Returns SYNCED, FAILED (error recorded, backoff set) or SKIPPED
     (another worker holds it, or it was deleted). Never raises for registry errors."""

@@ -14,6 +14,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from core import metrics
 from worker.registry.errors import RegistryProtocolError, RegistryUnavailableError
 from worker.registry.guard import Guard
 
@@ -104,6 +105,7 @@ class Transport:
                         allow_redirects=False,
                         timeout=self._client_timeout,
                     ) as resp:
+                        metrics.registry_request(host, resp.status)
                         location = resp.headers.get("Location")
                         if resp.status in _REDIRECTS and location:
                             url = urljoin(url, location)
@@ -114,10 +116,12 @@ class Transport:
                         self._note_ratelimit(host, resp.headers)
                         return Reply(resp.status, resp.headers, body, url)
                 except TimeoutError as exc:
+                    metrics.registry_request(host, "timeout")
                     raise RegistryUnavailableError(
                         f"{where(method, url)}: no answer within {self.timeout:g}s"
                     ) from exc
                 except aiohttp.ClientError as exc:
+                    metrics.registry_request(host, "connection_error")
                     raise RegistryUnavailableError(
                         f"{where(method, url)}: connection failed ({type(exc).__name__})"
                     ) from exc

@@ -1,0 +1,270 @@
+"""The OpenAPI 3.1 description of the API, served at `/api/v1/openapi.json`, and `/docs`.
+
+`document()` builds the description from the schemas in api/openapi_schemas.py; it is the
+contract that tests/ops/test_openapi.py holds the app to: every route the app registers is
+described here, and real responses validate against the schemas declared for them. A new
+route without an entry here fails that test.
+
+Path templates are the same as the metrics' route labels (api/metrics.py). An image `{name}`
+contains slashes and is written unencoded (`/api/v1/image/team/app/tag/v1/`), which
+OpenAPI's path templating cannot express: the parameter's description says so.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import cache
+from typing import Any
+
+from aiohttp import web
+
+from api.errors import json_response
+from api.openapi_schemas import SCHEMAS, ref
+
+JSON = "application/json"
+Op = dict[str, Any]
+
+PUBLIC: list[dict[str, list[str]]] = []  # `security: []`: no credentials
+WEBHOOK_BEARER: list[dict[str, list[str]]] = [{"WebhookBearer": []}]
+WEBHOOK_TOKEN: list[dict[str, list[str]]] = []  # the secret is the {token} path component
+WEBHOOK_HMAC: list[dict[str, list[str]]] = [{"WebhookSignature": []}]
+
+
+def _body(schema: str | Op, description: str = "") -> Op:
+    s = ref(schema) if isinstance(schema, str) else schema
+    return {"description": description or "OK", "content": {JSON: {"schema": s}}}
+
+
+def _error(description: str, headers: tuple[str, ...] = ()) -> Op:
+    out = _body("Error", description)
+    if headers:
+        out["headers"] = {h: {"$ref": f"#/components/headers/{h}"} for h in headers}
+    return out
+
+
+ERRORS: dict[str, Op] = {
+    "BadRequest": _error("Malformed query, body or name; `field` names the culprit"),
+    "Unauthorized": _error("Missing or wrong credentials", ("WWW-Authenticate",)),
+    "Forbidden": _error("The shared catalog is read-only for ordinary accounts"),
+    "NotFound": _error("No such resource, or another account's private image"),
+    "MethodNotAllowed": _error("The path exists but not with this method", ("Allow",)),
+    "Conflict": _error("This account already registered the image"),
+    "PayloadTooLarge": _error("The body is over MAX_BODY_BYTES"),
+    "UnsupportedMediaType": _error("The body is not sent as application/json"),
+    "Throttled": _error("Too many failed authentications from this address", ("Retry-After",)),
+    "Internal": _error("Unexpected error; the X-Request-ID header identifies it in the logs"),
+    "Unavailable": _error("A dependency (Postgres, Redis) is unreachable", ("Retry-After",)),
+}
+_ERROR_CODES = {
+    "400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound",
+    "405": "MethodNotAllowed", "409": "Conflict", "413": "PayloadTooLarge",
+    "415": "UnsupportedMediaType", "429": "Throttled", "500": "Internal", "503": "Unavailable",
+}
+
+
+def _op(summary: str, ok: dict[str, Op], errors: tuple[int, ...] = (), *, security: Any = None,
+        params: tuple[str | Op, ...] = (), body: str | None = None, etag: bool = False,
+        tags: tuple[str, ...] = ("images",), description: str = "") -> Op:
+    """One operation; authenticated callers get 401/429 and every operation may answer 500."""
+    responses: dict[str, Op] = dict(ok)
+    if etag:
+        for r in ok.values():
+            r.setdefault("headers", {})["ETag"] = {"$ref": "#/components/headers/ETag"}
+        responses["304"] = {"description": "Not modified: If-None-Match matched the ETag"}
+    codes = {*errors, 500} | ({401, 429} if security is None else set())
+    for code in sorted(codes):
+        responses[str(code)] = {"$ref": f"#/components/responses/{_ERROR_CODES[str(code)]}"}
+    op: Op = {"summary": summary, "tags": list(tags), "responses": responses}
+    if description:
+        op["description"] = description
+    if security is not None:
+        op["security"] = security
+    parameters = [{"$ref": f"#/components/parameters/{p}"} if isinstance(p, str) else p for p in params]
+    if etag:
+        parameters.append({"$ref": "#/components/parameters/IfNoneMatch"})
+    if parameters:
+        op["parameters"] = parameters
+    if body:
+        op["requestBody"] = {"required": True, "content": {JSON: {"schema": ref(body)}}}
+    return op
+
+
+def _query(name: str, schema: Op, description: str) -> Op:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _path(name: str, description: str) -> Op:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+
+
+BOOL_PARAM = {"type": "string", "enum": ["true", "false", "True", "False", "1", "0"]}
+PARAMETERS: dict[str, Op] = {
+    "name": _path("name", "Image name as registered, slashes unencoded: `ubuntu`, `team/app`, "
+                          "`registry.local:5000/team/app`"),
+    "tag": _path("tag", "Tag name: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`"),
+    "host": _path("host", "Registry host, with port if any: `registry.hub.docker.com`"),
+    "docker_id": _path("docker_id", "Hex of the image config's sha256 digest"),
+    "token": _path("token", "The receiver's shared secret (WEBHOOK_SECRET or a per-receiver one)"),
+    "limit": _query("limit", {"type": "integer", "minimum": 0}, "Page size; default 25, capped by PAGE_LIMIT_MAX"),
+    "offset": _query("offset", {"type": "integer", "minimum": 0}, "Objects to skip; default 0"),
+    "pinned_host": _query("host", {"type": "string"}, "Registry host the events are about, when the "
+                                                      "payload does not say (per-host secrets)"),
+    "IfNoneMatch": {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+                    "description": "An ETag from an earlier answer: 304 if unchanged"},
+}
+IMAGE_FILTERS: tuple[Op, ...] = (
+    _query("name", {"type": "string"}, "Exact image name"),
+    _query("jumpstart", BOOL_PARAM, "Curated catalog images only (or none)"),
+    _query("is_private_image", BOOL_PARAM, "Private images only (or public only)"),
+    _query("is_user_image", BOOL_PARAM, "Images the caller added (or not)"),
+    _query("registry", {"type": "string"}, "A registry resource URI: `/api/v1/registry/<host>/`"),
+    _query("categories__name", {"type": "string"}, "URL-quoted category name"),
+)
+
+_PAGED = ("limit", "offset")
+
+
+def _paths() -> dict[str, dict[str, Op]]:
+    img, tag = ("name",), ("name", "tag")
+    text = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    return {
+        "/healthz": {"get": _op("The process is up (liveness)", {"200": _body("Health")}, security=PUBLIC,
+                                tags=("operations",))},
+        "/readyz": {"get": _op("Postgres and Redis answer (readiness)", {"200": _body("Ready")}, (503,),
+                               security=PUBLIC, tags=("operations",),
+                               description="503 names each unreachable dependency in `unavailable`.")},
+        "/metrics": {"get": _op("Prometheus metrics of this host's API processes", {"200": text},
+                                security=PUBLIC, tags=("operations",))},
+        "/docs": {"get": _op("This description as a web page",
+                             {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}},
+                             security=PUBLIC, tags=("operations",))},
+        "/api/v1/openapi.json": {"get": _op("This description (OpenAPI 3.1)", {"200": _body({"type": "object"})},
+                                            security=PUBLIC, tags=("operations",))},
+        "/api/v1/auth/": {"get": _op("Who the credentials belong to (clients call it to verify a login)",
+                                     {"200": _body("Account")}, tags=("auth",))},
+        "/api/v1/image/": {
+            "get": _op("List the images the caller can see, by name", {"200": _body("ImageList")}, (400,),
+                       params=(*_PAGED, *IMAGE_FILTERS), etag=True,
+                       description="Filters combine; an unknown filter or a malformed value is a 400."),
+            "post": _op("Register a private image; its first sync is queued at once",
+                        {"201": _body("Image", "Created, state `Empty` until its first sync")},
+                        (400, 409, 413, 415), body="ImageCreate"),
+        },
+        "/api/v1/image/{name}/": {
+            "get": _op("One image; an unknown Docker Hub name is looked up on the hub and added",
+                       {"200": _body("Image")}, (400, 404, 503), params=img, etag=True),
+            "patch": _op("Change description or credentials (new credentials queue a sync)",
+                         {"200": _body("Image")}, (400, 403, 404, 413, 415), params=img, body="ImagePatch"),
+            "delete": _op("Remove the image and its tags", {"204": {"description": "Deleted, no body"}},
+                          (400, 403, 404), params=img),
+        },
+        "/api/v1/image/{name}/tag/": {
+            "get": _op("The image's tags, by name", {"200": _body("TagList")}, (400, 404),
+                       params=(*img, *_PAGED), etag=True)},
+        "/api/v1/image/{name}/tag/{tag}/": {
+            "get": _op("One tag", {"200": _body("Tag")}, (400, 404), params=tag, etag=True)},
+        "/api/v1/image/{name}/tag/{tag}/build/": {
+            "post": _op("Re-sync the tag at the highest priority", {"202": _body("Tag", "Accepted")},
+                        (400, 403, 404), params=tag)},
+        "/api/v1/image/{name}/sync/": {
+            "get": _op("Last sync, its error and the next run (extension)", {"200": _body("SyncStatus")},
+                       (400, 404), params=img, etag=True)},
+        "/api/v1/registry/": {
+            "get": _op("Registries of the images the caller can see", {"200": _body("RegistryList")}, (400,),
+                       params=_PAGED, etag=True, tags=("registries",))},
+        "/api/v1/registry/{host}/": {
+            "get": _op("One registry", {"200": _body("Registry")}, (400, 404), params=("host",), etag=True,
+                       tags=("registries",))},
+        "/api/v1/layer/{docker_id}/": {
+            "get": _op("The image config a tag points to", {"200": _body("Layer")}, (400, 404),
+                       params=("docker_id",), etag=True, tags=("registries",))},
+        "/api/v1/events/": {"get": _op(
+            "Live changes: a WebSocket (send Upgrade) or Server-Sent Events (Accept: text/event-stream)",
+            {"101": {"description": "WebSocket: one JSON Event per text message"},
+             "200": {"description": "SSE: `data: <Event JSON>` per change, `: ping` comments",
+                     "content": {"text/event-stream": {"schema": {"type": "string"},
+                                                       "x-message": ref("Event")}}}},
+            (400, 503), tags=("events",),
+            description="Only events about images the caller can see. On overflow or shutdown the "
+                        "stream sends `{\"type\": \"error\", ...}` and closes: reconnect and re-read.")},
+        **_webhook_paths(),
+    }
+
+
+def _webhook_paths() -> dict[str, dict[str, Op]]:
+    ok = {"200": _body("WebhookAccepted", "Only duplicates: nothing new"),
+          "202": _body("WebhookAccepted", "Stored; processing is queued")}
+    tags = ("webhooks",)
+
+    def hook(summary: str, security: Any, body: str, params: tuple[str, ...] = ("pinned_host",)) -> dict[str, Op]:
+        op = _op(summary, dict(ok), (400, 401, 413), security=security, params=params, tags=tags)
+        op["requestBody"] = {"required": True, "content": {JSON: {"schema": ref(body)}}}
+        return {"post": op}
+
+    quay_event = _query("event", {"type": "string"}, "Quay build notifications: the build event name")
+    return {
+        "/api/v1/webhooks/registry/": hook("CNCF distribution registry notifications", WEBHOOK_BEARER,
+                                           "RegistryNotification"),
+        "/api/v1/webhooks/dockerhub/{token}/": hook("Docker Hub repository webhook", WEBHOOK_TOKEN,
+                                                    "AnyJson", ("token", "pinned_host")),
+        "/api/v1/webhooks/harbor/": hook("Harbor webhook (default or CloudEvents format)", WEBHOOK_BEARER,
+                                         "AnyJson"),
+        "/api/v1/webhooks/quay/{token}/": {"post": _with_param(
+            hook("Quay notification (push and build events)", WEBHOOK_TOKEN, "AnyJson",
+                 ("token", "pinned_host"))["post"], quay_event)},
+        "/api/v1/webhooks/build/": hook("Generic build status from any CI", WEBHOOK_HMAC, "BuildEvent", ()),
+    }
+
+
+def _with_param(op: Op, param: Op) -> Op:
+    op["parameters"] = [*op.get("parameters", []), param]
+    return op
+
+
+@cache
+def document() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document (built once per process; treat it as read-only)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "registry-sync",
+            "version": "1",
+            "description": "The Tutum v1 Images API: images, tags, registries and layers kept fresh "
+                           "from Docker/OCI registries; push webhooks; a live events stream.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"ApiKey": []}, {"Basic": []}],
+        "tags": [{"name": t} for t in ("images", "registries", "auth", "events", "webhooks", "operations")],
+        "paths": _paths(),
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": ERRORS,
+            "parameters": PARAMETERS,
+            "headers": {
+                "ETag": {"schema": {"type": "string"}, "description": "Hash of the body"},
+                "Allow": {"schema": {"type": "string"}, "description": "The methods this path takes"},
+                "Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait"},
+                "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Basic challenge"},
+            },
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "Authorization",
+                           "description": "`Authorization: ApiKey <user>:<apikey>`"},
+                "Basic": {"type": "http", "scheme": "basic", "description": "user name and API key"},
+                "WebhookBearer": {"type": "http", "scheme": "bearer",
+                                  "description": "`Authorization: Bearer <WEBHOOK_SECRET>`"},
+                "WebhookSignature": {"type": "apiKey", "in": "header", "name": "X-Signature-256",
+                                     "description": "`sha256=<hex HMAC-SHA256 of the body with the secret>`"},
+            },
+        },
+    }
+
+
+async def openapi_json(_: web.Request) -> web.Response:
+    return json_response(document())
+
+
+async def docs_page(_: web.Request) -> web.Response:
+    """A self-contained page (no scripts, no CDN) listing every operation of `document()`."""
+    from api.openapi_page import render
+
+    return web.Response(text=render(document(), html.escape), content_type="text/html")

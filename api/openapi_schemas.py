@@ -1,0 +1,160 @@
+"""JSON Schemas (2020-12, as OpenAPI 3.1 uses) of every body the API takes or gives.
+
+They are strict on purpose: every field the wire format promises is `required` and no other
+is allowed (`additionalProperties: false`), so a serializer change that drops, renames or
+adds a field fails tests/ops/test_openapi.py until this file says so too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Schema = dict[str, Any]
+
+
+def ref(name: str | Schema) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"} if isinstance(name, str) else name
+
+
+def obj(props: dict[str, Schema], *, optional: tuple[str, ...] = (), extra: bool = False,
+        description: str = "") -> Schema:
+    """An object with exactly `props` (all required but `optional`)."""
+    out: Schema = {
+        "type": "object",
+        "properties": props,
+        "required": [k for k in props if k not in optional],
+        "additionalProperties": extra,
+    }
+    if description:
+        out["description"] = description
+    return out
+
+
+def nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+STR: Schema = {"type": "string"}
+INT: Schema = {"type": "integer"}
+BOOL: Schema = {"type": "boolean"}
+STATE: Schema = {"type": "string", "enum": ["Empty", "Success", "Building", "Failed"]}
+URI = {"type": "string", "pattern": "^/api/v1/.*/$"}
+RFC2822: Schema = {
+    "type": "string",
+    "description": "RFC 2822 date in UTC, as Tutum wrote it: `Fri, 8 Nov 2013 00:22:26 +0000`",
+    "pattern": r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [1-9][0-9]? (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+               r" [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} \+0000$",
+}
+KEY_VALUE = obj({"key": STR, "value": STR})
+
+
+def _list(item: str) -> Schema:
+    return obj({"meta": ref("Meta"), "objects": array(ref(item))},
+               description=f"The list envelope of {item} objects, ordered by name")
+
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": obj(
+        {"error": {"type": "string", "description": "A sentence saying what went wrong"},
+         "field": {"type": "string", "description": "The parameter or body field at fault"}},
+        optional=("field",), extra=True, description="Every error: a sentence plus any detail fields",
+    ),
+    "Meta": obj({
+        "limit": INT, "offset": INT, "total_count": INT,
+        "next": nullable({"type": "string", "pattern": "^/api/v1/"}),
+        "previous": nullable({"type": "string", "pattern": "^/api/v1/"}),
+    }, description="Paging: next/previous keep the caller's filters; null at either end"),
+    "Image": obj({
+        "resource_uri": URI,
+        "name": STR,
+        "description": STR,
+        "icon_url": nullable(STR),
+        "state": STATE,
+        "star_count": INT,
+        "jumpstart": BOOL,
+        "in_use": BOOL,
+        "categories": array(obj({"name": STR})),
+        "is_private_image": BOOL,
+        "public_url": STR,
+        "registry": URI,
+        "last_build_date": nullable(RFC2822),
+        "tags": array(URI),
+        "build_source": {"type": "null", "description": "Always null (client compatibility)"},
+    }),
+    "Layer": obj({
+        "author": STR,
+        "creation": nullable(RFC2822),
+        "docker_id": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "entrypoint": STR,
+        "run_command": STR,
+        "envvars": array(KEY_VALUE),
+        "labels": array(KEY_VALUE),
+        "ports": array(obj({"port": INT, "protocol": {"type": "string", "enum": ["tcp", "udp"]}})),
+        "volumes": array(obj({"container_path": STR})),
+        "resource_uri": URI,
+    }, description="The image config a tag points to"),
+    "Tag": obj({
+        "resource_uri": URI,
+        "name": STR,
+        "full_name": STR,
+        "image": URI,
+        "state": STATE,
+        "buildable": BOOL,
+        "layer": nullable(ref("Layer")),
+    }),
+    "Registry": obj({
+        "resource_uri": URI, "name": STR, "host": STR, "icon_url": nullable(STR), "is_ssl": BOOL,
+        "is_tutum_registry": BOOL,
+    }),
+    "ImageList": _list("Image"),
+    "TagList": _list("Tag"),
+    "RegistryList": _list("Registry"),
+    "Account": obj({"resource_uri": URI, "username": STR, "is_admin": BOOL}),
+    "SyncStatus": obj({
+        "image": URI,
+        "state": STATE,
+        "syncing": BOOL,
+        "last_synced_at": nullable(RFC2822),
+        "next_sync_at": nullable(RFC2822),
+        "error": nullable(STR),
+        "error_at": nullable(RFC2822),
+        "consecutive_failures": INT,
+    }, description="An extension: the image's last sync, its error and the next run"),
+    "ImagePatch": obj({
+        "description": {"type": "string", "maxLength": 4096},
+        "username": {"type": "string", "maxLength": 255},
+        "password": {"type": "string", "maxLength": 4096, "writeOnly": True},
+    }, optional=("description", "username", "password"),
+        description="username and password go together; they are encrypted and never returned"),
+    "ImageCreate": obj({
+        "name": STR,
+        "description": {"type": "string", "maxLength": 4096},
+        "username": {"type": "string", "maxLength": 255},
+        "password": {"type": "string", "maxLength": 4096, "writeOnly": True},
+    }, optional=("description", "username", "password")),
+    "Health": obj({"status": {"const": "ok"}}),
+    "Ready": obj({"status": {"const": "ok"},
+                  "checks": obj({"postgres": STR, "redis": STR})}),
+    "Event": obj({
+        "type": {"type": "string", "enum": ["image", "imagetag"]},
+        "action": {"type": "string", "enum": ["create", "update", "delete"]},
+        "resource_uri": URI,
+        "state": nullable(STATE),
+        "parents": array(URI),
+        "datetime": RFC2822,
+    }, description="One message of the events stream"),
+    "WebhookAccepted": obj({"accepted": INT, "duplicates": INT},
+                           description="Events stored now, and events already seen (same id)"),
+    "RegistryNotification": obj({"events": array({"type": "object"})}, extra=True,
+                                description="The CNCF registry's notification envelope"),
+    "BuildEvent": obj({
+        "image": STR, "tag": STR,
+        "status": {"type": "string", "enum": ["building", "success", "failed"]},
+        "timestamp": {"type": ["string", "number"], "description": "RFC 3339 or epoch seconds"},
+    }, extra=True),
+    "AnyJson": {"type": "object", "description": "The sender's own payload format"},
+}
