@@ -6,7 +6,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from api import paths, queries, serializers
+from api import inspect, paths, queries, serializers
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -48,6 +48,9 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         return await (list_images(request, account) if method == "GET" else create_image(request, account))
     assert target.image is not None
     image = await queries.get_image(request.app[POOL], account.id, target.image.name)
+    if image is None and method == "GET" and target.image.is_hub:
+        # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
+        image = await inspect.inspect_hub_image(request.app, account.id, target.image)
     if image is None:
         raise NotFoundError(f"image '{target.image.name}' not found")
     if target.kind == paths.IMAGE:

@@ -122,3 +122,21 @@ def envelope(
         "meta": {"limit": limit, "offset": offset, "total_count": total, "next": nxt, "previous": prev},
         "objects": list(objects),
     }
+
+
+def event(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """One events-stream message (SPEC §5) from a trigger's NOTIFY payload (schema.sql:
+    `type`, `action`, `name`, `tag` for tags, `state`, `at` as epoch seconds)."""
+    name = payload["name"]
+    if payload["type"] == "imagetag":
+        uri, parents = tag_uri(name, payload["tag"]), [image_uri(name)]
+    else:
+        uri, parents = image_uri(name), []
+    return {
+        "type": payload["type"],
+        "action": payload["action"],
+        "resource_uri": uri,
+        "state": payload["state"],
+        "parents": parents,
+        "datetime": rfc2822(datetime.fromtimestamp(float(payload["at"]), UTC)),
+    }
