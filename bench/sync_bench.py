@@ -327,16 +327,62 @@ def worker_env(dsn: str, redis_url: str, registry_host: str) -> dict[str, str]:
 def ready_workers(redis_url: str) -> int:
     app = make_celery(Settings(redis_url=redis_url), name="sync-bench-ping")
     try:
-        return len(app.control.ping(timeout=0.5) or [])
+        with app.connection_for_write() as conn:
+            return len(app.control.ping(timeout=0.5, connection=conn) or [])
     finally:
         app.close()
+
+
+def own_tcp_ports() -> set[int]:
+    """Local ports of this process's TCP sockets (Linux /proc)."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[9] in inodes:
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def foreign_redis_clients(redis_url: str) -> list[str]:
+    """Other connections to our Redis database (before our workers start there must be none:
+    another bench or test using the same database number would take our messages)."""
+    with redis.Redis.from_url(redis_url) as r:
+        db = r.connection_pool.connection_kwargs.get("db", 0)
+        clients = [c for c in r.client_list() if int(c.get("db", -1)) == db]
+        mine = own_tcp_ports()
+        return [f"{c['addr']} cmd={c.get('cmd')} age={c.get('age')}s" for c in clients
+                if int(c["addr"].rsplit(":", 1)[1]) not in mine]
+
+
+def flush_redis(redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as r:
+        r.flushdb()
 
 
 def measure_workers(args: argparse.Namespace, reg: LoggedRegistry, procs: Procs, server_dsn: str,
                     redis_url: str, n_workers: int) -> WorkerResult:
     n = args.repos
     dsn = asyncio.run(recreate_database(server_dsn, BENCH_DB))
-    redis.Redis.from_url(redis_url).flushdb()
+    # the previous round's connections close with its processes: what stays is someone else's
+    deadline = time.monotonic() + 10
+    while (others := foreign_redis_clients(redis_url)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if others:
+        raise RuntimeError(f"other clients use Redis {redis_url} (pick another --redis-db): {others}")
+    flush_redis(redis_url)
     db = Db(dsn)
     try:
         insert_images(db, reg.host, n)
@@ -404,7 +450,8 @@ def report(args: argparse.Namespace, push_s: float, sk: SkopeoResult | None, res
     n_tags = repos * tags
     print()
     print(f"registry sync benchmark: {repos} repositories x {tags} tags = {n_tags} tags, "
-          f"{os.cpu_count()} cores, push took {push_s:.1f} s")
+          f"{os.cpu_count()} cores, push took {push_s:.1f} s, load average at the end "
+          + "/".join(f"{x:.1f}" for x in os.getloadavg()))
     print()
     print(f"| {'run':<44} | {'seconds':>8} | {'images/s':>8} | {'tags/s':>8} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
@@ -504,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = True
     try:
         reg.start()
+        print("load average at the start: " + "/".join(f"{x:.1f}" for x in os.getloadavg()))
         print(f"registry at {reg.host}; pushing {args.repos} x {args.tags} images ...", flush=True)
         t = time.monotonic()
         push_all(reg, args.repos, args.tags)
@@ -538,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs.stop_all()
         reg.stop()
         try:
-            redis.Redis.from_url(redis_url).flushdb()
+            flush_redis(redis_url)
         except redis.RedisError:
             pass
         if not args.keep_db:
