@@ -110,11 +110,15 @@ ON CONFLICT (config_digest) DO NOTHING
 
 # A tag whose digest changed was pushed again: Success, dated by its config's `created`,
 # or by the push time a webhook reported for this same digest, whichever is later (SPEC §2).
-UPSERT_TAG_SQL = """
+# All of a sync's tags in one statement, so the statement-level state trigger runs once per
+# sync rather than once per tag.
+UPSERT_TAGS_SQL = """
 INSERT INTO tags AS t (image_id, name, state, manifest_digest, platform_digest, config_digest,
                        build_date, state_at, sync_note)
-VALUES ($1, $2, 'Success', $3, $4, $5,
-        (SELECT created FROM layers WHERE config_digest = $5), now(), $6)
+SELECT $1, u.name, 'Success', u.manifest_digest, u.platform_digest, u.config_digest, l.created, now(), u.note
+  FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+           AS u (name, manifest_digest, platform_digest, config_digest, note)
+  LEFT JOIN layers AS l ON l.config_digest = u.config_digest
 ON CONFLICT ON CONSTRAINT tags_image_name_key DO UPDATE
    SET state = CASE WHEN t.manifest_digest IS DISTINCT FROM EXCLUDED.manifest_digest
                     THEN 'Success' ELSE t.state END,
@@ -172,12 +176,13 @@ async def write_success(
         ]
         if layer_rows:
             await conn.executemany(INSERT_LAYERS_SQL, layer_rows)
-        tag_rows = [
-            (image_id, t.name, t.manifest_digest, t.platform_digest, t.config_digest, t.note)
-            for t in tags
-        ]
-        if tag_rows:
-            await conn.executemany(UPSERT_TAG_SQL, tag_rows)
+        tag_list = list(tags)
+        if tag_list:
+            await conn.execute(
+                UPSERT_TAGS_SQL, image_id, [t.name for t in tag_list],
+                [t.manifest_digest for t in tag_list], [t.platform_digest for t in tag_list],
+                [t.config_digest for t in tag_list], [t.note for t in tag_list],
+            )
         await conn.execute(DELETE_GONE_TAGS_SQL, image_id, list(present), started)
         await conn.execute(FINISH_OK_SQL, image_id, run_token, started, next_in)
 

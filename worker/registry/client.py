@@ -147,16 +147,20 @@ class RegistryClient:
         known_platform_digest: str | None = None,
         known_configs: Container[str] = (),
     ) -> TagResolution:
-        """HEAD the tag; unless its digest is `known_digest`, GET the manifest (by digest),
+        """With a `known_digest`, HEAD the tag first and stop there when it is unchanged;
+        otherwise GET the manifest (by digest after a HEAD, by tag when there is nothing to
+        compare: its Docker-Content-Digest names it, so a HEAD would only add a request),
         pick the platform child of an index, and read the config blob unless its digest is
         in `known_configs`. Raises ManifestNotFoundError when the tag is gone. A missing
         platform is a TagResolution with config_digest None and a note, not an error.
         known_platform_digest is only echoed back on an unchanged answer."""
         base = f"{self.base_url(target.host)}/v2/{target.repository}/manifests/"
-        head = await self._call(target, "HEAD", base + tag, "manifest")
-        digest = head.headers.get("Docker-Content-Digest")
-        if digest and digest == known_digest:
-            return TagResolution(tag, digest, known_platform_digest, None, None, unchanged=True)
+        digest = None
+        if known_digest is not None:
+            head = await self._call(target, "HEAD", base + tag, "manifest")
+            digest = head.headers.get("Docker-Content-Digest")
+            if digest and digest == known_digest:
+                return TagResolution(tag, digest, known_platform_digest, None, None, unchanged=True)
         if digest:
             reply = await self._call(target, "GET", base + digest, "manifest")
         else:
