@@ -91,7 +91,10 @@ async def inspect_hub_image(app: web.Application, account_id: int, name: ImageNa
                 return image
             status = await pool.fetchrow(STATUS_SQL, name.name)
             outcome = status["outcome"] if status else None
-            if outcome in ("missing", "found"):  # found, yet gone: deleted since
+            if outcome == "found":
+                # committed between the two reads above; None only if deleted since
+                return await queries.get_image(pool, account_id, name.name)
+            if outcome == "missing":
                 return None
             if outcome == "failed":
                 raise UnavailableError(
