@@ -89,7 +89,7 @@ def test_register_then_polling_follows_pushes_and_deletes(stack: Stack, registry
     push_image(registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"})
     push_image(registry.url, repo, "v2", {"created": "2024-02-01T00:00:00Z"})
     web = stack.start("web")
-    stack.start("worker")
+    worker = stack.start("worker")
     stack.start("beat")
     wait_for(lambda: _up(stack), 60, "the API to answer")
     name = f"{registry.host}/{repo}"
@@ -117,6 +117,8 @@ def test_register_then_polling_follows_pushes_and_deletes(stack: Stack, registry
     assert image["last_build_date"] == "Fri, 1 Mar 2024 00:00:00 +0000"
     assert web.events("request.done"), "the API logs one JSON line per request"
     assert all("request_id" in e for e in web.events("request.done"))
+    synced_lines = worker.events("sync.done")
+    assert synced_lines and all(e.get("task_id") for e in synced_lines), "worker lines carry the task id"
 
 
 def test_killing_a_worker_mid_batch_loses_nothing(stack: Stack, registry: RegistryServer) -> None:
