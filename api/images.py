@@ -117,6 +117,8 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
     log.info("image.created", image=name.name, image_id=image_id, with_credentials=sealed is not None)
     await queue_priority_sync(request.app, image_id)
     image = await queries.get_image(pool, account.id, name.name)
+    if image is None:  # deleted by a concurrent request right after it was created
+        raise NotFoundError(f"image '{name.name}' not found")
     return json_response(serializers.image(image), status=201)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from multidict import MultiDictProxy
+from multidict import MultiMapping
 
 from api.errors import BadRequestError
 from core.names import InvalidNameError, parse_image_name
@@ -25,7 +25,7 @@ def parse_bool(key: str, raw: str) -> bool:
     raise BadRequestError(f"filter '{key}' must be true or false (got {raw!r})", field=key)
 
 
-def parse_paging(query: MultiDictProxy[str], max_limit: int) -> tuple[int, int]:
+def parse_paging(query: MultiMapping[str], max_limit: int) -> tuple[int, int]:
     values = {}
     for key, default in (("limit", 25), ("offset", 0)):
         raw = query.get(key)
@@ -55,7 +55,7 @@ def _registry_host(raw: str) -> str:
     return host
 
 
-def parse_image_filters(query: MultiDictProxy[str]) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
+def parse_image_filters(query: MultiMapping[str]) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
     """(filters for the query, the caller's raw filters to keep in next/previous links).
 
     Raises BadRequestError naming an unknown filter or a malformed value.
@@ -91,7 +91,7 @@ def parse_image_filters(query: MultiDictProxy[str]) -> tuple[list[tuple[str, Any
     return filters, keep
 
 
-def reject_unknown(query: MultiDictProxy[str], allowed: tuple[str, ...] = PAGING) -> None:
+def reject_unknown(query: MultiMapping[str], allowed: tuple[str, ...] = PAGING) -> None:
     for key in query:
         if key not in allowed and key not in IGNORED:
             raise BadRequestError(f"unknown query parameter '{key}'", field=key)

@@ -8,11 +8,11 @@ own images. When it registered a name that is also in the catalog, its own image
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
-Conn = asyncpg.Connection | asyncpg.Pool
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 _IMAGE_COLUMNS = """
     i.id, i.name, i.owner_id, i.description, i.icon_url, i.state, i.star_count, i.jumpstart,

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Mapping
 from datetime import UTC
+from typing import Any
 
 import orjson
 
@@ -146,7 +147,7 @@ def error_for_response(
     code, text = describe_body(body, headers.get("Content-Type"))
     label = f"{status}{' ' + code if code else ''}"
     message = f"{where}: registry answered {label}{': ' + text if text else ''}"
-    kw = {"status": status, "code": code}
+    kw: dict[str, Any] = {"status": status, "code": code}
     if status == 429 or code == "TOOMANYREQUESTS":
         return RateLimitedError(
             message, retry_after=parse_retry_after(headers.get("Retry-After")), **kw
