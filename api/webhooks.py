@@ -23,6 +23,7 @@ from aiohttp import web
 from api.errors import BadRequestError, UnauthorizedError, json_response
 from api.keys import CELERY, POOL, PUBLISHER, SETTINGS
 from core import metrics
+from core import webhook_auth as whauth
 from core import webhooks as wh
 from core.queue import PRIORITY_QUEUE, PROCESS_EVENT_TASK
 
@@ -77,7 +78,7 @@ async def store_events(conn: asyncpg.Pool | asyncpg.Connection, events: list[wh.
 
 def _secrets(request: web.Request, receiver: str, host: str | None) -> list[str]:
     s = request.app[SETTINGS]
-    found = wh.secrets_for(receiver, host, s.webhook_secret, wh.parse_secret_overrides(s.webhook_secrets))
+    found = whauth.secrets_for(receiver, host, s.webhook_secret, whauth.parse_secret_overrides(s.webhook_secrets))
     if not found:
         raise UnauthorizedError(
             "webhook receivers are disabled: the service has no WEBHOOK_SECRET configured"
@@ -146,7 +147,7 @@ async def _send(app: web.Application, ids: list[int]) -> None:
 async def receive_registry(request: web.Request) -> web.Response:
     """CNCF distribution notifications: `Authorization: Bearer <secret>`."""
     host = _pinned_host(request)
-    if not wh.bearer_ok(request.headers.get("Authorization"), _secrets(request, wh.REGISTRY, host)):
+    if not whauth.bearer_ok(request.headers.get("Authorization"), _secrets(request, wh.REGISTRY, host)):
         raise _refuse(wh.REGISTRY, request)
     body = await request.read()
     return await _accept(request, wh.REGISTRY, lambda b: wh.parse_registry(b, host=host), body)
@@ -155,7 +156,7 @@ async def receive_registry(request: web.Request) -> web.Response:
 async def receive_dockerhub(request: web.Request) -> web.Response:
     """Docker Hub: the secret is the last path component of the URL."""
     host = _pinned_host(request)
-    if not wh.token_ok(request.match_info.get("token"), _secrets(request, wh.DOCKERHUB, host)):
+    if not whauth.token_ok(request.match_info.get("token"), _secrets(request, wh.DOCKERHUB, host)):
         raise _refuse(wh.DOCKERHUB, request)
     body = await request.read()
     return await _accept(request, wh.DOCKERHUB, lambda b: wh.parse_dockerhub(b, host=host), body)
@@ -164,7 +165,7 @@ async def receive_dockerhub(request: web.Request) -> web.Response:
 async def receive_harbor(request: web.Request) -> web.Response:
     """Harbor v2 (default or CloudEvents): the policy's auth header, `Bearer <secret>` or bare."""
     host = _pinned_host(request)
-    if not wh.bearer_ok(request.headers.get("Authorization"), _secrets(request, wh.HARBOR, host)):
+    if not whauth.bearer_ok(request.headers.get("Authorization"), _secrets(request, wh.HARBOR, host)):
         raise _refuse(wh.HARBOR, request)
     body = await request.read()
     return await _accept(request, wh.HARBOR, lambda b: wh.parse_harbor(b, host=host), body)
@@ -173,7 +174,7 @@ async def receive_harbor(request: web.Request) -> web.Response:
 async def receive_quay(request: web.Request) -> web.Response:
     """Quay: the secret is a path component; build notifications add `?event=<build_…>`."""
     host = _pinned_host(request)
-    if not wh.token_ok(request.match_info.get("token"), _secrets(request, wh.QUAY, host)):
+    if not whauth.token_ok(request.match_info.get("token"), _secrets(request, wh.QUAY, host)):
         raise _refuse(wh.QUAY, request)
     event = request.query.get("event") or None
     body = await request.read()
@@ -185,7 +186,7 @@ async def receive_build(request: web.Request) -> web.Response:
     secrets = _secrets(request, wh.BUILD, None)
     body = await request.read()
     header = next((request.headers[h] for h in wh.SIGNATURE_HEADERS if h in request.headers), None)
-    if not wh.signature_ok(body, header, secrets):
+    if not whauth.signature_ok(body, header, secrets):
         raise _refuse(wh.BUILD, request)
     return await _accept(request, wh.BUILD, wh.parse_build, body)
 

@@ -1,4 +1,5 @@
-"""Push webhooks: sender formats → normalized events, and sender authentication.
+"""Push webhooks: sender formats → normalized events (sender authentication is in
+core/webhook_auth.py).
 
 Pure functions shared by the API (which authenticates, parses and stores events) and the
 worker (which applies them). Each parser takes the decoded JSON body and returns the
@@ -12,9 +13,8 @@ a sentence for the sender's operator.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -78,69 +78,6 @@ class WebhookEvent:
     build_state: str | None = None
     occurred_at: datetime | None = None  # the sender's time; None: the time we received it
     payload: Mapping[str, Any] = field(default_factory=dict)  # the sender's event, for the record
-
-
-# ------------------------------------------------------------------ authentication
-
-
-def _equal(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
-
-
-def _any_equal(given: str, secrets: Sequence[str]) -> bool:
-    # Every candidate is compared (no early exit) and empty secrets never match.
-    ok = False
-    for secret in secrets:
-        ok |= bool(secret) and _equal(given, secret)
-    return ok
-
-
-def bearer_ok(header: str | None, secrets: Sequence[str]) -> bool:
-    """`Authorization: Bearer <secret>` (CNCF registry). Harbor sends the configured header
-    value verbatim, so a bare `<secret>` is accepted too."""
-    if not header:
-        return False
-    value = header.strip()
-    scheme, _, rest = value.partition(" ")
-    if scheme.lower() == "bearer" and rest:
-        value = rest.strip()
-    return _any_equal(value, secrets)
-
-
-def token_ok(token: str | None, secrets: Sequence[str]) -> bool:
-    """A secret token in the URL path (Docker Hub, Quay)."""
-    return bool(token) and _any_equal(token or "", secrets)
-
-
-def sign(body: bytes, secret: str) -> str:
-    """The signature header value for `body`: `sha256=<hex HMAC-SHA256>`."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def signature_ok(body: bytes, header: str | None, secrets: Sequence[str]) -> bool:
-    """`X-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>` (generic build events)."""
-    if not header:
-        return False
-    return _any_equal(header.strip().lower(), [sign(body, s) if s else "" for s in secrets])
-
-
-def parse_secret_overrides(raw: str) -> dict[str, str]:
-    """`WEBHOOK_SECRETS`: comma-separated `<receiver or registry host>=<secret>` pairs."""
-    out: dict[str, str] = {}
-    for item in raw.split(","):
-        key, sep, secret = item.strip().partition("=")
-        if sep and key.strip() and secret.strip():
-            out[key.strip().lower()] = secret.strip()
-    return out
-
-
-def secrets_for(receiver: str, host: str | None, default: str, overrides: Mapping[str, str]) -> list[str]:
-    """The secret a receiver accepts: the one of the pinned registry host (`?host=`), else
-    the receiver's own, else WEBHOOK_SECRET. An empty list: the receiver is disabled."""
-    for key in (host, receiver):
-        if key and key.lower() in overrides:
-            return [overrides[key.lower()]]
-    return [default] if default else []
 
 
 # ------------------------------------------------------------------ helpers

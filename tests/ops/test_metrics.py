@@ -15,7 +15,7 @@ from aiohttp import test_utils
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
-from core import webhooks as wh
+from core import webhook_auth as whauth
 from core.settings import Settings
 from tests.conftest import insert_image, unique
 from tests.support.registry import RegistryServer, apush_image
@@ -70,7 +70,7 @@ async def test_counters_move_after_a_sync_a_webhook_and_requests(
 
     body = orjson.dumps({"image": f"{registry.host}/{repo}", "tag": "v1", "status": "building",
                          "timestamp": datetime.now(UTC).isoformat()})
-    signed = {"X-Signature-256": wh.sign(body, SECRET), "Content-Type": "application/json"}
+    signed = {"X-Signature-256": whauth.sign(body, SECRET), "Content-Type": "application/json"}
     assert (await ops_client.post("/api/v1/webhooks/build/", data=body, headers=signed)).status == 202
     assert (await ops_client.post("/api/v1/webhooks/build/", data=body, headers=signed)).status == 200
     bad = {**signed, "X-Signature-256": "sha256=" + "0" * 64}

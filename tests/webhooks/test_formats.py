@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from core import webhook_auth as whauth
 from core import webhooks as wh
 from core.names import HUB_HOST
 from tests.webhooks.conftest import fixture
@@ -102,14 +103,14 @@ def test_malformed_bodies_say_what_is_wrong(parse, body, words) -> None:  # type
 
 
 def test_secrets_constant_time_helpers() -> None:
-    assert wh.bearer_ok("Bearer s3cret", ["s3cret"]) and wh.bearer_ok("s3cret", ["s3cret"])
-    assert not wh.bearer_ok("Bearer s3cre", ["s3cret"]) and not wh.bearer_ok(None, ["s3cret"])
-    assert not wh.bearer_ok("Bearer ", [""]) and not wh.token_ok("", [""])
+    assert whauth.bearer_ok("Bearer s3cret", ["s3cret"]) and whauth.bearer_ok("s3cret", ["s3cret"])
+    assert not whauth.bearer_ok("Bearer s3cre", ["s3cret"]) and not whauth.bearer_ok(None, ["s3cret"])
+    assert not whauth.bearer_ok("Bearer ", [""]) and not whauth.token_ok("", [""])
     body = b'{"a": 1}'
-    assert wh.signature_ok(body, wh.sign(body, "k"), ["k"])
-    assert not wh.signature_ok(body + b" ", wh.sign(body, "k"), ["k"])
-    overrides = wh.parse_secret_overrides("quay=q1, reg.example:5000=r2,bad")
-    assert wh.secrets_for("quay", None, "d", overrides) == ["q1"]
-    assert wh.secrets_for("registry", "reg.example:5000", "d", overrides) == ["r2"]
-    assert wh.secrets_for("registry", None, "d", overrides) == ["d"]
-    assert wh.secrets_for("registry", None, "", {}) == []
+    assert whauth.signature_ok(body, whauth.sign(body, "k"), ["k"])
+    assert not whauth.signature_ok(body + b" ", whauth.sign(body, "k"), ["k"])
+    overrides = whauth.parse_secret_overrides("quay=q1, reg.example:5000=r2,bad")
+    assert whauth.secrets_for("quay", None, "d", overrides) == ["q1"]
+    assert whauth.secrets_for("registry", "reg.example:5000", "d", overrides) == ["r2"]
+    assert whauth.secrets_for("registry", None, "d", overrides) == ["d"]
+    assert whauth.secrets_for("registry", None, "", {}) == []

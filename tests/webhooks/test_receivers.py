@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from core import webhooks as wh
+from core import webhook_auth as whauth
 from tests.conftest import unique
 from tests.webhooks.conftest import QUAY_SECRET, SECRET, fixture_text
 
@@ -21,7 +21,7 @@ async def stored(pool: asyncpg.Pool, ns: str) -> int:
 
 
 def _build_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    return {"X-Signature-256": wh.sign(body, secret), "Content-Type": "application/json"}
+    return {"X-Signature-256": whauth.sign(body, secret), "Content-Type": "application/json"}
 
 
 CASES = [
