@@ -44,6 +44,8 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
+from bench.common import recreate_database, server_dsn, with_db
+
 HOST = "127.0.0.1"
 BENCH_DB = "rs_bench"
 ACCOUNT = "bench"
@@ -88,26 +90,6 @@ end
 
 
 # --- database -------------------------------------------------------------------------------
-
-def _with_db(dsn: str, dbname: str) -> str:
-    base, _, query = dsn.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{dbname}" + (f"?{query}" if query else "")
-
-
-def server_dsn() -> str:
-    url = os.environ.get("DATABASE_URL", "")
-    return _with_db(url, "postgres") if url else f"postgresql://postgres@{HOST}:5432/postgres"
-
-
-async def recreate_database(server: str, dbname: str, *, drop_only: bool = False) -> None:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        if not drop_only:
-            await conn.execute(f'CREATE DATABASE "{dbname}"')
-    finally:
-        await conn.close()
-
 
 def _image_name(i: int, rng: random.Random) -> tuple[int, str, str, str]:
     """(registry index, API name, repository, public_url) of the i-th seeded image."""
@@ -395,8 +377,8 @@ def cli(name: str) -> str:
 
 def bench(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
     server = server_dsn()
-    dsn = _with_db(server, args.database)
-    asyncio.run(recreate_database(server, args.database))
+    dsn = with_db(server, args.database)
+    asyncio.run(recreate_database(server, args.database, schema=False))
     env = api_env(dsn, 0, "warning")
     subprocess.run([cli("registry-sync"), "migrate"], env=env, check=True, timeout=120,
                    stdout=subprocess.DEVNULL)
@@ -465,7 +447,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
 
     report(args, results, bodies)
     if not args.keep_db:
-        asyncio.run(recreate_database(server, args.database, drop_only=True))
+        asyncio.run(recreate_database(server, args.database, drop_only=True, schema=False))
     return 0
 
 

@@ -48,8 +48,8 @@ import aiohttp
 import asyncpg
 import orjson
 
+from bench.common import recreate_database, server_dsn
 from core.accounts import create_account
-from core.db import apply_schema
 
 HOST = "127.0.0.1"
 BENCH_DB = "rs_stream_bench"
@@ -76,29 +76,11 @@ end
 """
 
 
-def _with_db(dsn: str, dbname: str) -> str:
-    base, _, query = dsn.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{dbname}" + (f"?{query}" if query else "")
-
-
-def server_dsn() -> str:
-    url = os.environ.get("DATABASE_URL", "")
-    return _with_db(url, "postgres") if url else f"postgresql://postgres@{HOST}:5432/postgres"
-
-
 async def prepare_database(n_images: int) -> tuple[str, str, list[str]]:
     """(dsn, Authorization header, image names) of a fresh seeded database."""
-    server = server_dsn()
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    finally:
-        await conn.close()
-    dsn = _with_db(server, BENCH_DB)
+    dsn = await recreate_database(server_dsn(), BENCH_DB)
     conn = await asyncpg.connect(dsn)
     try:
-        await apply_schema(conn)
         account, key = await create_account(conn, "bench")
         await conn.execute(
             "INSERT INTO registries (host, name, is_ssl) VALUES ('registry.hub.docker.com', 'Docker Hub', true)")

@@ -51,7 +51,7 @@ from typing import Any
 import asyncpg
 import redis
 
-from core.db import apply_schema
+from bench.common import recreate_database
 from core.queue import make_celery
 from core.settings import Settings
 from tests.support.registry import RegistryServer, push_image
@@ -203,29 +203,6 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
 
 
 # ------------------------------------------------------------------ database
-
-
-def _with_db(dsn: str, dbname: str) -> str:
-    base, _, query = dsn.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{dbname}" + (f"?{query}" if query else "")
-
-
-async def recreate_database(server: str, dbname: str, *, drop_only: bool = False) -> str:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        if not drop_only:
-            await conn.execute(f'CREATE DATABASE "{dbname}"')
-    finally:
-        await conn.close()
-    dsn = _with_db(server, dbname)
-    if not drop_only:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await apply_schema(conn)
-        finally:
-            await conn.close()
-    return dsn
 
 
 class Db:

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import asyncpg
 import redis
 
+from bench.common import recreate_database, with_db
 from core.accounts import create_account
-from core.db import apply_schema
 from tests.support import free_port
 from tests.support.processes import Service, wait_for
 
@@ -41,21 +41,10 @@ DB = "rs_bench_hooks"
 SECRET = "bench-webhook-secret"  # noqa: S105 - a throwaway local stack
 
 
-def _with_db(dsn: str, dbname: str) -> str:
-    base, _, query = dsn.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{dbname}" + (f"?{query}" if query else "")
-
-
 async def _prepare(server: str, dsn: str) -> str:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DB}"')
-    finally:
-        await conn.close()
+    await recreate_database(server, DB)
     conn = await asyncpg.connect(dsn)
     try:
-        await apply_schema(conn)
         return (await create_account(conn, "bench"))[1]
     finally:
         await conn.close()
@@ -93,9 +82,9 @@ def _summary(label: str, ms: list[float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    server = _with_db(os.environ.get("DATABASE_URL", ""), "postgres") if os.environ.get(
+    server = with_db(os.environ.get("DATABASE_URL", ""), "postgres") if os.environ.get(
         "DATABASE_URL") else f"postgresql://postgres@{HOST}:5432/postgres"
-    dsn = _with_db(server, DB)
+    dsn = with_db(server, DB)
     redis_url = re.sub(r"/\d*$", "", os.environ.get("REDIS_URL", f"redis://{HOST}:6379")) + "/14"
     redis.Redis.from_url(redis_url).flushdb()
     key = asyncio.run(_prepare(server, dsn))
