@@ -104,10 +104,10 @@ def start_redis(redis_dir: Path) -> tuple[str, Callable[[], None]]:
     return f"redis://127.0.0.1:{port}/0", server._cleanup
 
 
-def secret_key(data_dir: Path) -> str:
-    """The key in DATA_DIR/secret_key, created (mode 0600) on first use, so credentials
-    sealed by one dev run still open in the next."""
-    path = data_dir / "secret_key"
+def secret_key(data_dir: Path, name: str = "secret_key") -> str:
+    """The secret in DATA_DIR/<name>, created (mode 0600) on first use, so credentials
+    sealed (or webhook senders configured) in one dev run still work in the next."""
+    path = data_dir / name
     if path.exists():
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +205,8 @@ def _run(port: int | None, stack: ExitStack) -> int:
     env.update(DATA_DIR=str(data_dir), PORT=str(port))
     if not env.get("SECRET_KEY"):
         env["SECRET_KEY"] = secret_key(data_dir)
+    if not env.get("WEBHOOK_SECRET"):
+        env["WEBHOOK_SECRET"] = secret_key(data_dir, "webhook_secret")
     started = time.monotonic()
     if env.get("DATABASE_URL"):
         print("dev: using DATABASE_URL", flush=True)
@@ -247,7 +249,10 @@ def _run(port: int | None, stack: ExitStack) -> int:
         print(f"\ndev: API on http://127.0.0.1:{port}/ (Ctrl-C stops everything)")
         print(f"dev: account {DEMO_ACCOUNT!r}, new API key: {key}")
         print(f'  curl -H "Authorization: ApiKey {DEMO_ACCOUNT}:{key}" '
-              f"http://127.0.0.1:{port}/api/v1/image/\n", flush=True)
+              f"http://127.0.0.1:{port}/api/v1/image/")
+        print(f"dev: registry notifications: POST http://127.0.0.1:{port}/api/v1/webhooks/registry/ "
+              f"with 'Authorization: Bearer {env['WEBHOOK_SECRET']}' (docs/webhooks.md)")
+        print(f"dev: API docs on http://127.0.0.1:{port}/docs\n", flush=True)
     while True:
         for name, child in children.items():
             if child.poll() is not None:

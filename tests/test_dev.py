@@ -155,6 +155,9 @@ def test_dev_starts_embedded_services_and_stops_them(tmp_path: Path) -> None:
         assert dev.call("POST", "/api/v1/image/", key, {"name": "127.0.0.1:5999/demo/app"}) == 201
         assert (data_dir / "pg" / "PG_VERSION").exists()
         assert (data_dir / "secret_key").stat().st_mode & 0o077 == 0
+        # the webhook receiver is usable at once: its secret is generated, kept and printed
+        webhook_secret = (data_dir / "webhook_secret").read_text().strip()
+        dev.wait_for(re.compile(re.escape(f"Authorization: Bearer {webhook_secret}")), START_TIMEOUT)
 
         code, seconds = dev.terminate()
         print(f"dev stopped in {seconds:.1f}s")
