@@ -8,9 +8,7 @@ import asyncio
 import json
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,64 +19,12 @@ import redis
 from tests.conftest import create_database, unique
 from tests.ops.test_metrics import samples, value
 from tests.support.fake_registry import FakeRegistry
-from tests.support.processes import Service, wait_for
+from tests.support.processes import Stack, wait_for
 from tests.support.registry import RegistryServer, push_image
 from tests.support.services import free_port, redis_db, worker_index
 from worker.scheduler import BEAT_LOCK
 
-
-@dataclass
-class Ops:
-    env: dict[str, str]
-    port: int
-    services: list[Service]
-
-    def start(self, *args: str, **env: str) -> Service:
-        svc = Service(list(args), {**self.env, **env})
-        self.services.append(svc)
-        return svc
-
-    def http(self, method: str, path: str, *, port: int | None = None, user: str = "", key: str = "",
-             body: Any = None, timeout: float = 20) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
-        if user:
-            headers["Authorization"] = f"ApiKey {user}:{key}"
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port or self.port}{path}", method=method, headers=headers,
-            data=json.dumps(body).encode() if body is not None else None,
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
-                raw = resp.read()
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
-        try:
-            return status, json.loads(raw or b"null")
-        except ValueError:
-            return status, raw.decode()
-
-    def sql(self, query: str, *args: Any) -> Any:
-        async def run() -> Any:
-            conn = await asyncpg.connect(self.env["DATABASE_URL"])
-            try:
-                return await conn.fetchval(query, *args)
-            finally:
-                await conn.close()
-
-        return asyncio.run(run())
-
-    def account(self, name: str) -> str:
-        svc = self.start("create-account", name)
-        assert svc.proc.wait(30) == 0, svc.output()
-        return svc.output().strip().splitlines()[-1]
-
-    def up(self, port: int | None = None, path: str = "/healthz") -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.port}{path}", timeout=1):
-                return True
-        except OSError:
-            return False
+Ops = Stack  # the name these tests use
 
 
 @pytest.fixture
@@ -93,10 +39,9 @@ def ops(postgres_dsn: str, redis_server_url: str) -> Iterator[Ops]:
         "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1", "LOG_FORMAT": "json",
         "LOG_LEVEL": "info", "BEAT_INTERVAL_SECONDS": "0.2", "SYNC_INTERVAL_SECONDS": "3600",
     }
-    st = Ops(env, port, [])
+    st = Ops(env, port)
     yield st
-    for svc in st.services:
-        svc.stop()
+    st.stop_all()
 
 
 def scrape(st: Ops, port: int | None = None) -> dict:

@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -21,7 +18,7 @@ import redis
 
 from core.accounts import create_account
 from tests.conftest import create_database, unique
-from tests.support.processes import Service, wait_for
+from tests.support.processes import Stack, wait_for
 from tests.support.registry import RegistryServer, delete_tag, push_image, push_index
 from tests.support.services import free_port, redis_db, worker_index
 
@@ -29,50 +26,19 @@ SECRET = "e2e-webhook-secret"
 
 
 @dataclass
-class HookStack:
-    env: dict[str, str]
-    port: int
-    registry: RegistryServer
+class HookStack(Stack):
+    """A stack whose registry notifies its API, and the account the tests act as."""
+
+    registry: RegistryServer | None = None
     user: str = ""
     key: str = ""
-    services: list[Service] = field(default_factory=list)
-
-    def start(self, *args: str) -> Service:
-        svc = Service(list(args), self.env)
-        self.services.append(svc)
-        return svc
 
     def get(self, path: str) -> tuple[int, Any]:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            headers={"Authorization": f"ApiKey {self.user}:{self.key}"})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
+        return self.http("GET", path, user=self.user, key=self.key, timeout=5)
 
     def tags(self, name: str) -> list[str] | None:
         status, image = self.get(f"/api/v1/image/{name}/")
         return [t.rsplit("/", 2)[-2] for t in image["tags"]] if status == 200 else None
-
-    def sql(self, query: str, *args: Any) -> Any:
-        async def run() -> Any:
-            conn = await asyncpg.connect(self.env["DATABASE_URL"])
-            try:
-                return await conn.fetchval(query, *args)
-            finally:
-                await conn.close()
-
-        return asyncio.run(run())
-
-
-def _up(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @contextmanager
@@ -89,7 +55,7 @@ def _stack(postgres_dsn: str, redis_url: str, db: str) -> Iterator[HookStack]:
             "LOG_FORMAT": "json", "LOG_LEVEL": "info", "BEAT_INTERVAL_SECONDS": "0.2",
             "SYNC_INTERVAL_SECONDS": "3600",
         }
-        st = HookStack(env, port, reg)
+        st = HookStack(env, port, registry=reg)
         st.user = unique("hooker")
 
         async def account() -> str:
@@ -103,18 +69,14 @@ def _stack(postgres_dsn: str, redis_url: str, db: str) -> Iterator[HookStack]:
         try:
             yield st
         finally:
-            for svc in st.services:
-                svc.stop()
+            st.stop_all()
 
 
 def _register(st: HookStack, repo: str) -> str:
+    assert st.registry is not None
     name = f"{st.registry.host}/{repo}"
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{st.port}/api/v1/image/", method="POST",
-        data=json.dumps({"name": name}).encode(),
-        headers={"Authorization": f"ApiKey {st.user}:{st.key}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
-        assert resp.status == 201
+    status, body = st.http("POST", "/api/v1/image/", user=st.user, key=st.key, body={"name": name})
+    assert status == 201, body
     return name
 
 
@@ -130,7 +92,7 @@ def test_registry_push_multiarch_and_delete_reach_the_api(hook_stack: HookStack)
     st = hook_stack
     st.start("web")
     st.start("worker", "--queues", "priority")
-    wait_for(lambda: _up(st.port), 20, "the API to answer")
+    wait_for(lambda: st.up(), 20, "the API to answer")
     repo, multi = f"{unique('e2e')}/app", f"{unique('e2e')}/multi"
     name, multi_name = _register(st, repo), _register(st, multi)
     wait_for(lambda: all("ready" in s.output() for s in st.services[1:]), 30, "the worker")
@@ -198,7 +160,7 @@ def test_webhooks_are_stored_while_redis_is_down_and_applied_after(
         st.start("web")
         st.start("worker", "--queues", "priority")
         st.start("beat")
-        wait_for(lambda: _up(st.port), 20, "the API to answer")
+        wait_for(lambda: st.up(), 20, "the API to answer")
         repo = f"{unique('down')}/app"
         name = _register(st, repo)
         wait_for(lambda: "ready" in st.services[1].output(), 30, "the worker")

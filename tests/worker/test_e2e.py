@@ -5,57 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import asyncpg
 import pytest
 import redis
 
 from tests.conftest import create_database, unique
 from tests.support.fake_registry import FakeRegistry
-from tests.support.processes import Service, wait_for
+from tests.support.processes import Service, Stack, wait_for
 from tests.support.registry import RegistryServer, delete_tag, push_image
 from tests.support.services import free_port, redis_db, worker_index
 
 SECRET = "e2e-secret"
-
-
-@dataclass
-class Stack:
-    env: dict[str, str]
-    port: int
-    services: list[Service]
-
-    def start(self, *args: str) -> Service:
-        svc = Service(list(args), self.env)
-        self.services.append(svc)
-        return svc
-
-    def call(self, method: str, path: str, key: str, user: str, body: Any = None) -> tuple[int, Any]:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"ApiKey {user}:{key}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    def sql(self, query: str, *args: Any) -> Any:
-        async def run() -> Any:
-            conn = await asyncpg.connect(self.env["DATABASE_URL"])
-            try:
-                return await conn.fetchval(query, *args)
-            finally:
-                await conn.close()
-
-        return asyncio.run(run())
 
 
 @pytest.fixture
@@ -71,34 +32,27 @@ def stack(postgres_dsn: str, redis_server_url: str, registry: RegistryServer) ->
         "INSECURE_REGISTRIES": registry.host, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
         "BEAT_INTERVAL_SECONDS": "0.2", "LEASE_SECONDS": "4", "SYNC_INTERVAL_SECONDS": "2",
     }
-    st = Stack(env, port, [])
+    st = Stack(env, port)
     yield st
-    for svc in st.services:
-        svc.stop()
-
-
-def create_account(st: Stack, name: str) -> str:
-    svc = st.start("create-account", name)
-    assert svc.proc.wait(30) == 0, svc.output()
-    return svc.output().strip().splitlines()[-1]
+    st.stop_all()
 
 
 def test_register_then_polling_follows_pushes_and_deletes(stack: Stack, registry: RegistryServer) -> None:
-    key = create_account(stack, "alice")
+    key = stack.account("alice")
     repo = f"{unique('e2e')}/app"
     push_image(registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"})
     push_image(registry.url, repo, "v2", {"created": "2024-02-01T00:00:00Z"})
     web = stack.start("web")
     worker = stack.start("worker")
     stack.start("beat")
-    wait_for(lambda: _up(stack), 60, "the API to answer")
+    wait_for(lambda: stack.up(), 60, "the API to answer")
     name = f"{registry.host}/{repo}"
 
-    status, image = stack.call("POST", "/api/v1/image/", key, "alice", {"name": name})
+    status, image = stack.http("POST", "/api/v1/image/", user="alice", key=key, body={"name": name})
     assert status == 201 and image["state"] == "Empty", image
 
     def synced() -> dict | None:
-        _, img = stack.call("GET", f"/api/v1/image/{name}/", key, "alice")
+        _, img = stack.http("GET", f"/api/v1/image/{name}/", user="alice", key=key)
         return img if img["state"] == "Success" else None
 
     image = wait_for(synced, 20, "the first sync")  # type: ignore[assignment]
@@ -109,11 +63,11 @@ def test_register_then_polling_follows_pushes_and_deletes(stack: Stack, registry
     delete_tag(registry.url, repo, "v1")
 
     def changed() -> bool:
-        _, img = stack.call("GET", f"/api/v1/image/{name}/", key, "alice")
+        _, img = stack.http("GET", f"/api/v1/image/{name}/", user="alice", key=key)
         return [t.rsplit("/", 2)[-2] for t in img["tags"]] == ["v2", "v3"]
 
     wait_for(changed, 20, "the scheduled sync to see the new and the deleted tag")
-    _, image = stack.call("GET", f"/api/v1/image/{name}/", key, "alice")
+    _, image = stack.http("GET", f"/api/v1/image/{name}/", user="alice", key=key)
     assert image["last_build_date"] == "Fri, 1 Mar 2024 00:00:00 +0000"
     assert web.events("request.done"), "the API logs one JSON line per request"
     assert all("request_id" in e for e in web.events("request.done"))
@@ -173,12 +127,6 @@ def test_killing_a_worker_mid_batch_loses_nothing(stack: Stack, registry: Regist
             assert start >= end, f"image {image_id} synced twice at once: {intervals}"
 
 
-def _up(st: Stack) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{st.port}/healthz", timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _children(pid: int) -> list[int]:
@@ -236,22 +184,22 @@ def test_routine_backlog_does_not_delay_a_registration(
         " FROM generate_series(0, 59) AS i, registries AS r WHERE r.host = $1",
         fake_registry.host,
     )
-    key = create_account(stack, "carol")
+    key = stack.account("carol")
     repo = f"{unique('urgent')}/app"
     push_image(registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"})
     stack.start("web")
     worker = stack.start("worker")
     stack.start("beat")
-    wait_for(lambda: _up(stack) and worker.output().count("ready") >= 2, 90, "API and both consumers")
+    wait_for(lambda: stack.up() and worker.output().count("ready") >= 2, 90, "API and both consumers")
     busy = "SELECT count(*) FROM images WHERE lease_owner LIKE 'run:routine%'"
     wait_for(lambda: stack.sql(busy) >= 10, 20, "the routine consumer to be busy with slow images")
 
     name = f"{registry.host}/{repo}"
-    status, _ = stack.call("POST", "/api/v1/image/", key, "carol", {"name": name})
+    status, _ = stack.http("POST", "/api/v1/image/", user="carol", key=key, body={"name": name})
     assert status == 201
 
     def synced() -> bool:
-        _, img = stack.call("GET", f"/api/v1/image/{name}/", key, "carol")
+        _, img = stack.http("GET", f"/api/v1/image/{name}/", user="carol", key=key)
         return img["state"] == "Success"
 
     wait_for(synced, 15, "the registration's sync")
