@@ -178,5 +178,10 @@ def test_webhooks_are_stored_while_redis_is_down_and_applied_after(
 
         procs.append(_redis(port))  # Redis is back, empty: the sweep re-queues the event
         # bound: Celery's reconnect backoff grows to 30 s while the broker is away
-        wait_for(lambda: st.tags(name) == ["v1"], 90, "the event to be applied after Redis is back")
+        try:
+            wait_for(lambda: st.tags(name) == ["v1"], 90, "the event to be applied after Redis is back")
+        except AssertionError as exc:
+            tails = "\n".join(f"--- {' '.join(svc.args)}:\n" + "\n".join(svc.output().splitlines()[-25:])
+                              for svc in st.services[1:])
+            raise AssertionError(f"{exc}\n{tails}") from None
         assert st.sql("SELECT status FROM webhook_events WHERE repository = $1", repo) == "done"
