@@ -88,6 +88,25 @@ def redis_server() -> Iterator[str]:
                 server.shutdown()
 
 
+def reserved_port() -> int:
+    """A free port below the kernel's ephemeral range, for a server a test stops and starts
+    again on the same port: the kernel never hands such a port to another process's `bind(0)`
+    meanwhile (free_port's ports come from that range and can be reused at once)."""
+    import random
+    from pathlib import Path
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ from core.accounts import create_account
 from tests.conftest import create_database, unique
 from tests.support.processes import Stack, wait_for
 from tests.support.registry import RegistryServer, delete_tag, push_image, push_index
-from tests.support.services import free_port, redis_db, worker_index
+from tests.support.services import free_port, redis_db, reserved_port, worker_index
 
 SECRET = "e2e-webhook-secret"
 
@@ -119,7 +119,7 @@ def test_registry_push_multiarch_and_delete_reach_the_api(hook_stack: HookStack)
 
 @pytest.fixture
 def own_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    port = free_port()
+    port = reserved_port()  # Redis is stopped and started again on it
     procs: list[subprocess.Popen[bytes]] = []
     yield port, procs
     for p in procs:
