@@ -33,6 +33,13 @@ class KnownTag:
     manifest_digest: str | None
     platform_digest: str | None
     config_digest: str | None
+    note: str | None  # why a resolved tag has no config (no manifest for the platform, an artifact)
+
+    @property
+    def resolved(self) -> bool:
+        """Fully read by a sync: a later sync only needs to compare its digest. A tag written
+        by a push webhook has a digest but neither a config nor a note yet."""
+        return self.manifest_digest is not None and (self.config_digest is not None or self.note is not None)
 
 
 # A queued claim of the routine scheduler may be taken over by a priority sync (claim token
@@ -69,13 +76,16 @@ async def extend(conn: asyncpg.Pool, image_id: int, run_token: str, lease_second
 
 
 KNOWN_TAGS_SQL = """
-SELECT name, manifest_digest, platform_digest, config_digest FROM tags WHERE image_id = $1
+SELECT name, manifest_digest, platform_digest, config_digest, sync_note FROM tags WHERE image_id = $1
 """
 
 
 async def known_tags(conn: asyncpg.Pool, image_id: int) -> dict[str, KnownTag]:
     rows = await conn.fetch(KNOWN_TAGS_SQL, image_id)
-    return {r["name"]: KnownTag(r["manifest_digest"], r["platform_digest"], r["config_digest"]) for r in rows}
+    return {
+        r["name"]: KnownTag(r["manifest_digest"], r["platform_digest"], r["config_digest"], r["sync_note"])
+        for r in rows
+    }
 
 
 @dataclass(frozen=True)

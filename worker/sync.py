@@ -134,13 +134,12 @@ async def _discover(
 
     async def resolve(tag: str) -> TagResolution | None:
         k = known.get(tag)
-        # A tag written by a push webhook has a digest but no config yet: resolve it fully.
-        complete = k is not None and k.config_digest is not None
+        resolved = k if k is not None and k.resolved else None
         try:
             return await rt.client.resolve_tag(
                 target, tag,
-                known_digest=k.manifest_digest if complete and k else None,
-                known_platform_digest=k.platform_digest if complete and k else None,
+                known_digest=resolved.manifest_digest if resolved else None,
+                known_platform_digest=resolved.platform_digest if resolved else None,
                 known_configs=rt.known_layers,
             )
         except ManifestNotFoundError:

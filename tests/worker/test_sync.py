@@ -392,3 +392,23 @@ async def test_artifact_tag_is_kept_without_a_layer(
     chart = await get(client, user, f"/api/v1/image/{name}/tag/1.0.0/")
     assert chart["layer"] is None and chart["state"] == "Success"
     assert (await get(client, user, f"/api/v1/image/{name}/tag/img/"))["layer"] is not None
+
+
+async def test_tags_without_a_layer_are_not_fetched_again(
+    client: TestClient, make_user: MakeUser, registry: RegistryServer, runtime: OpenRuntime
+) -> None:
+    """An index with no manifest for the configured platform is a tag without a layer, with a
+    note saying why; like any resolved tag, a re-sync only HEADs it."""
+    user = await make_user()
+    repo = f"{unique('armonly')}/app"
+    await apush_index(registry.url, repo, "arm", [("linux", "arm64")], attestation=False)
+    name = f"{registry.host}/{repo}"
+    iid = await register(client, user, name)
+    rt = await runtime(registry.host)
+    assert await sync.sync_image(rt, iid) == sync.SYNCED
+    tag = await get(client, user, f"/api/v1/image/{name}/tag/arm/")
+    assert tag["layer"] is None and tag["state"] == "Success"
+    start = rt.client.requests.copy()
+    assert await sync.sync_image(rt, iid) == sync.SYNCED
+    sent = rt.client.requests - start
+    assert sent == {("GET", "tags"): 1, ("HEAD", "manifest"): 1}, sent
