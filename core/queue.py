@@ -43,9 +43,13 @@ def make_celery(settings: Settings, name: str = "registry-sync") -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        # A consumer waits for Redis at start-up for as long as it takes; one that loses Redis
+        # later exits instead of reconnecting in place, and `registry-sync worker` starts it
+        # afresh (worker/main.py): threads-pool consumers can go silent after an in-place
+        # reconnect. Postgres leases make the restart lose nothing.
         broker_connection_retry_on_startup=True,
-        # a worker outlives any Redis outage: it keeps reconnecting instead of exiting
         broker_connection_max_retries=None,
+        broker_connection_retry=False,
         # Postgres, not the broker, is the source of truth for due work (SPEC §4): a message
         # lost with Redis is found again by the scheduler, so a short redelivery window is fine.
         broker_transport_options={"visibility_timeout": 600},

@@ -2,6 +2,7 @@
 
 Each `worker` runs one consumer process per queue, so routine polling never delays priority
 work (registrations, webhooks, user-requested syncs): they do not share threads or prefetch.
+The parent restarts a consumer that exits (see run_worker).
 Each consumer process keeps one Runtime (loop, pool, session, caches) for all its tasks and
 runs tasks in threads, so one process syncs many images at once.
 """
@@ -15,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -59,26 +61,38 @@ def run_consumer(settings: Settings, queue: str, concurrency: int) -> None:
         loop.stop()
 
 
+RESTART_DELAY_MAX = 30.0  # seconds between restarts of a consumer that keeps exiting
+STABLE_AFTER = 60.0  # a consumer that ran this long starts its restart delay afresh
+
+
 def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUTINE_QUEUE),
                concurrency: int | None = None) -> int:
-    """Start one consumer process per queue and supervise them; SIGTERM is passed on."""
+    """Start one consumer process per queue and supervise them until SIGTERM/SIGINT, which is
+    passed on (warm shutdown). A consumer that exits on its own is started again, with a
+    delay that doubles while it keeps exiting: a consumer exits on purpose when it loses the
+    broker (`broker_connection_retry=False` in core/queue.py), because Celery's threads-pool
+    consumer can stay connected yet stop consuming after a Redis reconnect (celery#8030,
+    #9054 and later reports); a fresh process has no such state."""
     ctx = multiprocessing.get_context("spawn")
     # before the spawn: the consumers write their metrics where this process can sum them
     metrics_dir, made_dir = metrics.prepare_multiprocess_dir()
-    procs = {
-        q: ctx.Process(
-            target=run_consumer, name=f"worker-{q}",
-            args=(settings, q, concurrency or DEFAULT_CONCURRENCY[q]),
-        )
-        for q in queues
-    }
-    for p in procs.values():
+
+    def spawn(queue: str) -> multiprocessing.process.BaseProcess:
+        p = ctx.Process(target=run_consumer, name=f"worker-{queue}",
+                        args=(settings, queue, concurrency or DEFAULT_CONCURRENCY[queue]))
         p.start()
+        return p
+
+    procs = {q: spawn(q) for q in queues}
+    started = {q: time.monotonic() for q in queues}
+    delays = dict.fromkeys(queues, 1.0)
     server = metrics.serve_metrics(settings.metrics_port, settings.bind_host)[0] if settings.metrics_port else None
 
+    stopping: list[int] = []
     signalled: set[int] = set()
 
     def forward(signum: int, _: object) -> None:
+        stopping.append(signum)
         for p in procs.values():
             # Once per child: a second SIGTERM that lands after Celery's warm shutdown has
             # restored the default handler kills the child before it closes its runtime.
@@ -88,9 +102,23 @@ def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUT
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    # a consumer that dies takes the worker down, so the platform restarts the whole unit
-    multiprocessing.connection.wait([p.sentinel for p in procs.values()])
-    forward(signal.SIGTERM, None)
+    while not stopping:
+        ready = multiprocessing.connection.wait([p.sentinel for p in procs.values()], timeout=1.0)
+        for queue, p in list(procs.items()):
+            if p.sentinel not in ready or stopping:
+                continue
+            p.join()
+            if time.monotonic() - started[queue] > STABLE_AFTER:
+                delays[queue] = 1.0
+            log.warning("worker.consumer_exited", queue=queue, code=p.exitcode, restart_in=delays[queue])
+            deadline = time.monotonic() + delays[queue]
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if stopping:
+                break
+            procs[queue] = spawn(queue)
+            started[queue] = time.monotonic()
+            delays[queue] = min(delays[queue] * 2, RESTART_DELAY_MAX)
     codes = []
     for p in procs.values():
         p.join()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import re
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -208,3 +211,32 @@ def test_routine_backlog_does_not_delay_a_registration(
         "SELECT count(*) FROM images WHERE name LIKE $1 AND last_synced_at IS NULL", f"{fake_registry.host}/slow/%"
     ) > 0, "the routine backlog was not yet done when the registration was synced"
     worker.kill()  # its batches would take minutes to finish; nothing here needs them
+
+
+def test_a_consumer_that_dies_is_started_again(stack: Stack, registry: RegistryServer) -> None:
+    """kill -9 of the priority consumer alone: the worker process starts a new one, which
+    then syncs a registration."""
+    key = stack.account("dave")
+    repo = f"{unique('phoenix')}/app"
+    push_image(registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"})
+    stack.start("web")
+    worker = stack.start("worker")
+    wait_for(lambda: stack.up() and worker.output().count("ready") >= 2, 90, "API and both consumers")
+    consumers = _children(worker.proc.pid)  # the two consumers (and multiprocessing's resource tracker)
+    # Celery names a consumer `<queue>@<host>.<pid>` (worker/main.py run_consumer)
+    ready = re.findall(r"priority@\S+\.(\d+) ready", worker.output())
+    priority = int(ready[-1])
+    assert priority in consumers
+    os.kill(priority, signal.SIGKILL)
+    wait_for(lambda: worker.events("worker.consumer_exited"), 20, "the worker to notice")
+    wait_for(lambda: worker.output().count("ready") >= 3, 90, "the new consumer")
+    assert worker.proc.poll() is None
+    name = f"{registry.host}/{repo}"
+    status, _ = stack.http("POST", "/api/v1/image/", user="dave", key=key, body={"name": name})
+    assert status == 201
+
+    def synced() -> bool:
+        return stack.http("GET", f"/api/v1/image/{name}/", user="dave", key=key)[1]["state"] == "Success"
+
+    wait_for(synced, 30, "the registration synced by the new priority consumer")
+
