@@ -20,7 +20,7 @@ from core.accounts import create_account
 from tests.conftest import create_database, unique
 from tests.support.processes import Stack, wait_for
 from tests.support.registry import RegistryServer, delete_tag, push_image, push_index
-from tests.support.services import free_port, redis_db, reserved_port, worker_index
+from tests.support.services import ensure_debian_packages, free_port, redis_db, reserved_port, worker_index
 
 SECRET = "e2e-webhook-secret"
 
@@ -185,3 +185,29 @@ def test_webhooks_are_stored_while_redis_is_down_and_applied_after(
                               for svc in st.services[1:])
             raise AssertionError(f"{exc}\n{tails}") from None
         assert st.sql("SELECT status FROM webhook_events WHERE repository = $1", repo) == "done"
+
+
+def test_a_push_by_skopeo_reaches_the_api(hook_stack: HookStack) -> None:
+    """A real client's push (skopeo copy: blob uploads, HEAD checks, then the manifests of a
+    multi-arch image) notifies the API, which shows one tag with the amd64 layer."""
+    ensure_debian_packages({"skopeo": "/usr/bin/skopeo"})
+    st = hook_stack
+    assert st.registry is not None
+    st.start("web")
+    st.start("worker", "--queues", "priority")
+    wait_for(lambda: st.up(), 20, "the API to answer")
+    src, dst = f"{unique('src')}/app", f"{unique('dst')}/app"
+    push_index(st.registry.url, src, "1.0", config={"created": "2024-06-01T08:00:00Z", "config": {"Cmd": ["run"]}})
+    name = _register(st, dst)
+    wait_for(lambda: "ready" in st.services[1].output(), 30, "the worker")
+    host = st.registry.host
+    subprocess.run(
+        ["skopeo", "copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
+         f"docker://{host}/{src}:1.0", f"docker://{host}/{dst}:1.0"],
+        check=True, capture_output=True, timeout=60,
+    )
+    wait_for(lambda: st.tags(name) == ["1.0"], 10, "the tag skopeo pushed")
+    wait_for(lambda: st.get(f"/api/v1/image/{name}/tag/1.0/")[1]["layer"], 10, "the enrichment")
+    _, tag = st.get(f"/api/v1/image/{name}/tag/1.0/")
+    assert tag["state"] == "Success" and tag["layer"]["run_command"] == "run"
+    assert {"key": "platform", "value": "linux/amd64"} in tag["layer"]["labels"]
