@@ -44,7 +44,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from bench.common import recreate_database, server_dsn, with_db
+from bench.common import Result, recreate_database, run_wrk, server_dsn, with_db, write_wrk_script
 
 HOST = "127.0.0.1"
 BENCH_DB = "rs_bench"
@@ -68,25 +68,6 @@ TAG_POOL = [
 ]
 TAG_STATES = ["Success"] * 90 + ["Failed"] * 5 + ["Building"] * 3 + ["Empty"] * 2
 
-WRK_LUA = """
-local paths = {}
-local n = 0
-local i = 0
-wrk.headers["Authorization"] = %(auth)s
-function init(args)
-  for line in io.lines(args[1]) do n = n + 1; paths[n] = line end
-end
-function request()
-  i = i %% n + 1
-  return wrk.format("GET", paths[i])
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("BENCH_RESULT %%d %%d %%.0f %%.0f %%d %%d %%d %%d %%d\\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.status, e.connect, e.read, e.write, e.timeout))
-end
-"""
 
 
 # --- database -------------------------------------------------------------------------------
@@ -310,31 +291,6 @@ def ceiling_main(port: int, detail_file: str, list_file: str, workers: int) -> N
 
 # --- load -----------------------------------------------------------------------------------
 
-@dataclass
-class Result:
-    requests: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds
-
-
-def run_wrk(base: str, script: Path, paths: Path, *, duration: float, concurrency: int,
-            threads: int) -> Result:
-    argv = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "10s",
-            "-s", str(script), base, "--", str(paths)]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
-    n, usec, p50, p99, *errs = (float(x) for x in line.split()[1:])
-    return Result(int(n), usec / 1e6, p50 / 1000, p99 / 1000, int(sum(errs)))
-
-
 def median_body(bodies: list[bytes]) -> bytes:
     sizes = sorted(bodies, key=len)
     return sizes[len(sizes) // 2]
@@ -401,7 +357,7 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
     list_paths = tmp / "list.txt"
     list_paths.write_text("".join(f"/api/v1/image/?limit=25&offset={o}\n" for o in offsets))
     auth_file = tmp / "wrk.lua"
-    auth_file.write_text(WRK_LUA % {"auth": json.dumps(auth)})
+    write_wrk_script(auth_file, auth)
     auth_file.chmod(0o600)
     run = Run(tmp, procs, args, auth_file)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 
@@ -41,3 +45,58 @@ async def recreate_database(server: str, dbname: str, *, schema: bool = True, dr
         finally:
             await conn.close()
     return dsn
+
+
+# --- load from wrk (a separate process): one Lua script rotating through a file of paths ------
+
+WRK_LUA = """
+local paths = {}
+local n = 0
+local i = 0
+wrk.headers["Authorization"] = %(auth)s
+function init(args)
+  for line in io.lines(args[1]) do n = n + 1; paths[n] = line end
+end
+function request()
+  i = i %% n + 1
+  return wrk.format("GET", paths[i])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH_RESULT %%d %%d %%.0f %%.0f %%d %%d %%d %%d %%d\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+def write_wrk_script(path: Path, authorization: str) -> Path:
+    """The Lua script, sending `authorization` with every request."""
+    path.write_text(WRK_LUA % {"auth": json.dumps(authorization)})
+    return path
+
+
+@dataclass
+class Result:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def run_wrk(base: str, script: Path, paths: Path, *, duration: float, concurrency: int = 32,
+            threads: int = 1) -> Result:
+    """Requests, time, p50/p99 and errors of `duration` s of GETs of the paths in `paths`."""
+    argv = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "10s",
+            "-s", str(script), base, "--", str(paths)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+    n, usec, p50, p99, *errs = (float(x) for x in line.split()[1:])
+    return Result(int(n), usec / 1e6, p50 / 1000, p99 / 1000, int(sum(errs)))

@@ -48,32 +48,13 @@ import aiohttp
 import asyncpg
 import orjson
 
-from bench.common import recreate_database, server_dsn
+from bench.common import recreate_database, run_wrk, server_dsn, write_wrk_script
 from core.accounts import create_account
 
 HOST = "127.0.0.1"
 BENCH_DB = "rs_stream_bench"
 ROOT = Path(__file__).resolve().parent.parent
 
-WRK_LUA = """
-local paths = {}
-local n = 0
-local i = 0
-wrk.headers["Authorization"] = %(auth)s
-function init(args)
-  for line in io.lines(args[1]) do n = n + 1; paths[n] = line end
-end
-function request()
-  i = i %% n + 1
-  return wrk.format("GET", paths[i])
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("BENCH_RESULT %%d %%d %%.0f %%.0f %%d\\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.status + e.connect + e.read + e.write + e.timeout))
-end
-"""
 
 
 async def prepare_database(n_images: int) -> tuple[str, str, list[str]]:
@@ -123,30 +104,6 @@ def start_web(dsn: str, port: int, log: Path) -> subprocess.Popen[bytes]:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"registry-sync web did not start:\n{log.read_text()}")
-
-
-@dataclass(frozen=True)
-class Throughput:
-    requests: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds
-
-
-def run_wrk(base: str, script: Path, paths: Path, duration: float) -> Throughput:
-    argv = ["wrk", "-t1", "-c32", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script), base, "--",
-            str(paths)]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=True)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
-    n, usec, p50, p99, errors = (float(x) for x in line.split()[1:])
-    return Throughput(int(n), usec / 1e6, p50 / 1000, p99 / 1000, int(errors))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -267,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = f"http://{HOST}:{port}"
         script = tmp / "detail.lua"
-        script.write_text(WRK_LUA % {"auth": orjson.dumps(auth).decode()})
+        write_wrk_script(script, auth)
         paths = tmp / "paths.txt"
         paths.write_text("".join(f"/api/v1/image/{n}/\n" for n in names))
-        run_wrk(base, script, paths, 2)  # warm-up: pool connections, statement caches
-        alone = run_wrk(base, script, paths, args.duration)
+        run_wrk(base, script, paths, duration=2)  # warm-up: pool connections, statement caches
+        alone = run_wrk(base, script, paths, duration=args.duration)
         print(f"detail GET, no stream clients:      {alone.rps:8.0f} req/s  p50 {alone.p50_ms:.2f} ms  "
               f"p99 {alone.p99_ms:.2f} ms  errors {alone.errors}")
 
@@ -292,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
               f"in {time.monotonic() - started:.1f} s")
         time.sleep(1.0)
 
-        idle = run_wrk(base, script, paths, args.duration)
+        idle = run_wrk(base, script, paths, duration=args.duration)
         print(f"detail GET, clients connected:      {idle.rps:8.0f} req/s  p50 {idle.p50_ms:.2f} ms  "
               f"p99 {idle.p99_ms:.2f} ms  errors {idle.errors}  ({idle.rps / alone.rps:.2f}x)")
 
@@ -312,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded_rate = args.events / args.duration
         cpu0 = cpu_seconds(web.pid)
         with ThreadPoolExecutor(1) as runner:
-            busy_future = runner.submit(run_wrk, base, script, paths, args.duration)
+            busy_future = runner.submit(run_wrk, base, script, paths, duration=args.duration)
             loaded = asyncio.run(commit_events(dsn, loaded_names, loaded_rate))
             busy = busy_future.result()
         cpu = cpu_seconds(web.pid) - cpu0
