@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -31,10 +33,15 @@ def serve(settings: Settings, *, port: int | None = None, workers: int = 1) -> N
     # before the spawn: every process counts into files of one folder, and a scrape of any
     # of them (SO_REUSEPORT picks one) reports the sum over all of them
     metrics_dir, made_dir = metrics.prepare_multiprocess_dir()
-    procs = [
-        multiprocessing.get_context("spawn").Process(target=_run, args=(settings, port, True))
-        for _ in range(workers)
-    ]
+    run_processes(_run, (settings, port, True), workers)
+    metrics.remove_multiprocess_dir(metrics_dir, made_dir)
+
+
+def run_processes(target: Callable[..., None], args: tuple[Any, ...], count: int) -> None:
+    """Run `target(*args)` in `count` spawned processes (each binding the port with
+    SO_REUSEPORT), pass SIGTERM/SIGINT on to them, and wait until all have exited."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=target, args=args) for _ in range(count)]
     for p in procs:
         p.start()
 
@@ -47,4 +54,3 @@ def serve(settings: Settings, *, port: int | None = None, workers: int = 1) -> N
     signal.signal(signal.SIGINT, forward)
     for p in procs:
         p.join()
-    metrics.remove_multiprocess_dir(metrics_dir, made_dir)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import random
 import secrets
@@ -44,6 +43,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
+from api.server import run_processes
 from bench.common import Result, recreate_database, run_wrk, server_dsn, with_db, write_wrk_script
 
 HOST = "127.0.0.1"
@@ -273,20 +273,7 @@ def ceiling_main(port: int, detail_file: str, list_file: str, workers: int) -> N
     if workers <= 1:
         _serve_ceiling(port, detail, listing, reuse_port=False)
         return
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_serve_ceiling, args=(port, detail, listing, True))
-             for _ in range(workers)]
-    for p in procs:
-        p.start()
-
-    def forward(signum: int, _: object) -> None:
-        for p in procs:
-            if p.pid:
-                os.kill(p.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    for p in procs:
-        p.join()
+    run_processes(_serve_ceiling, (port, detail, listing, True), workers)
 
 
 # --- load -----------------------------------------------------------------------------------
