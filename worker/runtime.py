@@ -8,6 +8,7 @@ coroutine to it and waits. Tests open a Runtime on their own loop instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -77,6 +78,12 @@ class Runtime:
         """The process's guarded HTTP session (for calls beside the registry API: Hub metadata)."""
         assert self._session is not None, "Runtime.open() first"
         return self._session
+
+    def host_slot(self, host: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held around the registry work of one sync of an image on `host` (fair sharing
+        between hosts). May raise HostBusyError instead of waiting long: the caller hands
+        the image back for later. The default admits every sync at once."""
+        return contextlib.nullcontext()
 
     def network_host(self, host: str) -> str:
         """Where to reach a registry: Docker Hub's API host is configured, others are as named."""

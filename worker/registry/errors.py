@@ -81,6 +81,18 @@ class RegistryProtocolError(RegistryError):
     transient = True
 
 
+class HostBusyError(RegistryError):
+    """The registry host may not be asked now: paused fleet-wide after a 429, or its share of
+    this process (or of the fleet's budget) is taken. Not a failure of the image: the sync
+    hands the image back, due again in `retry_after` seconds, without counting a failure."""
+
+    transient = True
+
+    def __init__(self, message: str, *, retry_after: float, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
 class ForbiddenTargetError(RegistryError):
     """The SSRF guard refused the address (link-local, metadata, private when not allowed)."""
 

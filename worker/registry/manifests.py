@@ -15,6 +15,7 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 
+from core.artifacts import is_metadata_tag
 from core.names import TAG_RE, is_digest
 from worker.registry.errors import RegistryProtocolError
 
@@ -39,7 +40,6 @@ IMAGE_CONFIG_TYPES = frozenset(
 # Reproducible builds stamp these instead of a build time: anything up to the last one is
 # "unknown" (no container image was built before 1980).
 _PLACEHOLDER_LIMIT = datetime(1980, 1, 1, 0, 0, 1, tzinfo=UTC)
-_COSIGN_TAG_RE = re.compile(r"sha256-[0-9a-f]{64}\.(?:sig|att|sbom)")
 _LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;[^,]*?\brel\s*=\s*"?next"?', re.IGNORECASE)
 _FRACTION_RE = re.compile(r"(\.\d{6})\d+")
 
@@ -299,14 +299,15 @@ def parse_config_blob(body: bytes) -> Layer:
 
 def filter_tags(tags: Any) -> list[str]:
     """Tags in registry order, deduplicated, without empty/null entries, digest-shaped
-    entries, cosign artifact tags (sha256-<hex>.sig|.att|.sbom) and invalid names."""
+    entries, metadata tags (core.artifacts: cosign sha256-<hex>.sig|.att|.sbom, the referrers
+    fallback sha256-<hex>) and invalid names."""
     if not isinstance(tags, list):
         return []
     kept: dict[str, None] = {}
     for tag in tags:
         if not isinstance(tag, str) or not tag or is_digest(tag):
             continue
-        if _COSIGN_TAG_RE.fullmatch(tag) or not TAG_RE.fullmatch(tag):
+        if is_metadata_tag(tag) or not TAG_RE.fullmatch(tag):
             continue
         kept[tag] = None
     return list(kept)
