@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import asyncpg
 import structlog
 from aiohttp import web
 
-from api import inspect, paths, queries, serializers
+from api import inspect, pages, paths, queries, serializers
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -83,15 +86,25 @@ def _check_writable(account: Account, image: asyncpg.Record) -> None:
 
 
 async def list_images(request: web.Request, account: Account) -> web.Response:
-    limit, offset = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
+    page = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
     filters, keep = parse_image_filters(request.query)
-    rows, total = await queries.list_images(request.app[POOL], account.id, filters, limit, offset)
+    result = await pages.list_images(request.app[POOL], account.id, filters, page)
     return json_response(
         serializers.envelope(
-            (serializers.image(r) for r in rows), path="/api/v1/image/", params=keep,
-            limit=limit, offset=offset, total=total,
+            (serializers.image(r) for r in result.rows), path="/api/v1/image/", params=keep,
+            page=page, result=result, key=_by_name,
         )
     )
+
+
+def _by_name(row: Mapping[str, Any]) -> str:
+    name: str = row["name"]
+    return name
+
+
+def _by_tag_name(row: Mapping[str, Any]) -> str:
+    name: str = row["tag_name"]
+    return name
 
 
 async def create_image(request: web.Request, account: Account) -> web.Response:
@@ -147,14 +160,14 @@ async def delete_image(request: web.Request, image: asyncpg.Record) -> web.Respo
 
 
 async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response:
-    limit, offset = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
+    page = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
     reject_unknown(request.query)
-    rows, total = await queries.list_tags(request.app[POOL], image["id"], limit, offset)
+    result = await pages.list_tags(request.app[POOL], image["id"], page)
     return json_response(
         serializers.envelope(
-            (serializers.tag(image["name"], r) for r in rows),
+            (serializers.tag(image["name"], r) for r in result.rows),
             path=serializers.tag_uri(image["name"], "").removesuffix("/"), params=[],
-            limit=limit, offset=offset, total=total,
+            page=page, result=result, key=_by_tag_name,
         )
     )
 
