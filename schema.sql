@@ -267,27 +267,57 @@ CREATE OR REPLACE TRIGGER images_events_delete AFTER DELETE ON images
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION images_notify_events();
 
+-- A statement that changes more than 100 tags of one image (the sync of a big image) sends
+-- one image update for it instead: subscribers re-read its tags. `image_state` lets the
+-- stream fold several smaller statements into one image update too (api/stream.py).
 CREATE OR REPLACE FUNCTION tags_notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM pg_notify('registry_sync_events', json_build_object(
             'type', 'imagetag', 'action', 'create', 'owner', i.owner_id, 'name', i.name,
-            'tag', n.name, 'state', n.state, 'at', extract(epoch FROM clock_timestamp()))::text)
-          FROM new_rows AS n JOIN images AS i ON i.id = n.image_id;
+            'tag', n.name, 'state', n.state, 'image_state', i.state,
+            'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM new_rows AS n JOIN images AS i ON i.id = n.image_id
+         WHERE n.image_id IN (SELECT image_id FROM new_rows GROUP BY image_id HAVING count(*) <= 100);
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'image', 'action', 'update', 'owner', i.owner_id, 'name', i.name,
+            'state', i.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM images AS i
+         WHERE i.id IN (SELECT image_id FROM new_rows GROUP BY image_id HAVING count(*) > 100);
     ELSIF TG_OP = 'UPDATE' THEN
         PERFORM pg_notify('registry_sync_events', json_build_object(
             'type', 'imagetag', 'action', 'update', 'owner', i.owner_id, 'name', i.name,
-            'tag', n.name, 'state', n.state, 'at', extract(epoch FROM clock_timestamp()))::text)
-          FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id JOIN images AS i ON i.id = n.image_id
-         WHERE (o.name, o.state, o.buildable, o.manifest_digest, o.config_digest, o.build_date)
-               IS DISTINCT FROM
-               (n.name, n.state, n.buildable, n.manifest_digest, n.config_digest, n.build_date);
+            'tag', c.name, 'state', c.state, 'image_state', i.state,
+            'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM (SELECT n.image_id, n.name, n.state, count(*) OVER (PARTITION BY n.image_id) AS per_image
+                  FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+                 WHERE (o.name, o.state, o.buildable, o.manifest_digest, o.config_digest, o.build_date)
+                       IS DISTINCT FROM
+                       (n.name, n.state, n.buildable, n.manifest_digest, n.config_digest, n.build_date)) AS c
+          JOIN images AS i ON i.id = c.image_id
+         WHERE c.per_image <= 100;
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'image', 'action', 'update', 'owner', i.owner_id, 'name', i.name,
+            'state', i.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM images AS i
+         WHERE i.id IN (SELECT n.image_id FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+                         WHERE (o.name, o.state, o.buildable, o.manifest_digest, o.config_digest, o.build_date)
+                               IS DISTINCT FROM
+                               (n.name, n.state, n.buildable, n.manifest_digest, n.config_digest, n.build_date)
+                         GROUP BY n.image_id HAVING count(*) > 100);
     ELSE
         PERFORM pg_notify('registry_sync_events', json_build_object(
             'type', 'imagetag', 'action', 'delete', 'owner', i.owner_id, 'name', i.name,
-            'tag', o.name, 'state', o.state, 'at', extract(epoch FROM clock_timestamp()))::text)
-          FROM old_rows AS o JOIN images AS i ON i.id = o.image_id;
+            'tag', o.name, 'state', o.state, 'image_state', i.state,
+            'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM old_rows AS o JOIN images AS i ON i.id = o.image_id
+         WHERE o.image_id IN (SELECT image_id FROM old_rows GROUP BY image_id HAVING count(*) <= 100);
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'image', 'action', 'update', 'owner', i.owner_id, 'name', i.name,
+            'state', i.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM images AS i
+         WHERE i.id IN (SELECT image_id FROM old_rows GROUP BY image_id HAVING count(*) > 100);
     END IF;
     RETURN NULL;
 END;
@@ -540,7 +570,7 @@ BEGIN
               FROM (SELECT DISTINCT i.name COLLATE "C" AS name FROM images AS i
                      WHERE i.name COLLATE "C" >= big.lower
                        AND (big.upper IS NULL OR i.name COLLATE "C" < big.upper)) AS d) AS x
-         WHERE x.rn % target = 1 AND x.rn > 1
+         WHERE (x.rn - 1) % target = 0 AND x.rn > 1
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS n = ROW_COUNT;
         added := added + n;
@@ -560,7 +590,7 @@ INSERT INTO list_buckets (lower)
 SELECT x.name FROM (
     SELECT d.name, row_number() OVER (ORDER BY d.name) AS rn
       FROM (SELECT DISTINCT name COLLATE "C" AS name FROM images) AS d) AS x
- WHERE x.rn % 1000 = 1 AND x.rn > 1
+ WHERE (x.rn - 1) % 1000 = 0 AND x.rn > 1
    AND NOT EXISTS (SELECT 1 FROM list_entries) AND EXISTS (SELECT 1 FROM images)
 ON CONFLICT DO NOTHING;
 SELECT list_entries_refresh(ARRAY(SELECT DISTINCT name FROM images))

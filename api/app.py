@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from aiohttp import web
 
-from api import events, health, images, metrics, openapi, resources, webhooks
+from api import health, images, list_upkeep, metrics, openapi, resources, stream, stream_app, webhooks
 from api.auth import AUTH_CACHE, AuthCache, auth_middleware
 from api.errors import Handler, error_middleware
 from api.etag import etag_middleware
@@ -73,9 +73,9 @@ def create_app(settings: Settings) -> web.Application:
     app[MAX_BODY] = settings.max_body_bytes
     app[CREDENTIAL_BOX] = CredentialBox(settings.secret_key, settings.secret_keys_old)
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
-    app.cleanup_ctx.extend([_database, _broker, events.listen, health.redis_client])
+    app.cleanup_ctx.extend([_database, _broker, stream.listen, health.redis_client, list_upkeep.bucket_upkeep])
     # Open event streams must end before the server waits for its handlers to finish.
-    app.on_shutdown.append(events.close_streams)
+    app.on_shutdown.append(stream.close_streams)
 
     slash = "{slash:/?}"
     app.router.add_get("/healthz", resources.healthz)
@@ -87,7 +87,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get(f"/api/v1/registry{slash}", resources.list_registries)
     app.router.add_get("/api/v1/registry/{host:[^/]+}" + slash, resources.get_registry)
     app.router.add_get("/api/v1/layer/{docker_id:[^/]+}" + slash, resources.get_layer)
-    app.router.add_get(f"/api/v1/events{slash}", events.stream, allow_head=False)
+    app.router.add_get(f"/api/v1/events{slash}", stream_app.stream, allow_head=False)
     app.router.add_route("*", "/api/v1/image", images.image_resource)
     app.router.add_route("*", "/api/v1/image/{tail:.*}", images.image_resource)
     webhooks.add_routes(app)

@@ -59,8 +59,15 @@ class Settings:
     inspect_timeout_seconds: float = 10.0
     events_buffer: int = 256
     events_ping_seconds: float = 25.0
+    events_coalesce_seconds: float = 0.1
+    events_max_per_account: int = 20
+    events_in_web: bool = True
+    stream_port: int = 8001
     webhook_secret: str = ""
     webhook_secrets: str = ""  # per receiver / registry host overrides: "quay=s1,reg.example=s2"
+    # lists (issue 14): name buckets that let a deep `offset` skip only one bucket's rows
+    list_bucket_size: int = 1000
+    list_upkeep_seconds: float = 60.0
     data_dir: str = ".data"
     metrics_port: int = 0  # worker parent and beat serve /metrics here; 0: not served
 

@@ -36,7 +36,7 @@ async def list_db(postgres_dsn: str, settings: Settings) -> AsyncIterator[ListDb
     client = TestClient(TestServer(create_app(dataclasses.replace(settings, database_url=dsn))))
     await client.start_server()
     try:
-        yield ListDb(pool, client, {}, {})
+        yield ListDb(dsn, pool, client, {}, {})
     finally:
         await client.close()
         await pool.close()

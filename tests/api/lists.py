@@ -18,6 +18,7 @@ HUB = "registry.hub.docker.com"
 
 @dataclass
 class ListDb:
+    dsn: str
     pool: asyncpg.Pool
     client: TestClient
     registries: dict[str, int]  # host -> id

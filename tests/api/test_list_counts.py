@@ -6,14 +6,19 @@ backfill); concurrent writers of one name cannot lose a shadow."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from pathlib import Path
 
 import asyncpg
+from aiohttp.test_utils import TestClient, TestServer
 
 from api import pages
+from api.app import create_app
+from api.list_upkeep import split_buckets
 from api.params import ImageFilter, Page
 from core.db import SCHEMA_PATH
+from core.settings import Settings
 from tests.api.helpers import ok_json
 from tests.api.lists import HUB, ListDb, expected
 from tests.conftest import User
@@ -196,3 +201,26 @@ async def test_concurrent_writers_of_one_name_take_turns(list_db: ListDb) -> Non
     assert [(r["name"], r["owner_id"]) for r in names.rows] == [("shared/app", alice.account.id)]
     assert names.total == 1
     assert await expected(db.pool, alice.account.id, ImageFilter()) == ["shared/app"]
+
+
+async def test_api_processes_split_growing_buckets(list_db: ListDb, settings: Settings) -> None:
+    db = list_db
+    for i in range(30):
+        await db.image(f"team/app{i:02d}")
+    assert await db.pool.fetchval("SELECT count(*) FROM list_buckets") == 1
+    app = create_app(dataclasses.replace(settings, database_url=db.dsn, list_bucket_size=4, list_upkeep_seconds=0.05))
+    async with TestClient(TestServer(app)):
+        for _ in range(200):
+            if await db.pool.fetchval("SELECT count(*) FROM list_buckets") > 1:
+                break
+            await asyncio.sleep(0.05)
+    lowers = [r[0] for r in await db.pool.fetch("SELECT lower FROM list_buckets ORDER BY lower")]
+    assert lowers == ["", *(f"team/app{i:02d}" for i in range(4, 30, 4))]
+    sizes = await db.pool.fetch("SELECT bucket, sum(n) FROM list_counts WHERE bucket > 0 AND category_id = 0"
+                                " AND registry_id = 0 GROUP BY bucket HAVING sum(n) > 0")
+    assert sorted(s[1] for s in sizes) == [2, 4, 4, 4, 4, 4, 4, 4]
+    # a split while a writer holds the boundaries gives up at once and says so
+    async with db.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock_shared(7305014, 0)")
+        assert await split_buckets(db.pool, 1, lock_timeout=0.1) == 0
+    assert await split_buckets(db.pool, 1) > 0

@@ -32,6 +32,7 @@ EXTRA_ENV = {"PROMETHEUS_MULTIPROC_DIR"}
 SETTINGS_ENV = {f.name.upper() for f in fields(Settings)} | EXTRA_ENV
 # What each command needs (cli/main.py `_settings(...)` calls)
 REQUIRED = {"web": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"}, "worker": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"},
+            "stream": {"DATABASE_URL"},
             "beat": {"DATABASE_URL", "REDIS_URL"}, "migrate": {"DATABASE_URL"}}
 
 
@@ -111,7 +112,7 @@ def test_containers_run_real_commands_of_one_image_with_known_settings() -> None
             requests = c["resources"]["requests"]
             assert requests.get("cpu") and requests.get("memory"), f"{name}: resource requests"
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert seen == {"web", "worker", "beat", "migrate"}
+    assert seen == {"web", "stream", "worker", "beat", "migrate"}
 
 
 def test_probes_hit_real_endpoints_and_commands() -> None:
