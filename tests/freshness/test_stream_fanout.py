@@ -60,7 +60,8 @@ async def test_each_change_is_encoded_once_and_every_client_gets_the_same_bytes(
     hub.add(_change("team/mine", owner=2))
     hub.flush()
     assert len(encoded) == 3, "one encoding per change, not per client"
-    ws_of_others = {id(t.writes[0]) for t, s in zip(transports, subs, strict=True) if s.kind == WS and s.account_id != 2}
+    pairs = list(zip(transports, subs, strict=True))
+    ws_of_others = {id(t.writes[0]) for t, s in pairs if s.kind == WS and s.account_id != 2}
     assert len(ws_of_others) == 1, "one bytes object written to every WebSocket of other accounts"
     owner_ws = next(t for t, s in zip(transports, subs, strict=True) if s.kind == WS and s.account_id == 2)
     other_ws = next(t for t, s in zip(transports, subs, strict=True) if s.kind == WS and s.account_id == 1)
