@@ -20,8 +20,9 @@ def rfc2822(value: datetime | None) -> str | None:
     """`Fri, 8 Nov 2013 00:22:26 +0000` (UTC, day without a leading zero, as Tutum wrote it)."""
     if value is None:
         return None
-    v = value.astimezone(UTC)
-    return f"{_DAYS[v.weekday()]}, {v.day} {_MONTHS[v.month - 1]} {v.year} {v:%H:%M:%S} +0000"
+    v = value if value.tzinfo is UTC else value.astimezone(UTC)  # asyncpg gives UTC already
+    return (f"{_DAYS[v.weekday()]}, {v.day} {_MONTHS[v.month - 1]} {v.year} "
+            f"{v.hour:02d}:{v.minute:02d}:{v.second:02d} +0000")
 
 
 def image_uri(name: str) -> str:

@@ -1,10 +1,18 @@
-"""What every benchmark needs: the local Postgres server and fresh databases on it."""
+"""What every benchmark needs: the local Postgres server and fresh databases on it, the wrk
+driver, and the processes a run starts."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,3 +108,86 @@ def run_wrk(base: str, script: Path, paths: Path, *, duration: float, concurrenc
         raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
     n, usec, p50, p99, *errs = (float(x) for x in line.split()[1:])
     return Result(int(n), usec / 1e6, p50 / 1000, p99 / 1000, int(sum(errs)))
+
+
+# --- processes the benchmarks start ---------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Processes:
+    """Every subprocess a run started, each in its own process group, stopped at exit."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(list(argv), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)  # its own group: its children too
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            except ProcessLookupError:
+                pass
+        if proc in self.started:
+            self.started.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(reversed(self.started)):
+            self.stop(proc)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - a fixed http URL on 127.0.0.1
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def cli(name: str) -> str:
+    """A console script of this virtualenv (registry-sync)."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def api_env(dsn: str, port: int, **extra: str) -> dict[str, str]:
+    """The environment of `registry-sync web`/`stream` on 127.0.0.1:`port` for a benchmark."""
+    env = dict(os.environ)
+    env.update(DATABASE_URL=dsn, REDIS_URL=os.environ.get("REDIS_URL", f"redis://{HOST}:6379/15"),
+               PORT=str(port), STREAM_PORT=str(port), BIND_HOST=HOST, LOG_LEVEL="warning",
+               LOG_FORMAT="json", SECRET_KEY=secrets.token_urlsafe(32), LIST_UPKEEP_SECONDS="0")
+    env.update(extra)
+    return env
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) of `values`, nearest rank; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
