@@ -19,6 +19,7 @@ text per shape, so asyncpg's statement cache keeps them prepared.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -36,17 +37,6 @@ class Result:
     offset: int  # position of the first row, as far as the request tells
     more: bool  # rows follow the last one
     first: bool  # nothing precedes the first row
-
-
-class _Args:
-    """Positional parameters, numbered in the order a statement first uses them."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def __call__(self, value: Any, cast: str) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}::{cast}"
 
 
 def _finish(rows: list[asyncpg.Record], page: Page, total: int, backward: bool) -> Result:
@@ -72,61 +62,73 @@ def _scopes(account_id: int, f: ImageFilter) -> list[int]:
     return [0, account_id, -account_id]
 
 
-def _image_sql(a: _Args, account_id: int, f: ImageFilter, page: Page, mode: str) -> str:
-    me = a(account_id, "bigint")
-    js = a([False, True] if f.jumpstart is None else [f.jumpstart], "boolean[]")
-    ps = a([False, True] if f.is_private is None else [f.is_private], "boolean[]")
-    scopes = a(_scopes(account_id, f), "bigint[]")
-    cat_name = a(f.category, "text")
-    host = a(f.registry, "text")
+# Parameters of every image page statement, in this order (the text depends only on the mode
+# and on whether a registry is named, so there are eight texts, each prepared once).
+ME, JS, PS, SCOPES, CAT_NAME, HOST, OWN_ON, CAT_ON, LIMIT, CURSOR = (f"${i}" for i in range(1, 11))
+
+
+def _image_args(account_id: int, f: ImageFilter, page: Page, mode: str) -> list[Any]:
+    return [
+        account_id,
+        [False, True] if f.jumpstart is None else [f.jumpstart],
+        [False, True] if f.is_private is None else [f.is_private],
+        _scopes(account_id, f), f.category, f.registry, f.is_user is not False, f.is_user is not True,
+        page.limit + 1,
+        page.offset if mode == "bucket" else (page.before if mode == "before" else page.after or ""),
+    ]
+
+
+@lru_cache(maxsize=16)
+def _image_sql(mode: str, by_registry: bool) -> str:
+    """The page statement for `mode`: "after" a name (also the first page), "before" a name,
+    or "bucket" (at the offset in $10: the bucket holding that row, then the rows before it
+    in the bucket are skipped)."""
     ctes = [
         "f AS MATERIALIZED (SELECT"
-        f" CASE WHEN {cat_name} IS NULL THEN 0"
-        f" ELSE coalesce((SELECT id FROM categories WHERE name = {cat_name}), -1) END AS cat,"
-        f" CASE WHEN {host} IS NULL THEN 0"
-        f" ELSE coalesce((SELECT id FROM registries WHERE host = {host}), -1) END AS reg,"
-        f" EXISTS (SELECT 1 FROM list_counts WHERE scope = -{me} AND category_id = 0 AND registry_id = 0"
+        f" CASE WHEN {CAT_NAME}::text IS NULL THEN 0"
+        f" ELSE coalesce((SELECT id FROM categories WHERE name = {CAT_NAME}::text), -1) END AS cat,"
+        f" CASE WHEN {HOST}::text IS NULL THEN 0"
+        f" ELSE coalesce((SELECT id FROM registries WHERE host = {HOST}::text), -1) END AS reg,"
+        f" EXISTS (SELECT 1 FROM list_counts WHERE scope = -{ME}::bigint AND category_id = 0 AND registry_id = 0"
         "  AND bucket = 0 AND n > 0) AS shadows)"
     ]
-    cells = (f"c.scope = ANY({scopes}) AND c.category_id = (SELECT cat FROM f)"
+    cells = (f"c.scope = ANY({SCOPES}::bigint[]) AND c.category_id = (SELECT cat FROM f)"
              f" AND c.registry_id = (SELECT reg FROM f)"
-             f" AND c.jumpstart = ANY({js}) AND c.is_private = ANY({ps})")
+             f" AND c.jumpstart = ANY({JS}::boolean[]) AND c.is_private = ANY({PS}::boolean[])")
     signed = "sum(CASE WHEN c.scope < 0 THEN -c.n ELSE c.n END)::bigint"
     direction, offset_sql = "ASC", "0"
     if mode == "after":
-        cond = f"e.name > {a(page.after or '', 'text')}"
+        cond = f"e.name > {CURSOR}::text"
     elif mode == "before":
-        cond, direction = f"e.name < {a(page.before, 'text')}", "DESC"
-    else:  # "bucket": jump to the bucket holding row `offset`, skip the rows before it there
-        k = a(page.offset, "bigint")
+        cond, direction = f"e.name < {CURSOR}::text", "DESC"
+    else:
+        k = f"{CURSOR}::bigint"
         ctes.append(
-            "start AS MATERIALIZED (SELECT y.lower, " + k + " - (y.upto - y.n) AS skip FROM ("
+            f"start AS MATERIALIZED (SELECT y.lower, {k} - (y.upto - y.n) AS skip FROM ("
             " SELECT b.lower, t.n, sum(t.n) OVER (ORDER BY b.lower) AS upto FROM ("
             f"  SELECT c.bucket, {signed} AS n FROM list_counts AS c WHERE {cells} AND c.bucket > 0"
             "   GROUP BY c.bucket) AS t JOIN list_buckets AS b ON b.id = t.bucket) AS y"
             f" WHERE y.upto > {k} ORDER BY y.lower LIMIT 1)"
         )
         cond, offset_sql = "e.name >= (SELECT lower FROM start)", "(SELECT skip FROM start)"
-    own_on = a(f.is_user is not False, "boolean")
-    cat_on = a(f.is_user is not True, "boolean")
-    registry = " AND e.registry_id = (SELECT reg FROM f)" if f.registry is not None else ""
+    registry = " AND e.registry_id = (SELECT reg FROM f)" if by_registry else ""
     legs = [
-        f"(SELECT e.name, e.image_id FROM list_entries AS e WHERE {on} AND {j} = ANY({js})"
-        f" AND {p} = ANY({ps}) AND e.scope = {scope} AND e.category_id = (SELECT cat FROM f)"
+        f"(SELECT e.name, e.image_id FROM list_entries AS e WHERE {on}::boolean AND {j} = ANY({JS}::boolean[])"
+        f" AND {p} = ANY({PS}::boolean[]) AND e.scope = {scope} AND e.category_id = (SELECT cat FROM f)"
         f"{registry} AND e.jumpstart = {j} AND e.is_private = {p} AND {cond} ORDER BY e.name {direction})"
-        for scope, on in ((me, own_on), ("0", cat_on)) for j in ("false", "true") for p in ("false", "true")
+        for scope, on in ((f"{ME}::bigint", OWN_ON), ("0", CAT_ON))
+        for j in ("false", "true") for p in ("false", "true")
     ]
     # Each leg is read in name order from its index and Postgres merges them (Merge Append),
     # stopping after the page. The catalog images the caller shadows are dropped on the way
     # (only catalog images have entries in a negative scope), by a per-row look-up of the
     # primary key, and only for a caller that shadows any: OFFSET 0 keeps it from becoming a
     # join the planner may hash, and `scope + 0` from a range scan of the caller's shadows.
-    limit = a(page.limit + 1, "bigint")
     ctes.append(
         f"page AS (SELECT u.name, u.image_id FROM ({' UNION ALL '.join(legs)}) AS u"
         " WHERE NOT ((SELECT shadows FROM f) AND EXISTS (SELECT 1 FROM list_entries AS s"
-        f" WHERE s.image_id = u.image_id AND s.scope + 0 = -{me} AND s.category_id = 0 OFFSET 0))"
-        f" ORDER BY u.name {direction} OFFSET {offset_sql} LIMIT {limit})"
+        f" WHERE s.image_id = u.image_id AND s.scope + 0 = -{ME}::bigint AND s.category_id = 0 OFFSET 0))"
+        f" ORDER BY u.name {direction} OFFSET {offset_sql} LIMIT {LIMIT}::bigint)"
     )
     return (
         f"WITH {', '.join(ctes)}"
@@ -137,20 +139,16 @@ def _image_sql(a: _Args, account_id: int, f: ImageFilter, page: Page, mode: str)
     )
 
 
-def _image_total_sql(a: _Args, account_id: int, f: ImageFilter) -> str:
-    js = a([False, True] if f.jumpstart is None else [f.jumpstart], "boolean[]")
-    ps = a([False, True] if f.is_private is None else [f.is_private], "boolean[]")
-    scopes = a(_scopes(account_id, f), "bigint[]")
-    cat_name, host = a(f.category, "text"), a(f.registry, "text")
-    return (
-        "SELECT coalesce(sum(CASE WHEN c.scope < 0 THEN -c.n ELSE c.n END), 0)::bigint FROM list_counts AS c"
-        f" WHERE c.scope = ANY({scopes}) AND c.bucket = 0"
-        f" AND c.category_id = CASE WHEN {cat_name} IS NULL THEN 0"
-        f"  ELSE coalesce((SELECT id FROM categories WHERE name = {cat_name}), -1) END"
-        f" AND c.registry_id = CASE WHEN {host} IS NULL THEN 0"
-        f"  ELSE coalesce((SELECT id FROM registries WHERE host = {host}), -1) END"
-        f" AND c.jumpstart = ANY({js}) AND c.is_private = ANY({ps})"
-    )
+IMAGE_TOTAL_SQL = """
+SELECT coalesce(sum(CASE WHEN c.scope < 0 THEN -c.n ELSE c.n END), 0)::bigint
+  FROM list_counts AS c
+ WHERE c.scope = ANY ($1::bigint[]) AND c.bucket = 0
+   AND c.category_id = CASE WHEN $2::text IS NULL THEN 0
+                            ELSE coalesce((SELECT id FROM categories WHERE name = $2::text), -1) END
+   AND c.registry_id = CASE WHEN $3::text IS NULL THEN 0
+                            ELSE coalesce((SELECT id FROM registries WHERE host = $3::text), -1) END
+   AND c.jumpstart = ANY ($4::boolean[]) AND c.is_private = ANY ($5::boolean[])
+"""
 
 
 def _matches(row: asyncpg.Record, account_id: int, f: ImageFilter) -> bool:
@@ -177,16 +175,15 @@ async def list_images(conn: Conn, account_id: int, f: ImageFilter, page: Page) -
         mode = "bucket"
     else:
         mode = "after"
-    a = _Args()
-    rows = await conn.fetch(_image_sql(a, account_id, f, page, mode), *a.values)
+    rows = await conn.fetch(_image_sql(mode, f.registry is not None), *_image_args(account_id, f, page, mode))
     if mode == "before" and len(rows) < page.limit:
         # fewer than a page before the cursor: the previous page is the first page
         return await list_images(conn, account_id, f, Page(page.limit))
     if rows:
         total = rows[0]["total_count"]
     else:
-        t = _Args()
-        total = await conn.fetchval(_image_total_sql(t, account_id, f), *t.values)
+        args = _image_args(account_id, f, page, mode)
+        total = await conn.fetchval(IMAGE_TOTAL_SQL, args[3], f.category, f.registry, args[1], args[2])
     return _finish(list(rows), page, total, mode == "before")
 
 

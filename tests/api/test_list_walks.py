@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -18,7 +19,9 @@ from tests.conftest import User
 Q = "q.example.com"
 
 
-async def _walk(db: ListDb, user: User, url: str, key: str = "name") -> tuple[list[str], list[dict[str, Any]]]:
+async def _walk(db: ListDb, user: User, url: str, key: str = "name",
+                between: Callable[[], Awaitable[None]] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Follow `next` from `url`, calling `between` after each page; (keys seen, each meta)."""
     seen: list[str] = []
     metas = []
     next_url: str | None = url
@@ -29,6 +32,8 @@ async def _walk(db: ListDb, user: User, url: str, key: str = "name") -> tuple[li
         metas.append(body["meta"])
         next_url = body["meta"]["next"]
         assert len(metas) < 1000, "next never ends"
+        if between is not None:
+            await between()
     return seen, metas
 
 
@@ -42,27 +47,30 @@ async def _seed(db: ListDb, alice: User, n: int) -> None:
         await db.image(f"team{i % 9}/app-{i:04d}" if i % 4 else f"{Q}/team{i % 9}/app-{i:04d}", alice)
 
 
-async def _churn(db: ListDb, alice: User, rng: random.Random, stop: asyncio.Event, inserted: list[str],
-                 deleted: set[str]) -> None:
-    """Insert new images (some alice's) and delete seeded ones until told to stop."""
-    n = 0
-    while not stop.is_set():
-        n += 1
-        name = f"team{rng.randrange(9)}/new-{rng.randrange(10**9)}"
-        await db.image(name, alice if n % 3 == 0 else None, categories=("db",) if n % 2 else ())
-        inserted.append(name)
-        victim = await db.pool.fetchval(
+class Churn:
+    """Inserts a new image (some alice's) and deletes a seeded one at each step."""
+
+    def __init__(self, db: ListDb, alice: User, seed: int) -> None:
+        self.db, self.alice, self.rng = db, alice, random.Random(seed)
+        self.inserted: list[str] = []
+        self.deleted: set[str] = set()
+
+    async def step(self) -> None:
+        n = len(self.inserted) + 1
+        name = f"team{self.rng.randrange(9)}/new-{self.rng.randrange(10**9)}"
+        await self.db.image(name, self.alice if n % 3 == 0 else None, categories=("db",) if n % 2 else ())
+        self.inserted.append(name)
+        victim = await self.db.pool.fetchval(
             "SELECT name FROM images WHERE name LIKE 'team%/app-%' ORDER BY random() LIMIT 1")
-        if victim is not None and n % 2:
-            deleted.add(victim)
-            await db.pool.execute("DELETE FROM images WHERE name = $1", victim)
+        if victim is not None:
+            self.deleted.add(victim)
+            await self.db.pool.execute("DELETE FROM images WHERE name = $1", victim)
 
 
 async def test_following_next_under_concurrent_inserts_and_deletes(list_db: ListDb) -> None:
     db = list_db
     alice = await db.user("alice")
     await _seed(db, alice, 240)
-    rng = random.Random(14)
     queries = {
         "": ImageFilter(),
         "?categories__name=db": ImageFilter(category="db"),
@@ -71,18 +79,23 @@ async def test_following_next_under_concurrent_inserts_and_deletes(list_db: List
     }
     for query, f in queries.items():
         before = set(await expected(db.pool, alice.account.id, f))
-        deleted: set[str] = set()
-        inserted: list[str] = []
+        churn = Churn(db, alice, len(query))
+        sep = "&" if query else "?"
+        # between every two pages an image is inserted and another deleted, and a writer keeps
+        # writing while each page is read
         stop = asyncio.Event()
 
-        writer = asyncio.create_task(_churn(db, alice, rng, stop, inserted, deleted))
+        async def writer(churn: Churn = churn, stop: asyncio.Event = stop) -> None:
+            while not stop.is_set():
+                await churn.step()
+
+        background = asyncio.create_task(writer())
         try:
-            sep = "&" if query else "?"
-            seen, metas = await _walk(db, alice, f"/api/v1/image/{query}{sep}limit=5")
+            seen, metas = await _walk(db, alice, f"/api/v1/image/{query}{sep}limit=5", between=churn.step)
         finally:
             stop.set()
-            await writer
-        assert len(inserted) >= 5 and len(deleted) >= 2, "rows changed while the list was walked"
+            await background
+        deleted = churn.deleted
         assert len(seen) == len(set(seen)), f"{query}: a row came twice"
         assert seen == c_order(seen), f"{query}: out of order"
         throughout = before - deleted
