@@ -241,37 +241,46 @@ class EventHub:
 
     def flush(self) -> None:
         """Write the pending changes to every subscriber allowed to see them."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         self._flush_at = None
-        self._last_flush = asyncio.get_running_loop().time()
         events = list(self._pending.values())
         self._pending.clear()
         self._tag_counts.clear()
-        if not events or not self._everyone:
-            return
+        if events and self._everyone:
+            self._fan_out(events)
+        # The next flush waits for the window, or as long as this one took when that is longer:
+        # with many clients the batches grow instead of the flushes queueing up behind each other.
+        self._last_flush = started + max(0.0, loop.time() - started - self.window)
+
+    def _fan_out(self, events: list[dict[str, Any]]) -> None:
         encoded = [(e.get("owner"), orjson.dumps(serializers.event(e))) for e in events]
         catalog_bodies = [body for owner, body in encoded if owner is None]
-        catalog = Batch.of(catalog_bodies) if catalog_bodies else None
+        catalog = Batch.of(catalog_bodies).wire if catalog_bodies else None
         # an account with changes of its own gets them in commit order among the catalog's
         owners = {owner for owner, _ in encoded if owner is not None and owner in self._by_account}
-        per_account = {a: (Batch.of([body for owner, body in encoded if owner in (None, a)]),
+        per_account = {a: (Batch.of([body for owner, body in encoded if owner in (None, a)]).wire,
                            sum(owner in (None, a) for owner, _ in encoded)) for a in owners}
-        for sub in tuple(self._everyone):
-            batch, n = per_account.get(sub.account_id, (catalog, len(catalog_bodies)))
-            if batch is not None:
-                self._write(sub, batch.wire[sub.kind], n)
-
-    def _write(self, sub: Subscriber, data: bytes, messages: int) -> None:
-        t = sub.transport
-        if sub.reason is not None:
-            return
-        if t.is_closing():
-            sub.close("client closed")
-        elif t.get_write_buffer_size() > self.limit:
-            self.dropped += 1
-            sub.close("lagging: the client did not keep up with the stream")
-        else:
-            t.write(data)
-            self.delivered += messages
+        limit, delivered = self.limit, 0
+        for sub in tuple(self._everyone):  # the hot loop: one socket write per subscriber
+            if per_account and sub.account_id in per_account:
+                wire, n = per_account[sub.account_id]
+            elif catalog is not None:
+                wire, n = catalog, len(catalog_bodies)
+            else:
+                continue
+            t = sub.transport
+            if sub.reason is not None:
+                continue
+            if t.is_closing():
+                sub.close("client closed")
+            elif t.get_write_buffer_size() > limit:
+                self.dropped += 1
+                sub.close("lagging: the client did not keep up with the stream")
+            else:
+                t.write(wire[sub.kind])
+                delivered += n
+        self.delivered += delivered
 
     # ------------------------------------------------------------ subscribers
 
