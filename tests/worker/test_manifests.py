@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.artifacts import IMAGE_CONFIG_TYPES
 from worker.registry import manifests as mf
 from worker.registry.auth import parse_challenges, parse_token_response, pick_challenge
 from worker.registry.errors import (
@@ -35,7 +36,7 @@ def test_docker_v2_manifest() -> None:
     assert isinstance(m, mf.ImageManifest)
     assert m.media_type == mf.DOCKER_MANIFEST
     assert m.config.digest.startswith("sha256:b5b2b2c5")
-    assert m.config.media_type in mf.IMAGE_CONFIG_TYPES
+    assert m.config.media_type in IMAGE_CONFIG_TYPES
 
 
 def test_oci_manifest_with_and_without_media_type() -> None:

@@ -348,11 +348,9 @@ async def test_a_run_whose_lease_was_taken_over_writes_nothing(
     assert image is not None
     await pool.execute("UPDATE images SET lease_until = now() - interval '1 second' WHERE id = $1", iid)
     assert await store.acquire(pool, iid, "run:new", None, 60) is not None
+    result = store.SyncResult(present=["x"], tags=[store.TagWrite("x", "sha256:" + "a" * 64, None, None, None)])
     with pytest.raises(store.LeaseLostError):
-        await store.write_success(
-            pool, iid, "run:old", started=datetime.now(UTC), present=["x"],
-            tags=[store.TagWrite("x", "sha256:" + "a" * 64, None, None, None)], layers=[], next_in=60,
-        )
+        await store.write_success(pool, image, "run:old", result, next_in=60)
     assert await pool.fetchval("SELECT count(*) FROM tags WHERE image_id = $1", iid) == 0
 
 

@@ -5,6 +5,7 @@ No I/O here; every function is tested on JSON fixtures (tests/worker/fixtures).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 import shlex
@@ -33,9 +34,7 @@ MANIFEST_ACCEPT = ", ".join(
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 SCHEMA1_TYPES = frozenset({DOCKER_V1_SIGNED, DOCKER_V1})
-IMAGE_CONFIG_TYPES = frozenset(
-    {"application/vnd.docker.container.image.v1+json", "application/vnd.oci.image.config.v1+json"}
-)
+CREATED_ANNOTATION = "org.opencontainers.image.created"
 
 # Reproducible builds stamp these instead of a build time: anything up to the last one is
 # "unknown" (no container image was built before 1980).
@@ -66,6 +65,15 @@ class Descriptor:
     architecture: str | None = None
     variant: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
+    artifact_type: str | None = None
+
+    @property
+    def platform(self) -> str:
+        """"os/arch[/variant]" as in PLATFORM; an entry without a platform is linux/amd64."""
+        if self.os is None and self.architecture is None:
+            return "linux/amd64"
+        parts = [self.os or "unknown", self.architecture or "unknown"]
+        return "/".join([*parts, self.variant] if self.variant else parts)
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,8 @@ class Index:
 
     media_type: str
     manifests: list[Descriptor]
+    artifact_type: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,9 @@ class ImageManifest:
 
     media_type: str
     config: Descriptor
+    layer_types: tuple[str, ...] = ()
+    artifact_type: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,17 @@ def _load_object(body: bytes, what: str) -> dict[str, Any]:
     return data
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _annotations(raw: dict[str, Any]) -> dict[str, str]:
+    annotations = raw.get("annotations")
+    if not isinstance(annotations, dict):
+        return {}
+    return {str(k): str(v) for k, v in annotations.items()}
+
+
 def _descriptor(raw: Any, what: str) -> Descriptor:
     if not isinstance(raw, dict) or not isinstance(raw.get("digest"), str):
         raise RegistryProtocolError(f"{what} has no digest")
@@ -129,20 +153,22 @@ def _descriptor(raw: Any, what: str) -> Descriptor:
         raise RegistryProtocolError(f"{what} has a malformed digest")
     platform = raw.get("platform")
     platform = platform if isinstance(platform, dict) else {}
-    annotations = raw.get("annotations")
-    annotations = annotations if isinstance(annotations, dict) else {}
-
-    def text(value: Any) -> str | None:
-        return value if isinstance(value, str) and value else None
-
     return Descriptor(
         media_type=str(raw.get("mediaType") or ""),
         digest=raw["digest"],
-        os=text(platform.get("os")),
-        architecture=text(platform.get("architecture")),
-        variant=text(platform.get("variant")),
-        annotations={str(k): str(v) for k, v in annotations.items()},
+        os=_text(platform.get("os")),
+        architecture=_text(platform.get("architecture")),
+        variant=_text(platform.get("variant")),
+        annotations=_annotations(raw),
+        artifact_type=_text(raw.get("artifactType")),
     )
+
+
+def _layer_types(data: dict[str, Any]) -> tuple[str, ...]:
+    layers = data.get("layers")
+    if not isinstance(layers, list):
+        return ()
+    return tuple(str(la.get("mediaType") or "") for la in layers if isinstance(la, dict))
 
 
 def parse_manifest(body: bytes, content_type: str | None = None) -> Manifest:
@@ -167,9 +193,15 @@ def parse_manifest(body: bytes, content_type: str | None = None) -> Manifest:
             entries = []
         if not isinstance(entries, list):
             raise RegistryProtocolError("index `manifests` is not a list")
-        return Index(media, [_descriptor(e, "index entry") for e in entries])
+        return Index(
+            media, [_descriptor(e, "index entry") for e in entries],
+            artifact_type=_text(data.get("artifactType")), annotations=_annotations(data),
+        )
     if media in IMAGE_TYPES:
-        return ImageManifest(media, _descriptor(data.get("config"), "manifest config"))
+        return ImageManifest(
+            media, _descriptor(data.get("config"), "manifest config"), _layer_types(data),
+            artifact_type=_text(data.get("artifactType")), annotations=_annotations(data),
+        )
     history = data.get("history")
     if not isinstance(history, list) or not history or not isinstance(history[0], dict):
         raise RegistryProtocolError("schema 1 manifest has no history")
@@ -217,6 +249,11 @@ def choose_platform(index: Index, platform: str = "linux/amd64") -> Descriptor |
         if best is None or rank < best[0]:
             best = (rank, entry)
     return best[1] if best else None
+
+
+def platforms(index: Index) -> list[str]:
+    """The platforms an index offers, in index order, without attestation entries."""
+    return list(dict.fromkeys(e.platform for e in index.manifests if not is_attestation(e)))
 
 
 def parse_created(value: Any) -> datetime | None:
@@ -311,6 +348,29 @@ def filter_tags(tags: Any) -> list[str]:
             continue
         kept[tag] = None
     return list(kept)
+
+
+class FirstNames:
+    """The first `limit` distinct names in code-point order among all names offered, holding
+    no more than `limit` of them at any time (a tag list can be endless)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 0)
+        self.names: list[str] = []
+        self.truncated = False
+        self._kept: set[str] = set()
+
+    def update(self, names: list[str]) -> None:
+        for name in names:
+            if name in self._kept:
+                continue
+            if len(self.names) >= self.limit:
+                self.truncated = True
+                if not self.names or name > self.names[-1]:
+                    continue
+                self._kept.discard(self.names.pop())
+            bisect.insort(self.names, name)
+            self._kept.add(name)
 
 
 def parse_tags_page(body: bytes) -> list[str]:
