@@ -232,10 +232,11 @@ def fetch_blob(base_url: str, repo: str, digest: str, *, auth: Auth = None) -> b
 
 
 def push_manifest_naming(
-    base_url: str, repo: str, tag: str, config: bytes, *, auth: Auth = None
+    base_url: str, repo: str, tag: str, config: bytes, *, auth: Auth = None, keep_blob: bool = False
 ) -> Pushed:
     """A Docker image manifest under `tag` that names the config blob `config` (its digest)
-    without the repository holding that blob: pushed, then the blob deleted."""
+    without the repository holding that blob: pushed, then the blob deleted (unless
+    `keep_blob`: the same config legitimately in a second repository, a mirror)."""
     http = _Http(base_url, auth)
     layer = os.urandom(64)
     manifest = {
@@ -245,7 +246,8 @@ def push_manifest_naming(
                     "digest": _push_blob(http, repo, layer)}],
     }
     digest = _put_manifest(http, repo, tag, manifest, DOCKER_MANIFEST)
-    delete_blob(base_url, repo, _digest(config), auth=auth)
+    if not keep_blob:
+        delete_blob(base_url, repo, _digest(config), auth=auth)
     size = len(json.dumps(manifest, indent=3).encode())
     return Pushed(tag, digest, DOCKER_MANIFEST, size, _digest(config))
 

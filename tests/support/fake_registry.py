@@ -7,6 +7,7 @@ The first component of the repository name picks the behaviour:
 | ok/*          | a healthy docker v2 image, tags ["a", "b"]                                 |
 | flaky/*       | 500 (HTML body) `fail_times` times per path, then healthy                  |
 | down/*        | always 503 with an UNAVAILABLE error body                                  |
+| halfdown/*    | a healthy tag list, but manifests and blobs always 503                     |
 | limited/*     | 429 with `Retry-After: <retry_after>` once per path, then healthy          |
 | slow/*        | answers after `slow_seconds`                                               |
 | garbage/*     | 200 with a body that is not JSON (tags and manifests)                      |
@@ -191,7 +192,7 @@ class FakeRegistry:
             return self._unauthorized(request, "insufficient_scope")
         if kind == "flaky" and n <= self.fail_times:
             return web.Response(status=500, body=HTML_500, content_type="text/html")
-        if kind == "down":
+        if kind == "down" or (kind == "halfdown" and "/tags/list" not in path):
             return web.Response(
                 status=503,
                 body=_errors("UNAVAILABLE", "service unavailable"),
