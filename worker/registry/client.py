@@ -201,9 +201,15 @@ class RegistryClient:
             wait=self._wait,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._call_once(target, method, url, kind, limit)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._call_once(target, method, url, kind, limit)
+        except RegistryError as exc:
+            # The retry state keeps the error in a reference cycle, and the error's traceback
+            # keeps every frame under this one alive with it, up to the 4 MB being read when a
+            # size cap was hit: dropped here, or it stays until the cyclic GC runs.
+            raise exc.with_traceback(None) from exc.__cause__
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _call_once(
