@@ -282,3 +282,33 @@ def test_error_mapping() -> None:
     assert not err(400, b"bad").transient
     assert describe_body(envelope % b"DENIED") == ("DENIED", "m: d")
     assert len(describe_body(b"x" * 5000)[1]) < 300
+
+
+def test_first_names_keeps_the_first_in_code_point_order_and_no_more() -> None:
+    first = mf.FirstNames(3)
+    first.update(["m", "b", "z", "b"])
+    assert first.names == ["b", "m", "z"] and not first.truncated
+    first.update(["a", "y", "B"])
+    assert first.names == ["B", "a", "b"] and first.truncated
+    first.update(["c"])
+    assert first.names == ["B", "a", "b"]
+    assert mf.FirstNames(0).names == []
+
+
+def test_artifact_fields_and_platforms() -> None:
+    body = json.dumps({
+        "schemaVersion": 2, "mediaType": mf.OCI_MANIFEST,
+        "artifactType": "application/vnd.example+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:" + "4" * 64, "size": 2},
+        "layers": [{"mediaType": "text/spdx+json", "digest": "sha256:" + "5" * 64, "size": 1}, "junk"],
+        "annotations": {"org.opencontainers.image.created": "2024-06-01T10:00:00Z"},
+    }).encode()
+    m = mf.parse_manifest(body)
+    assert isinstance(m, mf.ImageManifest)
+    assert m.artifact_type == "application/vnd.example+json" and m.layer_types == ("text/spdx+json",)
+    assert mf.parse_created(m.annotations[mf.CREATED_ANNOTATION]) == datetime(2024, 6, 1, 10, tzinfo=UTC)
+    index = mf.parse_manifest(raw("oci_index_attestation.json"))
+    assert isinstance(index, mf.Index)
+    assert mf.platforms(index) == ["linux/amd64", "linux/arm64"]
+    assert mf.platforms(mf.parse_manifest(raw("docker_list.json"))) == [  # type: ignore[arg-type]
+        "linux/arm/v6", "linux/arm/v7", "linux/arm64/v8", "linux/amd64", "windows/amd64"]

@@ -21,6 +21,7 @@ from tests.support.registry import RegistryServer, apush_image, apush_index, del
 from tests.support.token_server import TokenServer
 from tests.worker.conftest import ALICE, BOB, ClientFactory
 from worker.registry import (
+    Layer,
     ManifestNotFoundError,
     RateLimitedError,
     RegistryAuthError,
@@ -29,6 +30,7 @@ from worker.registry import (
     RepositoryNotFoundError,
     Target,
 )
+from worker.registry.resolve import ConfigCache
 
 _n = itertools.count()
 
@@ -386,3 +388,15 @@ async def test_token_cache_is_per_password(
     # same user name, wrong password: must not borrow the cached token
     with pytest.raises(RegistryAuthError):
         await client.list_tags(Target(token_registry.host, name, Credentials("bob", "guess")))
+
+
+def test_the_config_caches_are_bounded() -> None:
+    cache = ConfigCache(max_bytes=100, max_confirmed=2)
+    for i in range(5):
+        cache.put(f"sha256:{i}", Layer(author=str(i)), 40)
+    assert cache.size[:2] == (2, 80)  # the two most recent, within 100 bytes
+    assert cache.layer("sha256:0") is None and cache.layer("sha256:4") == Layer(author="4")
+    for key in [("h", "r", "a"), ("h", "r", "b"), ("h", "r", "c")]:
+        cache.confirm(key)
+    assert not cache.is_confirmed(("h", "r", "a")) and cache.is_confirmed(("h", "r", "c"))
+    assert cache.size[2] == 2
