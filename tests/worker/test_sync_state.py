@@ -25,13 +25,17 @@ from worker.runtime import Runtime
 CONFIG: dict[str, Any] = {"created": "2024-01-01T00:00:00Z"}
 
 
-def during_listing(rt: Runtime, monkeypatch: pytest.MonkeyPatch, act: Any) -> None:
-    """Run `await act()` while the sync is under way: right after its tag list."""
+def during_listing(rt: Runtime, monkeypatch: pytest.MonkeyPatch, act: Any, *, before: bool = False) -> None:
+    """Run `await act()` while the sync is under way: right after its tag list (or right
+    before it, when the sync has already read the image and built its target)."""
     real = rt.client.list_tags
 
     async def listing(target: Target) -> TagList:
+        if before:
+            await act()
         names = await real(target)
-        await act()
+        if not before:
+            await act()
         return names
 
     monkeypatch.setattr(rt.client, "list_tags", listing)
@@ -88,15 +92,13 @@ async def test_new_credentials_during_a_failing_sync_resync_at_once(
     name = f"{auth_registry.host}/{repo}"
     iid = await register(client, user, name, username=ALICE[0], password="wrong")
     rt = await runtime(auth_registry.host)
-    real = rt.client.list_tags
 
-    async def patched_then_listed(target: Target) -> TagList:
+    async def patch_to_right() -> None:  # the sync goes on with the credentials it began with
         resp = await client.patch(f"/api/v1/image/{name}/", headers=user.headers,
                                   json={"username": ALICE[0], "password": ALICE[1]})
         assert resp.status == 200
-        return await real(target)  # still with the credentials this sync began with
 
-    monkeypatch.setattr(rt.client, "list_tags", patched_then_listed)
+    during_listing(rt, monkeypatch, patch_to_right, before=True)
     assert await sync.sync_image(rt, iid) == sync.FAILED
     r = await row(pool, iid)
     assert r["sync_error"].startswith("RegistryAuthError") and not r["access_proven"]
