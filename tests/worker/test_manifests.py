@@ -11,6 +11,7 @@ import pytest
 
 from core.artifacts import IMAGE_CONFIG_TYPES
 from worker.registry import manifests as mf
+from worker.registry import tags as tg
 from worker.registry.auth import parse_challenges, parse_token_response, pick_challenge
 from worker.registry.errors import (
     ManifestNotFoundError,
@@ -202,29 +203,29 @@ def test_filter_tags() -> None:
         "v1.2.3_rc-1",
         f"{sig}.other",
     ]
-    assert mf.filter_tags(tags) == ["latest", "1.0", "v1.2.3_rc-1", f"{sig}.other"]
-    assert mf.filter_tags(None) == []
-    assert mf.parse_tags_page(b'{"name": "a/b", "tags": null}') == []
-    assert mf.parse_tags_page(b'{"name": "a/b"}') == []
+    assert tg.filter_tags(tags) == ["latest", "1.0", "v1.2.3_rc-1", f"{sig}.other"]
+    assert tg.filter_tags(None) == []
+    assert tg.parse_tags_page(b'{"name": "a/b", "tags": null}') == []
+    assert tg.parse_tags_page(b'{"name": "a/b"}') == []
     with pytest.raises(RegistryProtocolError):
-        mf.parse_tags_page(b'{"tags": "latest"}')
+        tg.parse_tags_page(b'{"tags": "latest"}')
 
 
 def test_next_link() -> None:
     base = "https://reg.example:5000/v2/team/app/tags/list?n=1000"
-    assert mf.next_link(None, base) is None
-    assert mf.next_link('<https://reg.example:5000/x>; rel="prev"', base) is None
+    assert tg.next_link(None, base) is None
+    assert tg.next_link('<https://reg.example:5000/x>; rel="prev"', base) is None
     assert (
-        mf.next_link('</v2/team/app/tags/list?n=1000&last=b>; rel="next"', base)
+        tg.next_link('</v2/team/app/tags/list?n=1000&last=b>; rel="next"', base)
         == "https://reg.example:5000/v2/team/app/tags/list?n=1000&last=b"
     )
-    assert mf.next_link("<list?last=c>; rel=next", base) == (
+    assert tg.next_link("<list?last=c>; rel=next", base) == (
         "https://reg.example:5000/v2/team/app/tags/list?last=c"
     )
     two = '<https://reg.example:5000/p>; rel="prev", <https://reg.example:5000/n>; rel="next"'
-    assert mf.next_link(two, base) == "https://reg.example:5000/n"
+    assert tg.next_link(two, base) == "https://reg.example:5000/n"
     with pytest.raises(RegistryProtocolError) as err:
-        mf.next_link('<https://evil.example/v2/x>; rel="next"', base)
+        tg.next_link('<https://evil.example/v2/x>; rel="next"', base)
     assert not err.value.transient
 
 
@@ -285,14 +286,14 @@ def test_error_mapping() -> None:
 
 
 def test_first_names_keeps_the_first_in_code_point_order_and_no_more() -> None:
-    first = mf.FirstNames(3)
+    first = tg.FirstNames(3)
     first.update(["m", "b", "z", "b"])
     assert first.names == ["b", "m", "z"] and not first.truncated
     first.update(["a", "y", "B"])
     assert first.names == ["B", "a", "b"] and first.truncated
     first.update(["c"])
     assert first.names == ["B", "a", "b"]
-    assert mf.FirstNames(0).names == []
+    assert tg.FirstNames(0).names == []
 
 
 def test_artifact_fields_and_platforms() -> None:

@@ -21,7 +21,7 @@ from yarl import URL
 
 from core.crypto import Credentials
 from worker.registry import manifests as mf
-from worker.registry import resolve
+from worker.registry import resolve, tags
 from worker.registry.auth import (
     Challenge,
     TokenCache,
@@ -115,23 +115,23 @@ class RegistryClient:
     # ---------------------------------------------------------------- public API
 
     async def list_tags(self, target: Target) -> TagList:
-        """The repository's tags (manifests.filter_tags), read page by page while holding at
+        """The repository's tags (tags.filter_tags), read page by page while holding at
         most `max_tags` of them: beyond that the first ones in code-point order are kept and
         the list is marked truncated. Follows Link pagination for up to max_tag_pages (then
         RegistryProtocolError: a partial list would make the sync delete tags); stops on a
         Link that loops back. Raises RepositoryNotFoundError for an unknown repository."""
         url = f"{self.base_url(target.host)}/v2/{target.repository}/tags/list?n=1000"
-        first = mf.FirstNames(self.max_tags)
+        first = tags.FirstNames(self.max_tags)
         seen: set[str] = set()
         for _ in range(self.max_tag_pages):
             seen.add(url)
             reply = await self._call(target, "GET", url, "tags", limit=MAX_TAGS_PAGE_BYTES)
-            first.update(mf.parse_tags_page(reply.body))
-            nxt = mf.next_link(reply.headers.get("Link"), url)
+            first.update(tags.parse_tags_page(reply.body))
+            nxt = tags.next_link(reply.headers.get("Link"), url)
             if nxt is None or nxt in seen:
-                tags = TagList(first.names)
-                tags.truncated = first.truncated
-                return tags
+                names = TagList(first.names)
+                names.truncated = first.truncated
+                return names
             url = nxt
         raise RegistryProtocolError(
             f"{target.host}/{target.repository}: the tag list goes on for more than "

@@ -1,23 +1,20 @@
-"""Pure parsing of registry documents: manifests, indexes, image configs, tag lists, Link.
+"""Pure parsing of registry documents: manifests, indexes, image configs (tag lists: tags.py).
 
 No I/O here; every function is tested on JSON fixtures (tests/worker/fixtures).
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import re
 import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import orjson
 
-from core.artifacts import is_metadata_tag
-from core.names import TAG_RE, is_digest
+from core.names import is_digest
 from worker.registry.errors import RegistryProtocolError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -39,7 +36,6 @@ CREATED_ANNOTATION = "org.opencontainers.image.created"
 # Reproducible builds stamp these instead of a build time: anything up to the last one is
 # "unknown" (no container image was built before 1980).
 _PLACEHOLDER_LIMIT = datetime(1980, 1, 1, 0, 0, 1, tzinfo=UTC)
-_LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;[^,]*?\brel\s*=\s*"?next"?', re.IGNORECASE)
 _FRACTION_RE = re.compile(r"(\.\d{6})\d+")
 
 
@@ -125,7 +121,7 @@ def sha256_digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def _load_object(body: bytes, what: str) -> dict[str, Any]:
+def load_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -174,7 +170,7 @@ def _layer_types(data: dict[str, Any]) -> tuple[str, ...]:
 def parse_manifest(body: bytes, content_type: str | None = None) -> Manifest:
     """Parse any supported manifest. The media type comes from the body's `mediaType`, else
     the Content-Type header, else the document's shape. Raises RegistryProtocolError."""
-    data = _load_object(body, "manifest")
+    data = load_object(body, "manifest")
     media = data.get("mediaType")
     if not isinstance(media, str) or not media:
         media = (content_type or "").split(";")[0].strip()
@@ -331,70 +327,4 @@ def parse_config(data: dict[str, Any]) -> Layer:
 
 
 def parse_config_blob(body: bytes) -> Layer:
-    return parse_config(_load_object(body, "image config"))
-
-
-def filter_tags(tags: Any) -> list[str]:
-    """Tags in registry order, deduplicated, without empty/null entries, digest-shaped
-    entries, metadata tags (core.artifacts: cosign sha256-<hex>.sig|.att|.sbom, the referrers
-    fallback sha256-<hex>) and invalid names."""
-    if not isinstance(tags, list):
-        return []
-    kept: dict[str, None] = {}
-    for tag in tags:
-        if not isinstance(tag, str) or not tag or is_digest(tag):
-            continue
-        if is_metadata_tag(tag) or not TAG_RE.fullmatch(tag):
-            continue
-        kept[tag] = None
-    return list(kept)
-
-
-class FirstNames:
-    """The first `limit` distinct names in code-point order among all names offered, holding
-    no more than `limit` of them at any time (a tag list can be endless)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(limit, 0)
-        self.names: list[str] = []
-        self.truncated = False
-        self._kept: set[str] = set()
-
-    def update(self, names: list[str]) -> None:
-        for name in names:
-            if name in self._kept:
-                continue
-            if len(self.names) >= self.limit:
-                self.truncated = True
-                if not self.names or name > self.names[-1]:
-                    continue
-                self._kept.discard(self.names.pop())
-            bisect.insort(self.names, name)
-            self._kept.add(name)
-
-
-def parse_tags_page(body: bytes) -> list[str]:
-    """The raw `tags` of a tags/list page (filtered); a null or missing list is []."""
-    data = _load_object(body, "tags list")
-    tags = data.get("tags")
-    if tags is not None and not isinstance(tags, list):
-        raise RegistryProtocolError("tags list `tags` is not a list")
-    return filter_tags(tags)
-
-
-def next_link(header: str | None, request_url: str) -> str | None:
-    """The absolute URL of the `rel="next"` Link, resolved against the request URL.
-    Raises RegistryProtocolError (permanent) when it points at another host."""
-    if not header:
-        return None
-    match = _LINK_NEXT_RE.search(header)
-    if not match:
-        return None
-    target = urljoin(request_url, match.group(1).strip())
-    here, there = urlsplit(request_url), urlsplit(target)
-    if (here.scheme, here.netloc.lower()) != (there.scheme, there.netloc.lower()):
-        raise RegistryProtocolError(
-            f"tags list pagination points at another host ({there.netloc}); refused",
-            transient=False,
-        )
-    return target
+    return parse_config(load_object(body, "image config"))
