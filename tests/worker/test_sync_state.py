@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import MakeUser, insert_image, unique
+from tests.conftest import MakeUser, User, insert_image, unique
 from tests.support.fake_registry import FakeRegistry
 from tests.support.registry import RegistryServer, push_image
 from tests.worker.conftest import ALICE, OpenRuntime
@@ -39,6 +39,17 @@ def during_listing(rt: Runtime, monkeypatch: pytest.MonkeyPatch, act: Any, *, be
         return names
 
     monkeypatch.setattr(rt.client, "list_tags", listing)
+
+
+async def private_image(
+    client: TestClient, user: User, registry: RegistryServer, password: str
+) -> tuple[str, int]:
+    """An image pushed to the htpasswd registry, registered by `user` as ALICE with
+    `password`: (name, id)."""
+    repo = f"{unique('private')}/app"
+    await asyncio.to_thread(push_image, registry.url, repo, "v1", CONFIG, auth=ALICE)
+    name = f"{registry.host}/{repo}"
+    return name, await register(client, user, name, username=ALICE[0], password=password)
 
 
 async def row(pool: asyncpg.Pool, iid: int) -> asyncpg.Record:
@@ -87,10 +98,7 @@ async def test_new_credentials_during_a_failing_sync_resync_at_once(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     user = await make_user()
-    repo = f"{unique('patched')}/app"
-    await asyncio.to_thread(push_image, auth_registry.url, repo, "v1", CONFIG, auth=ALICE)
-    name = f"{auth_registry.host}/{repo}"
-    iid = await register(client, user, name, username=ALICE[0], password="wrong")
+    name, iid = await private_image(client, user, auth_registry, "wrong")
     rt = await runtime(auth_registry.host)
 
     async def patch_to_right() -> None:  # the sync goes on with the credentials it began with
@@ -115,10 +123,7 @@ async def test_access_is_proven_only_for_the_credentials_the_sync_used(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     user = await make_user()
-    repo = f"{unique('proof')}/app"
-    await asyncio.to_thread(push_image, auth_registry.url, repo, "v1", CONFIG, auth=ALICE)
-    name = f"{auth_registry.host}/{repo}"
-    iid = await register(client, user, name, username=ALICE[0], password=ALICE[1])
+    name, iid = await private_image(client, user, auth_registry, ALICE[1])
     assert not (await row(pool, iid))["access_proven"]
     rt = await runtime(auth_registry.host)
     assert await sync.sync_image(rt, iid) == sync.SYNCED
