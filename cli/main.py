@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import asyncpg
 
 from core.accounts import AccountExistsError, create_account
-from core.db import migrate
 from core.logs import configure_logging
 from core.settings import ConfigError, Settings
 
@@ -23,9 +22,15 @@ def _settings(*required: str) -> Settings:
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
+    from core.migrations import MigrationError, migrate_sync
+
     settings = _settings("database_url")
-    asyncio.run(migrate(settings.database_url))
-    print("schema applied")
+    try:
+        result = migrate_sync(settings.database_url, progress=lambda msg: print(f"migrate: {msg}", flush=True))
+    except MigrationError as exc:
+        print(f"migrate: {exc}", file=sys.stderr)
+        return 1
+    print(result.summary())
     return 0
 
 
@@ -132,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keeps the state of container images fresh (see README.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="apply schema.sql (safe to repeat)").set_defaults(func=cmd_migrate)
+    sub.add_parser(
+        "migrate", help="apply the numbered migrations, then schema.sql (safe to repeat, serialised)"
+    ).set_defaults(func=cmd_migrate)
     p = sub.add_parser("create-account", help="create an account and print its API key once")
     p.add_argument("name")
     p.add_argument("--admin", action="store_true", help="an operator account (may edit the shared catalog)")
