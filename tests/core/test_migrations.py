@@ -229,5 +229,5 @@ def test_misnamed_or_duplicate_numbers_are_refused(tmp_path: Path) -> None:
         migration_files(tmp_path)
     (tmp_path / "0002_b.sql").unlink()
     (tmp_path / "3_x.sql").write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="3_x.sql"):
+    with pytest.raises(MigrationError, match=r"3_x\.sql"):
         migration_files(tmp_path)
