@@ -21,6 +21,7 @@ from api.app import create_app
 from cli.main import build_parser
 from core.queue import QUEUES
 from core.settings import Settings
+from tests.conftest import TEST_SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -68,7 +69,7 @@ def command_of(args: list[str]) -> str:
 
 
 def route_exists(method: str, path: str) -> bool:
-    app = create_app(Settings(database_url="postgresql://x", redis_url="redis://x", secret_key="x"))
+    app = create_app(Settings(database_url="postgresql://x", redis_url="redis://x", secret_key=TEST_SECRET_KEY))
     import asyncio
 
     match = asyncio.run(app.router.resolve(make_mocked_request(method, path, app=app)))
