@@ -19,6 +19,7 @@ import asyncio
 import ctypes
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -182,10 +183,13 @@ def read_env_file(data_dir: Path) -> str:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"no `registry-sync dev` is running with DATA_DIR={data_dir}") from None
-    pid = int(text.split("(pid ", 1)[1].split(")", 1)[0])
-    if not _alive(pid):
-        raise ConfigError(f"the `registry-sync dev` that wrote {path} (pid {pid}) is not running")
-    return next(line for line in text.splitlines() if line.startswith("export "))
+    pid = re.search(r"\(pid (\d+)\)", text)
+    line = next((line for line in text.splitlines() if line.startswith("export ")), None)
+    if pid is None or line is None:
+        raise ConfigError(f"{path} was not written by `registry-sync dev`")
+    if not _alive(int(pid.group(1))):
+        raise ConfigError(f"the `registry-sync dev` that wrote {path} (pid {pid.group(1)}) is not running")
+    return line
 
 
 def dev_environment(environ: dict[str, str], insecure: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:

@@ -107,7 +107,8 @@ def migrate_sync(
         backend.break_lock()
         migrations = read_migrations(str(directory))
         by_id = {m.id: m for m in migrations}
-        assert [m.id for m in migrations] == [p.stem for p in files]
+        if [m.id for m in migrations] != [p.stem for p in files]:
+            raise MigrationError(f"{directory} holds files other than NNNN_name.sql migrations (.py, post-apply)")
         with backend.lock():
             applied_ids = set(backend.get_applied_migration_hashes())
             ours = bool(conn.execute(_OUR_TABLE_SQL).fetchone()[0])  # type: ignore[index]

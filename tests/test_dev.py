@@ -281,16 +281,22 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
                           text=True, timeout=120)
 
 
-def test_a_newcomer_gets_the_catalog_a_shell_environment_and_a_hint_that_works(tmp_path: Path) -> None:
-    """`dev` on a clean data folder; another shell with only the printed variables; a local
-    registry on a random port, which fails with a hint until dev runs with that hint."""
+def test_a_newcomer_gets_the_catalog_a_shell_environment_and_a_hint_that_works(
+    tmp_path: Path, redis_url: str,
+) -> None:
+    """`dev` on a clean data folder (embedded Postgres); another shell with only the printed
+    variables; a local registry on a random port, which fails with a hint until dev runs with
+    that hint."""
     from core.catalog import read_catalog
     from tests.support.registry import RegistryServer, push_image
 
     data_dir = tmp_path / "data"
+    # The test Redis, a database of its own: two embedded Redis servers started at the same
+    # moment by two xdist workers could both pick dev's fixed port.
+    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('spare')}"
     with RegistryServer() as reg:
         push_image(reg.url, "team/app", "v1", {"config": {"Cmd": ["sh"]}})
-        dev = Dev(_env(data_dir), free_port())
+        dev = Dev(_env(data_dir, REDIS_URL=redis), free_port())
         try:
             key = dev.wait_for(KEY_RE, START_TIMEOUT).group(1)
             exports = dev.wait_for(EXPORT_RE, START_TIMEOUT).group(1)
@@ -333,7 +339,7 @@ def test_a_newcomer_gets_the_catalog_a_shell_environment_and_a_hint_that_works(t
         assert _cli(["env"], {"DATA_DIR": str(data_dir)}).returncode == 2
 
         # following the hint
-        again = Dev(_env(data_dir), free_port(), "--insecure-registry", reg.host)
+        again = Dev(_env(data_dir, REDIS_URL=redis), free_port(), "--insecure-registry", reg.host)
         try:
             key = again.wait_for(KEY_RE, START_TIMEOUT).group(1)
             _wait_json(again.port, f"/api/v1/image/{name}/sync/", key,
