@@ -40,8 +40,7 @@ class Client:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, config_file: str = config.CONFIG_FILE,
                  **kwargs: Any) -> Self:
-        settings = config.load_settings(env, config_file)
-        return cls(settings.base_url, authorization=settings.authorization, **kwargs)
+        return cls(**config.client_arguments(env, config_file), **kwargs)
 
     def __repr__(self) -> str:
         return f"Client({self.aio.root!r}, user={self.aio.user!r})"

@@ -96,8 +96,7 @@ class AsyncClient:
     def from_env(cls, env: Mapping[str, str] | None = None, config_file: str = config.CONFIG_FILE,
                  **kwargs: Any) -> Self:
         """Credentials and URL from TUTUM_* variables and ~/.tutum (see registry_sync_client.config)."""
-        settings = config.load_settings(env, config_file)
-        return cls(settings.base_url, authorization=settings.authorization, **kwargs)
+        return cls(**config.client_arguments(env, config_file), **kwargs)
 
     def __repr__(self) -> str:
         return f"AsyncClient({self.root!r}, user={self.user!r})"

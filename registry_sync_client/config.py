@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 DEFAULT_REST_HOST = "http://127.0.0.1:8000"  # `registry-sync dev`
 CONFIG_FILE = "~/.tutum"
@@ -99,6 +100,19 @@ def load_settings(env: Mapping[str, str] | None = None,
     if header:
         return Settings(base_url, header, file_user, str(config_file))
     return Settings(base_url)
+
+
+class ClientArguments(TypedDict):
+    base_url: str
+    authorization: str | None
+    user: str | None
+
+
+def client_arguments(env: Mapping[str, str] | None = None,
+                     config_file: str | os.PathLike[str] = CONFIG_FILE) -> ClientArguments:
+    """`base_url`, `authorization` and `user` for a client, from `load_settings`."""
+    s = load_settings(env, config_file)
+    return {"base_url": s.base_url, "authorization": s.authorization, "user": s.user}
 
 
 def write_config_file(user: str, key: str, path: str | os.PathLike[str] = CONFIG_FILE) -> Path:

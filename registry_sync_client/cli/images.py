@@ -134,6 +134,11 @@ async def _wait_for_sync(api: AsyncClient, name: str, since: datetime | None) ->
         await asyncio.sleep(0.5)
 
 
+def _last_finished(status: SyncStatus) -> datetime | None:
+    """When the last sync ended, successful or not."""
+    return max((t for t in (status.last_synced_at, status.error_at) if t is not None), default=None)
+
+
 def _failed(status: SyncStatus) -> bool:
     """The last sync that finished failed (its error is newer than the last success)."""
     if status.error is None:
@@ -141,9 +146,10 @@ def _failed(status: SyncStatus) -> bool:
     return status.last_synced_at is None or (status.error_at is not None and status.error_at >= status.last_synced_at)
 
 
-async def _report(api: AsyncClient, image: Image, args: argparse.Namespace, since: datetime | None) -> None:
-    """Print what the old CLI printed (the name), or the object; with --sync, wait first."""
-    if args.sync:
+async def _report(api: AsyncClient, image: Image, args: argparse.Namespace, since: datetime | None,
+                  wait: bool) -> None:
+    """Print what the old CLI printed (the name), or the object; after the sync when `wait`."""
+    if wait:
         status = await _wait_for_sync(api, image.name, since)
         if _failed(status):
             raise ClientError(f"image '{image.name}': sync failed: {status.error}")
@@ -155,16 +161,18 @@ async def image_register(api: AsyncClient, args: argparse.Namespace) -> int:
     username, password = _credentials(args.username, args.password)
     image = await api.register_image(args.name, username=username, password=password,
                                      description=args.description)
-    await _report(api, image, args, None)
+    await _report(api, image, args, None, wait=args.sync)
     return OK
 
 
 async def image_update(api: AsyncClient, args: argparse.Namespace) -> int:
     async def one(name: str) -> None:
-        since = (await api.sync_status(name)).last_synced_at if args.sync else None
+        # Only new credentials queue a sync; a new description has nothing to wait for.
+        wait = args.sync and (args.username is not None or args.password is not None)
+        since = _last_finished(await api.sync_status(name)) if wait else None
         image = await api.update_image(name, username=args.username, password=args.password,
                                        description=args.description)
-        await _report(api, image, args, since)
+        await _report(api, image, args, since, wait)
 
     return await each(args.names, one)
 

@@ -24,9 +24,21 @@ from registry_sync_client.errors import AuthError, ClientError
 Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[int]]
 
 
-def _output(parser: argparse.ArgumentParser) -> None:
+FULL_NAME = "full image name, i.e. quay.io/tutum/test-repo"
+TAG_REF = "image tag, format: image_name[:tag]"
+
+
+def _command(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, about: str, run: Command,
+             positional: tuple[str, str, str | None, str] | None = None) -> argparse.ArgumentParser:
+    """A subcommand that runs `run`, takes `--output`, and its positional (dest, metavar, nargs, help)."""
+    parser = parent.add_parser(name, help=about, description=about)
+    if positional is not None:
+        dest, metavar, nargs, text = positional
+        parser.add_argument(dest, metavar=metavar, nargs=nargs, help=text)
     parser.add_argument("-o", "--output", choices=("table", "json"), default=None,
                         help="print a table (default; JSON for inspect) or JSON")
+    parser.set_defaults(run=run)
+    return parser
 
 
 def _scope(parser: argparse.ArgumentParser, what: str) -> None:
@@ -37,9 +49,12 @@ def _scope(parser: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("-a", "--all", action="store_true", help=f"list all {what}")
 
 
-def _sync(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sync", action="store_true",
-                        help="block the command until the image's sync has finished")
+def _fields(parser: argparse.ArgumentParser, description: str, username: str, password: str) -> None:
+    """register's and update's options: the image's fields, and --sync."""
+    parser.add_argument("-d", "--description", help=description)
+    parser.add_argument("-u", "--username", help=username)
+    parser.add_argument("-p", "--password", help=password)
+    parser.add_argument("--sync", action="store_true", help="block the command until the image's sync has finished")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,78 +70,47 @@ def build_parser() -> argparse.ArgumentParser:
     image = commands.add_parser("image", help="Image-related operations", description="Image-related operations")
     sub = image.add_subparsers(title="tutum image commands", dest="subcmd")
 
-    p = sub.add_parser("list", help="List user's images", description="List user's images")
+    p = _command(sub, "list", "List user's images", images.image_list)
     p.add_argument("-q", "--quiet", action="store_true", help="print only image names")
     _scope(p, "images")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
     p.add_argument("--name", help="only the image of this name")
     p.add_argument("--registry", help="only images of this registry (host or resource URI)")
     p.add_argument("--category", help="only images of this category")
-    _output(p)
-    p.set_defaults(run=images.image_list)
 
-    p = sub.add_parser("inspect", help="Inspect an image", description="Inspect an image")
-    p.add_argument("names", metavar="identifier", nargs="+", help="image name")
-    _output(p)
-    p.set_defaults(run=images.image_inspect)
+    _command(sub, "inspect", "Inspect an image", images.image_inspect, ("names", "identifier", "+", "image name"))
 
-    p = sub.add_parser("register", help="Register an image from a private repository in Tutum",
-                       description="Register an image from a private repository in Tutum")
-    p.add_argument("name", metavar="image_name", help="full image name, i.e. quay.io/tutum/test-repo")
-    p.add_argument("-d", "--description", help="Image description")
-    p.add_argument("-u", "--username", help="Username of the private registry")
-    p.add_argument("-p", "--password", help="Password of the private registry")
-    _sync(p)
-    _output(p)
-    p.set_defaults(run=images.image_register)
+    p = _command(sub, "register", "Register an image from a private repository in Tutum", images.image_register,
+                 ("name", "image_name", None, FULL_NAME))
+    _fields(p, "Image description", "Username of the private registry", "Password of the private registry")
 
-    p = sub.add_parser("update", help="Update a private image", description="Update a private image")
-    p.add_argument("names", metavar="image_name", nargs="+", help="full image name, i.e. quay.io/tutum/test-repo")
-    p.add_argument("-u", "--username", help="new username to authenticate with the registry")
-    p.add_argument("-p", "--password", help="new password to authenticate with the registry")
-    p.add_argument("-d", "--description", help="new image description")
-    _sync(p)
-    _output(p)
-    p.set_defaults(run=images.image_update)
+    p = _command(sub, "update", "Update a private image", images.image_update,
+                 ("names", "image_name", "+", FULL_NAME))
+    _fields(p, "new image description", "new username to authenticate with the registry",
+            "new password to authenticate with the registry")
 
-    p = sub.add_parser("rm", help="Deregister a private image from Tutum",
-                       description="Deregister a private image from Tutum")
-    p.add_argument("names", metavar="image_name", nargs="+", help="full image name, i.e. quay.io/tutum/test-repo")
+    p = _command(sub, "rm", "Deregister a private image from Tutum", images.image_rm,
+                 ("names", "image_name", "+", FULL_NAME))
     p.add_argument("--sync", action="store_true", help="accepted for compatibility; removal is immediate")
-    _output(p)
-    p.set_defaults(run=images.image_rm)
 
-    p = sub.add_parser("sync", help="Show an image's last sync, its error and the next run",
-                       description="Show an image's last sync, its error and the next run")
-    p.add_argument("names", metavar="image_name", nargs="+", help="image name")
-    _output(p)
-    p.set_defaults(run=images.image_sync)
+    _command(sub, "sync", "Show an image's last sync, its error and the next run", images.image_sync,
+             ("names", "image_name", "+", "image name"))
 
-    p = sub.add_parser("watch", help="Print changes of images and tags as they happen",
-                       description="Follow the events stream (reconnecting on its own) until interrupted")
-    p.add_argument("names", metavar="image_name", nargs="*", help="only these images (NAME or NAME:TAG)")
+    p = _command(sub, "watch", "Print changes of images and tags as they happen, until interrupted "
+                 "(the events stream, reconnecting on its own)", images.image_watch,
+                 ("names", "image_name", "*", "only these images (NAME or NAME:TAG)"))
     p.add_argument("--sse", action="store_true", help="use Server-Sent Events instead of a WebSocket")
     p.add_argument("--max-backoff", type=float, default=10.0, help="longest wait between reconnections (s)")
-    _output(p)
-    p.set_defaults(run=images.image_watch)
 
     tag = sub.add_parser("tag", help="Image tag related operations", description="Image tag related operations")
     tags = tag.add_subparsers(title="tutum image tag commands", dest="tagcmd")
-    p = tags.add_parser("list", help="List tags of user's images", description="List tags of user's images")
+    p = _command(tags, "list", "List tags of user's images", images.tag_list,
+                 ("names", "identifier", "*", "image name"))
     _scope(p, "images")
-    p.add_argument("names", metavar="identifier", nargs="*", help="image name")
-    _output(p)
-    p.set_defaults(run=images.tag_list)
-    p = tags.add_parser("inspect", help="Inspect an image tag", description="Inspect an image tag")
-    p.add_argument("refs", metavar="identifier", nargs="+", help="image tag, format: image_name[:tag]")
-    _output(p)
-    p.set_defaults(run=images.tag_inspect)
-    p = tags.add_parser("build", help="Build an image tag (here: re-sync it at once)",
-                        description="Build an image tag (here: re-sync it at once)")
-    p.add_argument("refs", metavar="identifier", nargs="+", help="image tag, format: image_name[:tag]")
+    _command(tags, "inspect", "Inspect an image tag", images.tag_inspect, ("refs", "identifier", "+", TAG_REF))
+    p = _command(tags, "build", "Build an image tag (here: re-sync it at once)", images.tag_build,
+                 ("refs", "identifier", "+", TAG_REF))
     p.add_argument("--sync", action="store_true", help="accepted for compatibility")
-    _output(p)
-    p.set_defaults(run=images.tag_build)
     return parser
 
 

@@ -228,3 +228,17 @@ def test_login_writes_the_config_file_that_later_commands_read(svc: ClientStack,
     header = f"ApiKey {svc.user}:{svc.key}"
     assert svc.tutum("image", "list", env={**env, "TUTUM_USER": svc.user, "TUTUM_APIKEY": "x",
                                            "TUTUM_AUTH": header}).returncode == 0
+
+
+def test_sync_flag_waits_for_the_registry_to_answer(svc: ClientStack) -> None:
+    repo = "user1/checked"
+    name = svc.name(repo)
+    push_image(svc.registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"}, auth=AUTH)
+    refused = svc.tutum("image", "register", "-u", REGISTRY_USER, "-p", "not-the-password", "--sync", name)
+    assert refused.returncode == 3 and refused.stdout == ""
+    assert f"image '{name}': sync failed: " in refused.stderr and "401" in refused.stderr
+
+    fixed = svc.tutum("image", "update", "-u", REGISTRY_USER, "-p", REGISTRY_PASSWORD, "--sync", name)
+    assert (fixed.returncode, fixed.stdout) == (0, f"{name}\n"), fixed.stderr
+    status = json.loads(svc.tutum("image", "sync", "--output", "json", name).stdout)
+    assert status["error"] is None and status["last_synced_at"] is not None
