@@ -98,9 +98,10 @@ def test_tags_lists_and_sync_status(svc: ClientStack) -> None:
     assert body["full_name"] == f"{name}:v1" and body["state"] == "Success"
 
     def layer() -> dict | None:
-        return json.loads(svc.tutum("image", "tag", "inspect", f"{name}:v1").stdout)["layer"]
+        return svc.stack.http("GET", f"/api/v1/image/{name}/tag/v1/", user=svc.user, key=svc.key)[1]["layer"]
 
-    assert wait_for(layer, 20, "the tag's layer")["author"] == "me"  # type: ignore[index]
+    wait_for(layer, 20, "the tag's layer")
+    assert json.loads(svc.tutum("image", "tag", "inspect", f"{name}:v1").stdout)["layer"]["author"] == "me"
     missing = svc.tutum("image", "tag", "inspect", f"{name}:nope", f"{name}:v2")
     assert missing.returncode == 3
     assert f"image '{name}' has no tag 'nope'" in missing.stderr
