@@ -126,8 +126,8 @@ async def _wait_for_sync(api: AsyncClient, name: str, since: datetime | None) ->
     deadline = time.monotonic() + SYNC_WAIT_SECONDS
     while True:
         status = await api.sync_status(name)
-        done = [t for t in (status.last_synced_at, status.error_at) if t is not None and (since is None or t > since)]
-        if done and not status.syncing:
+        finished = _last_finished(status)
+        if finished is not None and (since is None or finished > since) and not status.syncing:
             return status
         if time.monotonic() > deadline:
             raise ClientError(f"image '{name}': no sync finished within {SYNC_WAIT_SECONDS:g} s")
