@@ -20,7 +20,7 @@ CREATE INDEX IF NOT EXISTS layer_sources_config_idx ON layer_sources (config_dig
 UPDATE images AS i
    SET access_proven = true
   FROM registries AS r
- WHERE r.id = i.registry_id
+ WHERE r.id = i.registry_id AND NOT i.access_proven
    AND (i.owner_id IS NULL OR r.is_tutum_registry
         OR (i.last_synced_at IS NOT NULL
             AND (i.sync_requested_at IS NULL OR i.sync_requested_at <= i.last_synced_at)
