@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import create_database, unique
+from tests.conftest import TEST_SECRET_KEY, create_database, unique
 from tests.support.fake_registry import FakeRegistry
 from tests.support.processes import Stack, wait_for
 from tests.support.services import free_port, redis_db, worker_index
@@ -89,7 +89,7 @@ def stack(postgres_dsn: str, redis_server_url: str, fakes: dict[str, FakeRegistr
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
     env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": "bounds", "PORT": str(port),
+        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "PORT": str(port),
         "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1", "LOG_FORMAT": "json",
         "INSECURE_REGISTRIES": ",".join(f.host for f in fakes.values()),
         "REGISTRY_TIMEOUT_SECONDS": "2", "SYNC_DEADLINE_SECONDS": "10", "MAX_TAG_PAGES": "10",
