@@ -180,8 +180,14 @@ async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response
     )
 
 
+TAG_ISSUES_LISTED = 100
+
+
 async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Response:
-    row = await queries.sync_status(request.app[POOL], image["id"])
+    pool = request.app[POOL]
+    row = await queries.sync_status(pool, image["id"])
+    issues, issue_count = await queries.tag_issues(pool, image["id"], TAG_ISSUES_LISTED)
+    cut_at = row["tags_cut_at"]
     return json_response({
         "image": serializers.image_uri(image["name"]),
         "state": image["state"],
@@ -191,4 +197,14 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
         "error": row["sync_error"],
         "error_at": serializers.rfc2822(row["sync_error_at"]),
         "consecutive_failures": row["sync_failures"],
+        # per-tag outcomes: the first TAG_ISSUES_LISTED by name, and how many there are
+        "tag_issues": [
+            {"tag": r["name"], "error": r["sync_error"], "note": r["sync_note"]} for r in issues
+        ],
+        "tag_issue_count": issue_count,
+        "tags_truncated": cut_at is not None,
+        "tags_note": (
+            f"the registry lists more than {cut_at} tags: only the first {cut_at} by name are kept"
+            if cut_at is not None else None
+        ),
     })

@@ -55,6 +55,11 @@ class Settings:
     registry_concurrency: int = 8
     registry_timeout_seconds: float = 30.0
     platform: str = "linux/amd64"
+    # bounds of one sync (fair sharing: SPEC §4)
+    sync_deadline_seconds: float = 900.0
+    max_tags_per_image: int = 10_000
+    max_tag_pages: int = 500
+    sync_tag_concurrency: int = 8
     allow_private_registries: bool = False
     insecure_registries: frozenset[str] = field(default_factory=frozenset)
     tutum_registry_host: str = ""

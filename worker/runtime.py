@@ -47,8 +47,6 @@ class Runtime:
         if hub.scheme == "http":
             insecure.add(hub.netloc)
         self.insecure_hosts = frozenset(insecure)
-        # config digests known to be in the layers table (rows are never changed or removed)
-        self.known_layers: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> Runtime:
@@ -60,7 +58,7 @@ class Runtime:
         self.client = RegistryClient(
             self._session, platform=s.platform, timeout=s.registry_timeout_seconds,
             per_host_limit=s.registry_concurrency, insecure_hosts=self.insecure_hosts,
-            **self._client_options,
+            max_tags=s.max_tags_per_image, max_tag_pages=s.max_tag_pages, **self._client_options,
         )
         log.info("runtime.started", name=self.name)
         return self
