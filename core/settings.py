@@ -51,6 +51,8 @@ class Settings:
     registry_timeout_seconds: float = 30.0
     platform: str = "linux/amd64"
     allow_private_registries: bool = False
+    # CIDRs, addresses and host names the worker may reach even when private (core/address_policy.py)
+    allowed_registry_networks: str = ""
     insecure_registries: frozenset[str] = field(default_factory=frozenset)
     tutum_registry_host: str = ""
     docker_hub_registry_url: str = "https://registry-1.docker.io"
@@ -61,6 +63,18 @@ class Settings:
     events_ping_seconds: float = 25.0
     webhook_secret: str = ""
     webhook_secrets: str = ""  # per receiver / registry host overrides: "quay=s1,reg.example=s2"
+    # each receiver's own secret, instead of WEBHOOK_SECRET (core/webhook_auth.py receiver_secrets)
+    webhook_secret_registry: str = field(default="", repr=False, metadata={"secret": True})
+    webhook_secret_dockerhub: str = field(default="", repr=False, metadata={"secret": True})
+    webhook_secret_harbor: str = field(default="", repr=False, metadata={"secret": True})
+    webhook_secret_quay: str = field(default="", repr=False, metadata={"secret": True})
+    webhook_secret_build: str = field(default="", repr=False, metadata={"secret": True})
+    webhook_secret_github: str = field(default="", repr=False, metadata={"secret": True})
+    # failed API-key and webhook-secret attempts (api/throttle.py); proxies whose
+    # X-Forwarded-For is believed
+    auth_failure_limit: int = 20
+    auth_failure_window_seconds: float = 60.0
+    trusted_proxies: str = ""
     data_dir: str = ".data"
     metrics_port: int = 0  # worker parent and beat serve /metrics here; 0: not served
 
