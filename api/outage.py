@@ -7,19 +7,23 @@ Retry-After (api/errors.py) and reported here. The first report starts a probe t
 (`database.unavailable`) and, until a probe succeeds, API requests are answered 503 at once
 instead of each waiting for a connection attempt; the probe that succeeds logs
 `database.available` with the outage's length and the number of refused requests. A single
-failed request whose probe succeeds at once is logged as `database.request_errors`.
+failed request whose probe succeeds at once is logged as `database.request_errors`. During a
+known outage, asyncpg's own warning with a traceback each time its pool fails to reconnect
+is dropped: it would repeat every second and say nothing new.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import structlog
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from api.keys import POOL
 
@@ -30,7 +34,7 @@ PROBE_TIMEOUT = 2.0
 RETRY_AFTER_SECONDS = 2
 
 _UNAVAILABLE = (
-    ConnectionRefusedError,  # the server is not listening
+    ConnectionError,  # refused, reset while connecting (a server shutting down), aborted
     socket.gaierror,  # its name does not resolve
     TimeoutError,  # connecting (or a pool acquire) takes too long
     asyncpg.PostgresConnectionError,  # the connection broke or was refused (class 08)
@@ -38,18 +42,26 @@ _UNAVAILABLE = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # a connection the server dropped mid-query can be handed out once more before asyncpg
+    # notices ("another operation is in progress"); the probe tells an outage from a bug
+    asyncpg.InternalClientError,
 )
 
 
 def is_unavailable(exc: BaseException) -> bool:
     """True when `exc` says the database cannot be reached (rather than a bug or bad data)."""
+    if isinstance(exc, ClientConnectionResetError):
+        return False  # our own client went away: not the database
     if isinstance(exc, _UNAVAILABLE):
         return True
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 
 
-class DatabaseWatch:
+class DatabaseWatch(logging.Filter):
+    """The outage state of one app; also a filter of the `asyncpg.pool` logger."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.down_since: float | None = None
         self.refused = 0
         self._error = ""
@@ -65,7 +77,13 @@ class DatabaseWatch:
         if exc is not None and not self._error:
             self._error = type(exc).__name__
         if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._watch(app[POOL]))
+            # a context of its own: the probe's lines are not the request's
+            self._probe = asyncio.get_running_loop().create_task(
+                self._watch(app[POOL]), context=contextvars.Context()
+            )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.down and record.levelno < logging.ERROR)
 
     async def _watch(self, pool: asyncpg.Pool) -> None:
         while True:
@@ -98,9 +116,12 @@ DATABASE_WATCH = web.AppKey("database_watch", DatabaseWatch)
 
 async def watch_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the probe ends with the app."""
-    app[DATABASE_WATCH] = DatabaseWatch()
+    watch = app[DATABASE_WATCH] = DatabaseWatch()
+    pool_logger = logging.getLogger("asyncpg.pool")
+    pool_logger.addFilter(watch)
     yield
-    await app[DATABASE_WATCH].stop()
+    pool_logger.removeFilter(watch)
+    await watch.stop()
 
 
 def unavailable_body() -> tuple[str, dict[str, str]]:
