@@ -118,6 +118,15 @@ def parse_registry_host(raw: str) -> str:
     return host
 
 
+def canonical_host(host: str) -> str:
+    """`host[:port]` as names store it (IPv6 in RFC 5952 form, lower case), for comparing
+    configured hosts with the hosts of names; a host that is not valid is only lower-cased."""
+    try:
+        return parse_registry_host(host.strip().lower())
+    except (InvalidNameError, ValueError):
+        return host.strip().lower()
+
+
 def _rfc5952(address: ipaddress.IPv6Address) -> str:
     """Lower-case hex groups, the longest run of two or more zero groups as `::` (the first of
     equals). Written out here because `str()` of an IPv4-mapped address differs between
