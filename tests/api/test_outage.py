@@ -11,11 +11,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import asyncpg
 import pytest
 import redis
 
-from core.db import apply_schema
+from core.db import migrate
 from tests.support.pgcluster import ThrowawayCluster
 from tests.support.processes import Stack, wait_for
 from tests.support.services import free_port, redis_db
@@ -73,17 +72,9 @@ def cluster() -> Iterator[ThrowawayCluster]:
         yield pg
 
 
-async def _prepare(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_schema(conn)
-    finally:
-        await conn.close()
-
-
 def test_postgres_outage_gives_503s_then_recovers(cluster: ThrowawayCluster, redis_server_url: str) -> None:
     dsn = cluster.dsn()
-    asyncio.run(_prepare(dsn))
+    asyncio.run(migrate(dsn))
     redis_url = f"{redis_server_url}/{redis_db('spare')}"
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()

@@ -4,6 +4,7 @@ address rules themselves: tests/core/test_address_policy.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Mapping
 
@@ -12,11 +13,15 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from core.address_policy import AddressPolicy
+from core.settings import Settings
+from tests.conftest import insert_image, unique
 from tests.support.fake_registry import FakeRegistry
 from tests.support.registry import RegistryServer
 from tests.worker.conftest import ClientFactory
+from worker import sync
 from worker.registry import ForbiddenTargetError, RegistryClient, Target, make_session
 from worker.registry.guard import Guard, GuardedConnector, GuardedResolver
+from worker.runtime import Runtime
 
 
 class StubDns(AbstractResolver):
@@ -150,3 +155,18 @@ async def test_plain_session_gets_a_strict_guard(registry: RegistryServer) -> No
     policy = AddressPolicy.parse("10.0.0.0/8")
     async with make_session(policy=policy, timeout=5) as session:
         assert RegistryClient(session).guard.policy is policy
+
+
+async def test_a_refused_sync_records_why_without_the_address(settings: Settings, pool, jail: list[str]) -> None:
+    """The error a caller reads in `…/sync/` names the host and the kind of address only."""
+    strict = dataclasses.replace(settings, allow_private_registries=False, allowed_registry_networks="")
+    iid = await insert_image(pool, name=f"localhost:5000/{unique('ns')}/app", owner_id=None)
+    rt = await Runtime(strict, name="test-guard", backoff_base=0.01, max_retry_wait=0.1).open()
+    try:
+        assert await sync.sync_image(rt, iid) == sync.FAILED
+    finally:
+        await rt.aclose()
+    error = await pool.fetchval("SELECT sync_error FROM images WHERE id = $1", iid)
+    assert "refused to contact localhost" in error and "loopback address" in error
+    assert "127.0.0.1" not in error and "::1" not in error
+    assert jail == []
