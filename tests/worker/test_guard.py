@@ -4,6 +4,7 @@ address rules themselves: tests/core/test_address_policy.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 from collections.abc import Mapping
@@ -161,11 +162,8 @@ async def test_a_refused_sync_records_why_without_the_address(settings: Settings
     """The error a caller reads in `…/sync/` names the host and the kind of address only."""
     strict = dataclasses.replace(settings, allow_private_registries=False, allowed_registry_networks="")
     iid = await insert_image(pool, name=f"localhost:5000/{unique('ns')}/app", owner_id=None)
-    rt = await Runtime(strict, name="test-guard", backoff_base=0.01, max_retry_wait=0.1).open()
-    try:
+    async with contextlib.aclosing(await Runtime(strict, name="test-guard").open()) as rt:
         assert await sync.sync_image(rt, iid) == sync.FAILED
-    finally:
-        await rt.aclose()
     error = await pool.fetchval("SELECT sync_error FROM images WHERE id = $1", iid)
     assert "refused to contact localhost" in error and "loopback address" in error
     assert "127.0.0.1" not in error and "::1" not in error
