@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from core.db import migrate
+from tests.conftest import TEST_SECRET_KEY
 from tests.support.pgcluster import ThrowawayCluster
 from tests.support.processes import Stack, wait_for
 from tests.support.services import free_port, redis_db
@@ -79,7 +80,7 @@ def test_postgres_outage_gives_503s_then_recovers(cluster: ThrowawayCluster, red
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
     stack = Stack({
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": "outage-key", "PORT": str(port),
+        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "PORT": str(port),
         "BIND_HOST": "127.0.0.1", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
     }, port)
     key = stack.account("ops")

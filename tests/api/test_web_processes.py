@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from core.webhook_auth import sign
-from tests.conftest import create_database, unique
+from tests.conftest import TEST_SECRET_KEY, create_database, unique
 from tests.support.processes import Service, Stack, wait_for
 from tests.support.services import free_port, redis_db, worker_index
 from tests.webhooks.conftest import fixture_text
@@ -52,7 +52,7 @@ def trust(postgres_dsn: str, redis_server_url: str) -> Iterator[Trust]:
     redis.Redis.from_url(redis_url).flushdb()
     ports = free_port(), free_port()
     env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": "trust-secret-key", "BIND_HOST": "127.0.0.1",
+        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "BIND_HOST": "127.0.0.1",
         "LOG_FORMAT": "json", "LOG_LEVEL": "info", "AUTH_CACHE_SECONDS": "0", "AUTH_FAILURE_LIMIT": str(LIMIT),
         "TRUSTED_PROXIES": "127.0.0.1", "WEBHOOK_SECRET": SECRET, "WEBHOOK_SECRET_QUAY": QUAY_SECRET,
         "WEBHOOK_SECRET_DOCKERHUB": DOCKERHUB_SECRET, "PORT": str(ports[0]),
