@@ -13,7 +13,7 @@ from aiohttp import web
 
 from api.errors import Handler, UnauthorizedError
 from api.keys import POOL
-from api.throttle import refuse_or_count, request_client
+from api.throttle import count_failure, request_client
 from core.accounts import Account, authenticate, hash_key
 
 # Paths with their own authentication (or none): health, metrics, webhooks, the OpenAPI document.
@@ -99,7 +99,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         account = await authenticate(request.app[POOL], user, key)
         if account is None:
             log.info("auth.failed", user=user[:64], client=request_client(request))
-            await refuse_or_count(request, "auth", user)
+            await count_failure(request, "auth", user)
             raise UnauthorizedError(
                 "invalid user name or API key",
                 headers={"WWW-Authenticate": 'Basic realm="registry-sync"'},

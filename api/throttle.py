@@ -103,6 +103,8 @@ class _LocalCounts:
         now = time.monotonic()
         if len(self.windows) > self.size:
             self.windows = {k: v for k, v in self.windows.items() if v[0] > now}
+            if len(self.windows) > self.size:  # a spray of names or addresses: forget them all
+                self.windows.clear()
         out = []
         for key in keys:
             ends, count = self.windows.get(key, (0.0, 0))
@@ -141,8 +143,9 @@ class Throttle:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     for key in keys:
                         full = f"{KEY_PREFIX}:{key}"
+                        # the window starts with the first failure (SET NX EX: any Redis >= 2.6.12)
+                        pipe.set(full, 0, ex=max(1, round(self.window)), nx=True)
                         pipe.incr(full)
-                        pipe.expire(full, max(1, round(self.window)), nx=True)
                         pipe.ttl(full)
                     replies = await pipe.execute()
             except Exception as exc:  # any Redis failure: count in this process
@@ -154,7 +157,7 @@ class Throttle:
                 if self._redis_down:
                     self._redis_down = False
                     log.info("throttle.redis_available")
-                return [(int(replies[i]), float(max(replies[i + 2], 1))) for i in range(0, len(replies), 3)]
+                return [(int(replies[i + 1]), float(max(replies[i + 2], 1))) for i in range(0, len(replies), 3)]
         return self.local.incr(keys, self.window)
 
 
@@ -182,7 +185,7 @@ def request_client(request: web.Request) -> str:
     return client_address(request, request.app[TRUSTED_PROXIES])
 
 
-async def refuse_or_count(request: web.Request, scope: str, name: str) -> None:
+async def count_failure(request: web.Request, scope: str, name: str) -> None:
     """Count a wrong attempt of `name` from this request's client; raise 429 when throttled."""
     wait = await request.app[THROTTLE].failed(scope, name, request_client(request))
     if wait:

@@ -25,7 +25,7 @@ from aiohttp import web
 from api.errors import BadRequestError, UnauthorizedError, json_response
 from api.keys import POOL, SETTINGS
 from api.publish import send_tasks_later
-from api.throttle import refuse_or_count, request_client
+from api.throttle import count_failure, request_client
 from core import metrics
 from core import webhook_auth as whauth
 from core import webhooks as wh
@@ -77,7 +77,7 @@ async def _refuse(receiver: str, request: web.Request) -> UnauthorizedError:
     """The 401 to raise for a wrong secret; raises 429 instead when the sender is throttled."""
     log.info("webhook.unauthorized", receiver=receiver, client=request_client(request))
     metrics.webhook_event(receiver, "unauthorized")
-    await refuse_or_count(request, "webhook", receiver)
+    await count_failure(request, "webhook", receiver)
     return UnauthorizedError(f"the {receiver} webhook secret is missing or wrong")
 
 
