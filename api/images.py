@@ -6,7 +6,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from api import inspect, paths, queries, serializers
+from api import hub_lookup, paths, queries, serializers, targets
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -50,7 +50,7 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     image = await queries.get_image(request.app[POOL], account.id, target.image.name)
     if image is None and method == "GET" and target.image.is_hub:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
-        image = await inspect.inspect_hub_image(request.app, account.id, target.image)
+        image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image)
     if image is None:
         raise NotFoundError(f"image '{target.image.name}' not found")
     if target.kind == paths.IMAGE:
@@ -100,6 +100,7 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
         name = parse_image_name(body.name)
     except InvalidNameError as exc:
         raise BadRequestError(f"invalid image name: {exc}", field="name") from None
+    await targets.check_registry_host(request.app, name)
     settings = request.app[SETTINGS]
     pair = credentials_pair(body)
     sealed = request.app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
@@ -126,6 +127,9 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
     """Changes only the fields the body names: a password alone keeps the stored username and
     a username alone the stored password (the Go SDK's save() sends only changed fields)."""
     body = await read_json(request, ImagePatch)
+    if body.username is not None or body.password is not None:
+        # new credentials: the sync that follows sends them to the registry
+        await targets.check_registry_host(request.app, parse_image_name(image["name"]))
     box = request.app[CREDENTIAL_BOX]
     pool = request.app[POOL]
     async with pool.acquire() as conn, conn.transaction():

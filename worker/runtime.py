@@ -21,6 +21,7 @@ import aiohttp
 import asyncpg
 import structlog
 
+from core.address_policy import AddressPolicy
 from core.crypto import CredentialBox
 from core.db import create_pool
 from core.names import HUB_HOST
@@ -53,7 +54,7 @@ class Runtime:
         s = self.settings
         self.pool = await create_pool(s.database_url, min_size=1, max_size=s.db_pool_max)
         self._session = make_session(
-            allow_private=s.allow_private_registries, timeout=s.registry_timeout_seconds
+            policy=AddressPolicy.from_settings(s), timeout=s.registry_timeout_seconds
         )
         self.client = RegistryClient(
             self._session, platform=s.platform, timeout=s.registry_timeout_seconds,

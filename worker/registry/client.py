@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from yarl import URL
 
 from core.crypto import Credentials
+from core.names import canonical_host
 from worker.registry import manifests as mf
 from worker.registry import resolve, tags
 from worker.registry.auth import (
@@ -92,7 +93,7 @@ class RegistryClient:
         self.platform = platform
         self.timeout = timeout
         self.per_host_limit = per_host_limit
-        self.insecure_hosts = frozenset(h.lower() for h in insecure_hosts)
+        self.insecure_hosts = frozenset(canonical_host(h) for h in insecure_hosts)
         self.max_attempts = max(1, max_attempts)
         self.max_retry_wait = max_retry_wait
         self.max_tag_pages = max_tag_pages
@@ -109,7 +110,7 @@ class RegistryClient:
         self._challenges.clear()
 
     def base_url(self, host: str) -> str:
-        scheme = "http" if host.lower() in self.insecure_hosts else "https"
+        scheme = "http" if canonical_host(host) in self.insecure_hosts else "https"
         return f"{scheme}://{host}"
 
     # ---------------------------------------------------------------- public API
@@ -291,7 +292,7 @@ class RegistryClient:
         url = str(URL(realm).update_query(query))
         headers: dict[str, str] = {}
         if target.credentials is not None:
-            insecure_ok = {parts.netloc.lower(), target.host.lower()} & self.insecure_hosts
+            insecure_ok = {canonical_host(parts.netloc), canonical_host(target.host)} & self.insecure_hosts
             if parts.scheme != "https" and not insecure_ok:
                 raise RegistryAuthError(
                     f"{target.host}: refused to send credentials to the plain-http token "
