@@ -11,7 +11,8 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import MakeUser, unique
 from tests.support.registry import RegistryServer, apush_image
-from tests.worker.test_sync import OpenRuntime, get, register, runtime  # noqa: F401 - fixture
+from tests.worker.conftest import OpenRuntime
+from tests.worker.helpers import get, register
 from worker import sync
 from worker.registry import RegistryClient
 
@@ -23,7 +24,7 @@ def ipv6_registry() -> Iterator[RegistryServer]:
 
 
 async def test_an_ipv6_registry_is_registered_synced_and_served(
-    client: TestClient, make_user: MakeUser, ipv6_registry: RegistryServer, runtime: OpenRuntime,  # noqa: F811
+    client: TestClient, make_user: MakeUser, ipv6_registry: RegistryServer, runtime: OpenRuntime,
 ) -> None:
     user = await make_user()
     repo = f"{unique('v6')}/app"
