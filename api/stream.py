@@ -20,7 +20,7 @@ TAG_BURST tag changes of one image become one `update` of the image (the sync of
 does this within one statement (schema.sql, tags_notify_events).
 
 The same connection listens on `registry_sync_inspect`, which wakes the requests waiting for
-a Docker Hub lookup (api/inspect.py). An API process that does not serve the stream
+a Docker Hub lookup (api/hub_lookup.py). An API process that does not serve the stream
 (EVENTS_IN_WEB=0: `registry-sync stream` processes do) listens on that channel only.
 """
 

@@ -29,6 +29,7 @@ import base64
 import multiprocessing
 import multiprocessing.connection
 import os
+import secrets
 import shutil
 import sys
 import tempfile
