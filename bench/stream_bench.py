@@ -29,7 +29,6 @@ import base64
 import multiprocessing
 import multiprocessing.connection
 import os
-import secrets
 import shutil
 import sys
 import tempfile

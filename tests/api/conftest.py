@@ -14,8 +14,8 @@ from core.db import create_pool
 from core.settings import Settings
 from tests.api.lists import ListDb
 from tests.conftest import create_database
-from tests.support.services import worker_index
 from tests.support.resolver import stub_resolver
+from tests.support.services import worker_index
 
 
 @pytest.fixture
