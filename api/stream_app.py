@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from api import outage, throttle
 from api.auth import AUTH_CACHE, AuthCache, auth_middleware, request_account
 from api.errors import BadRequestError, ThrottledError, UnavailableError, error_middleware, json_response
 from api.keys import POOL, SETTINGS
@@ -187,11 +188,13 @@ async def _metrics(request: web.Request) -> web.Response:
 
 def create_stream_app(settings: Settings) -> web.Application:
     """The events stream alone: what `registry-sync stream` serves. No I/O here."""
-    settings.require("database_url")
+    settings.require("database_url", "redis_url")
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[SETTINGS] = settings
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
-    app.cleanup_ctx.extend([_pool, _hub])
+    # the API's answers to a database outage (503) and its failed-key throttling, shared in Redis
+    app.cleanup_ctx.extend([_pool, outage.watch_ctx, _hub])
+    throttle.configure(app, settings)
     app.on_shutdown.append(close_streams)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -77,7 +77,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     from api.stream_app import serve_stream
 
-    settings = _settings("database_url")
+    settings = _settings("database_url", "redis_url")
     serve_stream(settings, port=args.port, workers=args.workers)
     return 0
 

@@ -237,7 +237,8 @@ async def test_a_client_that_stops_reading_is_dropped(settings: Settings, make_u
 def test_registry_sync_stream_runs_on_its_own_port(settings: Settings) -> None:
     port = free_port()
     svc = Service(["stream", "--port", str(port)],
-                  {"DATABASE_URL": settings.database_url, "LOG_FORMAT": "json", "BIND_HOST": "127.0.0.1"})
+                  {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "LOG_FORMAT": "json",
+                   "BIND_HOST": "127.0.0.1"})
     try:
         wait_for(lambda: "events.listening" in svc.output(), 30, "the stream process")
         asyncio.run(_one_event(settings, port))

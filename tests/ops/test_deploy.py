@@ -33,7 +33,7 @@ EXTRA_ENV = {"PROMETHEUS_MULTIPROC_DIR"}
 SETTINGS_ENV = {f.name.upper() for f in fields(Settings)} | EXTRA_ENV
 # What each command needs (cli/main.py `_settings(...)` calls)
 REQUIRED = {"web": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"}, "worker": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"},
-            "stream": {"DATABASE_URL"},
+            "stream": {"DATABASE_URL", "REDIS_URL"},
             "beat": {"DATABASE_URL", "REDIS_URL"}, "migrate": {"DATABASE_URL"}, "load-catalog": {"DATABASE_URL"}}
 
 
