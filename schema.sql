@@ -420,6 +420,46 @@ CREATE INDEX IF NOT EXISTS list_counts_registries_idx ON list_counts (scope, cat
     WHERE bucket = 0;
 CREATE INDEX IF NOT EXISTS registries_tutum_idx ON registries (id) WHERE is_tutum_registry;
 
+-- Tags per image, for the total of a tag list (an image may have up to MAX_TAGS_PER_IMAGE).
+-- Kept by the statement triggers below, apart from the state rule; every writer of an image's
+-- tags holds that image already, so the row never makes two writers wait on each other.
+CREATE TABLE IF NOT EXISTS tag_counts (
+    image_id  bigint NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    n         bigint NOT NULL,
+    CONSTRAINT tag_counts_pkey PRIMARY KEY (image_id)
+);
+
+CREATE OR REPLACE FUNCTION tags_counted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO tag_counts AS c (image_id, n)
+        SELECT image_id, count(*) FROM new_rows GROUP BY image_id ORDER BY image_id
+        ON CONFLICT ON CONSTRAINT tag_counts_pkey DO UPDATE SET n = c.n + EXCLUDED.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        -- an image deleted with its tags has no row left to update
+        UPDATE tag_counts AS c SET n = c.n - d.n
+          FROM (SELECT image_id, count(*) AS n FROM old_rows GROUP BY image_id) AS d
+         WHERE c.image_id = d.image_id;
+    ELSE  -- a tag moved to another image (per row, rare)
+        UPDATE tag_counts SET n = n - 1 WHERE image_id = OLD.image_id;
+        INSERT INTO tag_counts AS c (image_id, n) VALUES (NEW.image_id, 1)
+        ON CONFLICT ON CONSTRAINT tag_counts_pkey DO UPDATE SET n = c.n + 1;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER tags_counted_insert AFTER INSERT ON tags
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_counted();
+CREATE OR REPLACE TRIGGER tags_counted_delete AFTER DELETE ON tags
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_counted();
+CREATE OR REPLACE TRIGGER tags_counted_move AFTER UPDATE OF image_id ON tags
+    FOR EACH ROW WHEN (OLD.image_id IS DISTINCT FROM NEW.image_id)
+    EXECUTE FUNCTION tags_counted();
+
 -- Add `plus` and take `minus` entries from the counts, netted first, cells locked in key
 -- order (two writers of overlapping cells cannot deadlock).
 CREATE OR REPLACE FUNCTION list_counts_add(plus list_entries[], minus list_entries[]) RETURNS void
@@ -608,8 +648,8 @@ $$;
 
 -- A database upgraded from before these tables (migrations/0004_list_counts.sql creates them
 -- empty): buckets of about 1,000 names, then every image's entries through the one function
--- that writes them, so the backfill cannot disagree with the triggers. A no-op afterwards:
--- every image has at least one entry.
+-- that writes them, so the backfill cannot disagree with the triggers; then the tag counts.
+-- A no-op afterwards: every image has at least one entry, every tag a count.
 INSERT INTO list_buckets (lower)
 SELECT x.name FROM (
     SELECT d.name, row_number() OVER (ORDER BY d.name) AS rn
@@ -619,6 +659,10 @@ SELECT x.name FROM (
 ON CONFLICT DO NOTHING;
 SELECT list_entries_refresh(ARRAY(SELECT DISTINCT name FROM images))
  WHERE NOT EXISTS (SELECT 1 FROM list_entries) AND EXISTS (SELECT 1 FROM images);
+INSERT INTO tag_counts (image_id, n)
+SELECT image_id, count(*) FROM tags GROUP BY image_id
+HAVING NOT EXISTS (SELECT 1 FROM tag_counts)
+ON CONFLICT DO NOTHING;
 -- ============================================================================================
 -- End of the lists section.
 -- ============================================================================================

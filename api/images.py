@@ -38,10 +38,13 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if not readings:
         raise BadRequestError(f"invalid image name: {problem}", field="name")
     target = readings[0]
+    image = None
     if len(readings) > 1:
         # Ambiguous: an existing image of the full name wins over the suffix reading.
-        assert target.image is not None
-        if not await queries.image_exists(request.app[POOL], account.id, target.image.name):
+        assert target.image is not None and readings[1].image is not None
+        image = await queries.get_image_of(request.app[POOL], account.id, target.image.name,
+                                           readings[1].image.name)
+        if image is None or image["name"] != target.image.name:
             target = readings[1]
     allowed = paths.ALLOWED[target.kind]
     method = "GET" if request.method == "HEAD" else request.method
@@ -50,7 +53,8 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if target.kind == paths.COLLECTION:
         return await (list_images(request, account) if method == "GET" else create_image(request, account))
     assert target.image is not None
-    image = await queries.get_image(request.app[POOL], account.id, target.image.name)
+    if len(readings) == 1:
+        image = await queries.get_image(request.app[POOL], account.id, target.image.name)
     if image is None and method == "GET" and target.image.is_hub:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
         image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image)

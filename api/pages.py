@@ -190,19 +190,19 @@ async def list_images(conn: Conn, account_id: int, f: ImageFilter, page: Page) -
 # --------------------------------------------------------------------------- tags
 
 _TAG_PAGE_SQL = """
-SELECT {columns}, (SELECT count(*) FROM tags WHERE image_id = $1) AS total_count
+SELECT {columns}, coalesce((SELECT n FROM tag_counts WHERE image_id = $1), 0) AS total_count
   FROM tags AS t LEFT JOIN layers AS l ON l.config_digest = t.config_digest
  WHERE t.image_id = $1 AND {cond}
  ORDER BY t.name COLLATE "C" {direction} OFFSET $3 LIMIT $4
 """
 TAGS_AFTER_SQL = _TAG_PAGE_SQL.format(columns=TAG_COLUMNS, cond='t.name COLLATE "C" > $2', direction="ASC")
 TAGS_BEFORE_SQL = _TAG_PAGE_SQL.format(columns=TAG_COLUMNS, cond='t.name COLLATE "C" < $2', direction="DESC")
-COUNT_TAGS_SQL = "SELECT count(*) FROM tags WHERE image_id = $1"
+COUNT_TAGS_SQL = "SELECT coalesce((SELECT n FROM tag_counts WHERE image_id = $1), 0)"
 
 
 async def list_tags(conn: Conn, image_id: int, page: Page) -> Result:
-    """A page of an image's tags by name. The total is a count of this image's tags (at most
-    MAX_TAGS_PER_IMAGE, index-only); a deep offset skips that many index entries."""
+    """A page of an image's tags by name, the total from `tag_counts`. A deep offset skips that
+    many entries of the (image, name) index: at most MAX_TAGS_PER_IMAGE."""
     backward = page.before is not None
     if backward:
         rows = await conn.fetch(TAGS_BEFORE_SQL, image_id, page.before, 0, page.limit + 1)

@@ -35,13 +35,20 @@ async def get_image(conn: Conn, account_id: int, name: str) -> asyncpg.Record | 
     return await conn.fetchrow(GET_IMAGE_SQL, account_id, name)
 
 
-IMAGE_EXISTS_SQL = """
-SELECT EXISTS (SELECT 1 FROM images WHERE name = $2 AND (owner_id = $1 OR owner_id IS NULL))
+# A path that reads both ways (`team/tag/app`): the image of the full name if the caller sees
+# one, else the image of the shorter reading, in one round trip.
+GET_IMAGE_OF_SQL = f"""
+SELECT {IMAGE_COLUMNS}
+  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
+ WHERE i.name IN ($2, $3) AND (i.owner_id = $1 OR i.owner_id IS NULL)
+ ORDER BY i.name = $2 DESC, i.owner_id NULLS LAST
+ LIMIT 1
 """
 
 
-async def image_exists(conn: Conn, account_id: int, name: str) -> bool:
-    return bool(await conn.fetchval(IMAGE_EXISTS_SQL, account_id, name))
+async def get_image_of(conn: Conn, account_id: int, full: str, shorter: str) -> asyncpg.Record | None:
+    """The image `full` as `account_id` sees it, else the image `shorter`, else None."""
+    return await conn.fetchrow(GET_IMAGE_OF_SQL, account_id, full, shorter)
 
 
 TAG_COLUMNS = """

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from core.db import apply_schema
+
 CATEGORIES = ["Databases", "Web servers", "Languages", "Operating systems", "Message queues", "Caches",
               "Monitoring", "CI/CD", "Security", "Storage", "Networking", "Machine learning"]
 REGISTRIES = ["registry.hub.docker.com", "quay.io", "ghcr.io", "gcr.io", "registry.example.com:5000",
@@ -154,6 +156,8 @@ async def seed(dsn: str, *, images: int, accounts: int, bench_account: int, big_
         for definition in dropped:
             await conn.execute(definition)
         say("list entries and counts")
+        # the tag counts, as an upgraded database gets them: the backfill at the end of schema.sql
+        await apply_schema(conn)
         for table in ("accounts", "registries", "categories", "images", "tags"):
             await conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
         # as autovacuum would leave it: statistics, and a visibility map for index-only scans

@@ -121,12 +121,22 @@ async def _entries_and_counts(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record],
     return list(entries), list(counts)
 
 
+TAG_COUNTS_SQL = "SELECT image_id, n FROM tag_counts WHERE n <> 0 ORDER BY 1"
+RECOUNT_TAGS_SQL = "SELECT image_id, count(*) AS n FROM tags GROUP BY 1 ORDER BY 1"
+
+
 async def _world(db: ListDb) -> None:
     a, b = await db.user("alice"), await db.user("bob")
     for i in range(60):
         owner = (None, None, a, b)[i % 4]
-        await db.image(f"team{i % 7}/app{i % 23}", owner, jumpstart=i % 5 == 0, private=i % 3 == 0,
-                       categories=(("db",), ("web",), ("db", "web"), ())[i % 4])
+        image_id = await db.image(f"team{i % 7}/app{i % 23}", owner, jumpstart=i % 5 == 0,
+                                  private=i % 3 == 0, categories=(("db",), ("web",), ("db", "web"), ())[i % 4])
+        await db.pool.execute("INSERT INTO tags (image_id, name) SELECT $1, 'v' || g FROM generate_series(1, $2) AS g",
+                              image_id, i % 9)
+    await db.pool.execute("DELETE FROM tags WHERE name = 'v3' OR (image_id % 5 = 0 AND name LIKE 'v%1')")
+    await db.pool.execute("UPDATE tags SET image_id = image_id + 1 WHERE name = 'v8'"
+                          " AND image_id + 1 IN (SELECT id FROM images) AND NOT EXISTS (SELECT 1 FROM tags AS o"
+                          "  WHERE o.image_id = tags.image_id + 1 AND o.name = 'v8')")
     await db.pool.execute("DELETE FROM images WHERE id % 11 = 0")
     await db.pool.execute("UPDATE images SET owner_id = $1 WHERE id % 13 = 0", a.account.id)
 
@@ -136,6 +146,8 @@ async def test_maintained_counts_equal_a_recount_and_the_upgrade_backfill(list_d
     await _world(db)
     await db.pool.execute("SELECT list_buckets_split(4)")
     maintained = await _entries_and_counts(db.pool)
+    tag_counts = await db.pool.fetch(TAG_COUNTS_SQL)
+    assert tag_counts == await db.pool.fetch(RECOUNT_TAGS_SQL) and len(tag_counts) > 20
     assert len(maintained[0]) > 60 and await db.pool.fetchval("SELECT count(*) FROM list_buckets") > 5
 
     # recount from scratch through the backfill at the end of schema.sql
@@ -145,7 +157,9 @@ async def test_maintained_counts_equal_a_recount_and_the_upgrade_backfill(list_d
 
     # an upgrade from before the list tables: migration 0004, then schema.sql again
     await db.pool.execute("""
-        DROP TABLE list_entries, list_counts, list_buckets CASCADE;
+        DROP TABLE list_entries, list_counts, list_buckets, tag_counts CASCADE;
+        DROP TRIGGER tags_counted_insert ON tags; DROP TRIGGER tags_counted_delete ON tags;
+        DROP TRIGGER tags_counted_move ON tags;
         DROP INDEX tags_image_name_c_idx, registries_tutum_idx;
         DROP TRIGGER images_list_insert ON images; DROP TRIGGER images_list_update ON images;
         DROP TRIGGER images_list_delete ON images;
@@ -153,7 +167,7 @@ async def test_maintained_counts_equal_a_recount_and_the_upgrade_backfill(list_d
         DROP TRIGGER image_categories_list_update ON image_categories;
         DROP TRIGGER image_categories_list_delete ON image_categories;
         DROP FUNCTION images_list_refresh, image_categories_list_refresh, list_entries_refresh,
-                      list_buckets_split, list_entries_counted;
+                      list_buckets_split, list_entries_counted, tags_counted;
     """)
     await db.pool.execute(MIGRATION.read_text())
     await db.pool.execute(SCHEMA_PATH.read_text())
@@ -162,6 +176,7 @@ async def test_maintained_counts_equal_a_recount_and_the_upgrade_backfill(list_d
     assert [e[:7] for e in entries] == [e[:7] for e in maintained[0]]
     assert [c for c in counts if c["lower"] is None] == [c for c in maintained[1] if c["lower"] is None]
     assert {c["lower"] for c in counts} == {None, ""}
+    assert await db.pool.fetch(TAG_COUNTS_SQL) == tag_counts
 
 
 async def test_concurrent_writers_of_one_name_take_turns(list_db: ListDb) -> None:
