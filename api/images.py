@@ -53,8 +53,11 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if target.kind == paths.COLLECTION:
         return await (list_images(request, account) if method == "GET" else create_image(request, account))
     assert target.image is not None
-    if len(readings) == 1:
-        image = await queries.get_image(request.app[POOL], account.id, target.image.name)
+    pool = request.app[POOL]
+    if target.kind == paths.IMAGE and (image is not None or len(readings) == 1):
+        image = await queries.get_image(pool, account.id, target.image.name)  # every field
+    elif len(readings) == 1:
+        image = await queries.get_image_ref(pool, account.id, target.image.name)
     if image is None and method == "GET" and target.image.is_hub:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
         image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image)

@@ -35,11 +35,29 @@ async def get_image(conn: Conn, account_id: int, name: str) -> asyncpg.Record | 
     return await conn.fetchrow(GET_IMAGE_SQL, account_id, name)
 
 
+# What the paths below an image (tags, sync, build) need of it: not its tag list, which may
+# hold MAX_TAGS_PER_IMAGE names.
+IMAGE_REF_COLUMNS = "i.id, i.name, i.owner_id, i.state"
+
+GET_IMAGE_REF_SQL = f"""
+SELECT {IMAGE_REF_COLUMNS}
+  FROM images AS i
+ WHERE i.name = $2 AND (i.owner_id = $1 OR i.owner_id IS NULL)
+ ORDER BY i.owner_id NULLS LAST
+ LIMIT 1
+"""
+
+
+async def get_image_ref(conn: Conn, account_id: int, name: str) -> asyncpg.Record | None:
+    """id, name, owner_id and state of the image `name` as `account_id` sees it, or None."""
+    return await conn.fetchrow(GET_IMAGE_REF_SQL, account_id, name)
+
+
 # A path that reads both ways (`team/tag/app`): the image of the full name if the caller sees
 # one, else the image of the shorter reading, in one round trip.
 GET_IMAGE_OF_SQL = f"""
-SELECT {IMAGE_COLUMNS}
-  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
+SELECT {IMAGE_REF_COLUMNS}
+  FROM images AS i
  WHERE i.name IN ($2, $3) AND (i.owner_id = $1 OR i.owner_id IS NULL)
  ORDER BY i.name = $2 DESC, i.owner_id NULLS LAST
  LIMIT 1
@@ -47,7 +65,8 @@ SELECT {IMAGE_COLUMNS}
 
 
 async def get_image_of(conn: Conn, account_id: int, full: str, shorter: str) -> asyncpg.Record | None:
-    """The image `full` as `account_id` sees it, else the image `shorter`, else None."""
+    """The image `full` as `account_id` sees it, else the image `shorter`, else None (the
+    columns of get_image_ref)."""
     return await conn.fetchrow(GET_IMAGE_OF_SQL, account_id, full, shorter)
 
 

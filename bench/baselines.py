@@ -4,7 +4,8 @@
   the API answers (a list page for the collection, a detail for anything else): the ceiling
   of the framework on this machine;
 - `lookup`: bare aiohttp + asyncpg doing the same look-up the API does for an image or a tag
-  (api/queries.py GET_IMAGE_SQL, GET_TAG_SQL, the same pool settings) and answering the row
+  (api/queries.py GET_IMAGE_SQL; GET_IMAGE_REF_SQL and GET_TAG_SQL for a tag; the same pool
+  settings) and answering the row
   as JSON: the ceiling of framework + database.
 
     python -m bench.baselines constant PORT DETAIL_FILE LIST_FILE [--workers N]
@@ -22,7 +23,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from api.queries import GET_IMAGE_SQL, GET_TAG_SQL
+from api.queries import GET_IMAGE_REF_SQL, GET_IMAGE_SQL, GET_TAG_SQL
 from api.server import run_processes
 from bench.common import HOST
 from core.db import create_pool
@@ -56,7 +57,9 @@ def _lookup(port: int, dsn: str, account_id: int, reuse_port: bool) -> None:
     async def handler(request: web.Request) -> web.Response:
         tail = request.match_info["tail"].removesuffix("/")
         name, sep, tag = tail.rpartition("/tag/")
-        image = await request.app[POOL].fetchrow(GET_IMAGE_SQL, account_id, name if sep else tail)
+        # as the API: the whole image for its detail, its id and name for one of its tags
+        image = await request.app[POOL].fetchrow(GET_IMAGE_REF_SQL if sep else GET_IMAGE_SQL, account_id,
+                                                 name if sep else tail)
         if image is None:
             raise web.HTTPNotFound()
         body: Any = image
