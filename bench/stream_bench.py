@@ -168,19 +168,11 @@ class Clients:
         """Counts and sampled delays since the previous phase; every client must have them all."""
         counts: list[int] = []
         delays: list[float] = []
-        by_event: dict[bytes, list[float]] = {}
         for pipe in self.pipes:
             pipe.send("stop" if final else "report")
             per_client, seen = pipe.recv()
             counts += per_client
             delays += [(t - committed[uri]) * 1000 for uri, t in seen if uri in committed]
-            for uri, t in seen:
-                if uri in committed:
-                    by_event.setdefault(uri, []).append((t - committed[uri]) * 1000)
-        if os.environ.get("BENCH_DEBUG"):
-            for uri in list(committed)[::10]:
-                d = sorted(by_event.get(uri, []))
-                print(f"   {uri.decode()[-20:]} n={len(d)} min {d[0]:.0f} med {d[len(d)//2]:.0f} max {d[-1]:.0f}")
         got = [c - before for c, before in zip(counts, self.counts, strict=True)]
         self.counts = counts
         return Delivery(percentile(delays, 50), percentile(delays, 99), max(delays, default=0.0), sum(got),
