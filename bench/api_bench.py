@@ -49,6 +49,7 @@ from bench.common import (
     cli,
     free_port,
     percentile,
+    print_failure,
     recreate_database,
     run_wrk,
     server_dsn,
@@ -297,10 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
             return 130
         except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            for log in sorted(Path(d).glob("*.log")):
-                print(f"--- {log.name} (tail)\n{log.read_text()[-2000:]}", file=sys.stderr)
-            return 1
+            return print_failure(exc, Path(d))
         finally:
             procs.stop_all()
             if not (args.keep_db or args.reuse_db):

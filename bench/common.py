@@ -198,3 +198,11 @@ def percentile(values: Sequence[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def print_failure(exc: BaseException, tmp: Path) -> int:
+    """Report a failed run with the tail of every log it wrote; the exit status."""
+    print(f"error: {exc}", file=sys.stderr)
+    for log in sorted(tmp.glob("*.log")):
+        print(f"--- {log.name} (tail)\n{log.read_text()[-2000:]}", file=sys.stderr)
+    return 1

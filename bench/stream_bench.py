@@ -47,6 +47,7 @@ from bench.common import (
     cpu_seconds,
     free_port,
     percentile,
+    print_failure,
     recreate_database,
     run_wrk,
     server_dsn,
@@ -278,10 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return run(args, Path(d), procs)
         except (RuntimeError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            for log in sorted(Path(d).glob("*.log")):
-                print(f"--- {log.name} (tail)\n{log.read_text()[-2000:]}", file=sys.stderr)
-            return 1
+            return print_failure(exc, Path(d))
         finally:
             procs.stop_all()
             for child in multiprocessing.active_children():
