@@ -5,7 +5,7 @@ Each receiver: authenticate the sender (constant-time) → parse its format into
 skipped by their dedupe key → answer 202 (200 when nothing new) → send
 `process_webhook_event(id)` to the priority queue. The send happens after the commit and
 after the answer; when it fails (Redis down) the event is still pending in Postgres and the
-scheduler's sweep (worker/events.py) queues it again, so nothing is lost.
+scheduler's sweep (worker/sweep.py) queues it again, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -49,12 +49,13 @@ OUTBOX = web.AppKey("webhook_outbox", Outbox)
 # rows that were new, so a duplicate delivery queues nothing.
 INSERT_EVENTS_SQL = """
 INSERT INTO webhook_events (source, dedupe_key, kind, host, repository, tag, digest, build_state,
-                            occurred_at, payload)
+                            occurred_at, payload, build_id)
 SELECT e.source, e.dedupe_key, e.kind, e.host, e.repository, e.tag, e.digest, e.build_state,
-       COALESCE(e.occurred_at, now()), e.payload::jsonb
+       COALESCE(e.occurred_at, now()), e.payload::jsonb, e.build_id
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-              $7::text[], $8::text[], $9::timestamptz[], $10::text[])
-       AS e (source, dedupe_key, kind, host, repository, tag, digest, build_state, occurred_at, payload)
+              $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::text[])
+       AS e (source, dedupe_key, kind, host, repository, tag, digest, build_state, occurred_at, payload,
+             build_id)
 ON CONFLICT ON CONSTRAINT webhook_events_dedupe_key_key DO NOTHING
 RETURNING id
 """
@@ -64,11 +65,11 @@ async def store_events(conn: asyncpg.Pool | asyncpg.Connection, events: list[wh.
     """Insert events into the inbox; the ids of those not seen before."""
     if not events:
         return []
-    cols: list[list[object]] = [[] for _ in range(10)]
+    cols: list[list[object]] = [[] for _ in range(11)]
     for ev in events:
         row = (
             ev.source, ev.dedupe_key, ev.kind, ev.host, ev.repository, ev.tag, ev.digest,
-            ev.build_state, ev.occurred_at, orjson.dumps(ev.payload).decode(),
+            ev.build_state, ev.occurred_at, orjson.dumps(ev.payload).decode(), ev.build_id,
         )
         for col, value in zip(cols, row, strict=True):
             col.append(value)

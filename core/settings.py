@@ -61,6 +61,8 @@ class Settings:
     events_ping_seconds: float = 25.0
     webhook_secret: str = ""
     webhook_secrets: str = ""  # per receiver / registry host overrides: "quay=s1,reg.example=s2"
+    webhook_retention_days: int = 7  # processed events: dedupe window, tombstones, build order
+    build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
     data_dir: str = ".data"
     metrics_port: int = 0  # worker parent and beat serve /metrics here; 0: not served
 

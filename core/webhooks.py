@@ -76,8 +76,9 @@ class WebhookEvent:
     tag: str | None = None
     digest: str | None = None
     build_state: str | None = None
-    occurred_at: datetime | None = None  # the sender's time; None: the time we received it
+    occurred_at: datetime | None = None  # the sender's time; None: when the database stores it
     payload: Mapping[str, Any] = field(default_factory=dict)  # the sender's event, for the record
+    build_id: str | None = None  # the sender's build id: events of one build only move forward
 
 
 # ------------------------------------------------------------------ helpers
@@ -255,8 +256,9 @@ _HARBOR_TYPES = {
 
 
 def parse_harbor(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
-    """Harbor v2, default format or CloudEvents (`specversion`). Other event types (scans,
-    quotas, replication) are not changes of tags and yield nothing."""
+    """Harbor v2, default format or CloudEvents (`specversion`). A deleted artifact is a
+    delete of its digest (Harbor names only the artifact's first tag). Other event types
+    (scans, quotas, replication) are not changes of tags and yield nothing."""
     doc = _obj(body, "the body")
     cloud = "specversion" in doc
     event_type = _str(doc, "type", "the body")
@@ -293,14 +295,14 @@ def parse_harbor(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
         where, repo = normalize_target(where, full, "event_data.repository.repo_full_name")
         if kind == PUSH and tag is None:
             continue  # pushed by digest: not a tag
-        ev_kind = DELETE_TAG if kind == DELETE_MANIFEST and tag is not None else kind
         key = (
             f"{HARBOR}:{event_id}:{i}" if event_id
             else _content_key(HARBOR, event_type, doc.get("occur_at"), where, repo, digest, tag)
         )
+        # A deleted artifact names only its first tag: every tag at its digest is gone.
         out.append(WebhookEvent(
-            HARBOR, key, ev_kind, where, repo, tag,
-            None if ev_kind == DELETE_TAG else digest, occurred_at=occurred, payload=doc,
+            HARBOR, key, kind, where, repo, tag if kind == PUSH else None, digest,
+            occurred_at=occurred, payload=doc,
         ))
     return out
 
@@ -321,7 +323,7 @@ def parse_quay(
     docker_url = _str(doc, "docker_url", "the body", required=False) or ""
     where = host or (docker_url.split("/", 1)[0] if "/" in docker_url else "quay.io")
     where, repo = normalize_target(where, repo_name, "repository")
-    build_id = doc.get("build_id")
+    build_id = _build_id(doc.get("build_id"), "build_id")
     if event not in (None, "", "repo_push") and event not in QUAY_BUILD_EVENTS:
         raise MalformedPayloadError(f"unknown Quay event {event!r}")
     if build_id is None:
@@ -345,9 +347,10 @@ def parse_quay(
             raise MalformedPayloadError("docker_tags must be a list of tags")
         tag = _tag(t, "docker_tags")
         key = f"{QUAY}:build:{build_id}:{phase}:{tag}"
+        # No time in the body: the database's receipt time orders it (occurred_at None).
         out.append(WebhookEvent(
             QUAY, key, BUILD_STATE, where, repo, tag, None, QUAY_BUILD_EVENTS[phase],
-            occurred_at=now or datetime.now(UTC), payload=doc,
+            payload=doc, build_id=build_id,
         ))
     return out
 
@@ -368,7 +371,9 @@ def _quay_phase(doc: Mapping[str, Any], event: str | None) -> str:
 
 
 def parse_build(body: Any) -> list[WebhookEvent]:
-    """`{"image", "tag", "status": "building"|"success"|"failed", "timestamp"}`."""
+    """`{"image", "tag", "status": "building"|"success"|"failed", "timestamp", "build_id"?}`.
+    With a `build_id`, the events of one build only move forward and a build first seen
+    later wins; without one, the newest timestamp wins."""
     doc = _obj(body, "the body")
     image = _str(doc, "image", "the body")
     try:
@@ -382,11 +387,24 @@ def parse_build(body: Any) -> list[WebhookEvent]:
     occurred = parse_time(doc.get("timestamp"), "timestamp")
     if occurred is None:
         raise MalformedPayloadError("timestamp is missing")
-    key = _content_key(BUILD, name.host, name.repository, tag, status, occurred.isoformat())
+    build_id = _build_id(doc.get("build_id"), "build_id")
+    key = _content_key(BUILD, name.host, name.repository, tag, status, occurred.isoformat(), build_id)
     return [WebhookEvent(
         BUILD, key, BUILD_STATE, name.host, name.repository, tag, None, GENERIC_STATUSES[status],
-        occurred_at=occurred, payload=doc,
+        occurred_at=occurred, payload=doc, build_id=build_id,
     )]
+
+
+def _build_id(value: Any, what: str) -> str | None:
+    """A build id: a non-empty string or an integer (a CI's build number), as text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MalformedPayloadError(f"{what} must be a string or an integer")
+    text = str(value).strip()
+    if not text or len(text) > 200:
+        raise MalformedPayloadError(f"{what} must be 1 to 200 characters")
+    return text
 
 
 def unique_events(events: Iterable[WebhookEvent]) -> list[WebhookEvent]:

@@ -159,7 +159,7 @@ DELETE FROM tags
 FINISH_OK_SQL = """
 UPDATE images
    SET lease_owner = NULL, lease_until = NULL, last_synced_at = now(),
-       sync_error = NULL, sync_error_at = NULL, sync_failures = 0,
+       sync_error = NULL, sync_error_at = NULL, sync_failures = 0, access_proven = true,
        next_sync_at = CASE WHEN sync_requested_at > $3 THEN now()
                            ELSE now() + make_interval(secs => $4) END
  WHERE id = $1 AND lease_owner = $2

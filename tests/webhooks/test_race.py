@@ -22,8 +22,7 @@ from core import webhooks as wh
 from core.settings import Settings
 from tests.conftest import MakeUser, insert_image, unique
 from tests.support.registry import RegistryServer, apush_image, delete_manifest
-from worker import events as inbox
-from worker import sync
+from worker import inbox, sync
 from worker.runtime import Runtime
 
 SECONDS = float(os.environ.get("RACE_SECONDS", "6"))
@@ -76,7 +75,8 @@ async def test_concurrent_writers_leave_every_image_true_and_never_deadlock(
     images = [(repos[0], owners[0]), (repos[0], owners[1]), (repos[1], owners[0])]
     ids: list[int] = []
     for repo, owner in images:
-        ids.append(await insert_image(pool, name=f"{wh_registry.host}/{repo}", owner_id=owner.account.id))
+        ids.append(await insert_image(
+            pool, name=f"{wh_registry.host}/{repo}", owner_id=owner.account.id, access_proven=True))
     by_id = {i: (repo, owner) for i, (repo, owner) in zip(ids, images, strict=True)}
     before = await _deadlocks(pool)
 
