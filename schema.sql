@@ -1,7 +1,9 @@
--- registry-sync: the whole current schema.
+-- registry-sync: the whole current schema (a snapshot: what a fresh database gets).
 -- Idempotent: applying it to a database that already has it changes nothing and loses
--- nothing (every statement is IF NOT EXISTS / CREATE OR REPLACE). `registry-sync migrate`
--- runs it under an advisory lock so two deploys cannot apply it at once.
+-- nothing (every statement is IF NOT EXISTS / CREATE OR REPLACE). It never changes an
+-- existing table: every change to a table, column, constraint or index that an older
+-- database lacks also goes into a numbered file in migrations/ (migrations/README.md).
+-- `registry-sync migrate` runs those, then this file, under an advisory lock.
 
 CREATE TABLE IF NOT EXISTS accounts (
     id          bigserial   PRIMARY KEY,
@@ -181,7 +183,7 @@ CREATE OR REPLACE TRIGGER tags_after_delete AFTER DELETE ON tags
 -- ======================================================================================
 CREATE TABLE IF NOT EXISTS webhook_events (
     id            bigserial   PRIMARY KEY,
-    source        text        NOT NULL,  -- the receiver: registry, dockerhub, harbor, quay, build
+    source        text        NOT NULL,  -- the receiver: registry, dockerhub, harbor, quay, build, github
     dedupe_key    text        NOT NULL,  -- sender's event id, or a hash of the delivery's content
     kind          text        NOT NULL,
     host          text        NOT NULL,  -- registry host as in registries.host
@@ -201,7 +203,7 @@ CREATE TABLE IF NOT EXISTS webhook_events (
     sweeps        integer     NOT NULL DEFAULT 0,  -- times the sweep sent it again: each waits twice as long
     CONSTRAINT webhook_events_dedupe_key_key UNIQUE (dedupe_key),
     CONSTRAINT webhook_events_source_check
-        CHECK (source IN ('registry', 'dockerhub', 'harbor', 'quay', 'build')),
+        CHECK (source IN ('registry', 'dockerhub', 'harbor', 'quay', 'build', 'github')),
     CONSTRAINT webhook_events_kind_check
         CHECK (kind IN ('push', 'delete_tag', 'delete_manifest', 'delete_repository', 'sync', 'build')),
     CONSTRAINT webhook_events_status_check

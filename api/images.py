@@ -21,7 +21,7 @@ from api.keys import CREDENTIAL_BOX, POOL, SETTINGS
 from api.params import parse_image_filters, parse_paging, reject_unknown
 from api.publish import FALLBACK_SECONDS, queue_priority_sync
 from core.accounts import Account
-from core.crypto import Credentials
+from core.crypto import CredentialBox, Credentials
 from core.names import InvalidNameError, parse_image_name
 from core.registries import ensure_registry
 
@@ -123,14 +123,22 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
 
 
 async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Response:
+    """Changes only the fields the body names: a password alone keeps the stored username and
+    a username alone the stored password (the Go SDK's save() sends only changed fields)."""
     body = await read_json(request, ImagePatch)
-    pair = credentials_pair(body)
-    new_creds = pair is not None
-    sealed = request.app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
+    box = request.app[CREDENTIAL_BOX]
     pool = request.app[POOL]
-    await queries.update_image(
-        pool, image["id"], description=body.description, set_credentials=new_creds, credentials=sealed
-    )
+    async with pool.acquire() as conn, conn.transaction():
+        stored = None
+        if (body.username is None) != (body.password is None):
+            token = await queries.lock_credentials(conn, image["id"])
+            stored = _open_stored(box, token)
+        pair = credentials_pair(body, stored)
+        new_creds = pair is not None
+        sealed = box.seal(Credentials(*pair)) if pair else None
+        await queries.update_image(
+            conn, image["id"], description=body.description, set_credentials=new_creds, credentials=sealed
+        )
     if new_creds:
         log.info("image.credentials_changed", image=image["name"])
         await queue_priority_sync(request.app, image["id"])
@@ -138,6 +146,19 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
     if updated is None:  # deleted by a concurrent request after our update
         raise NotFoundError(f"image '{image['name']}' not found")
     return json_response(serializers.image(updated))
+
+
+def _open_stored(box: CredentialBox, token: bytes | None) -> tuple[str, str] | None:
+    if token is None:
+        return None
+    try:
+        creds = box.open(token)
+    except ValueError:
+        raise BadRequestError(
+            "the stored credentials cannot be decrypted (SECRET_KEY changed): send username and password together",
+            field="password",
+        ) from None
+    return creds.username, creds.password
 
 
 async def delete_image(request: web.Request, image: asyncpg.Record) -> web.Response:

@@ -213,6 +213,9 @@ def _webhook_paths() -> dict[str, dict[str, Op]]:
             hook("Quay notification (push and build events)", WEBHOOK_TOKEN, "AnyJson",
                  ("token", "pinned_host"))["post"], quay_event)},
         "/api/v1/webhooks/build/": hook("Generic build status from any CI", WEBHOOK_HMAC, "BuildEvent", ()),
+        "/api/v1/webhooks/github/": hook(
+            "GitHub webhook (registry_package → push of the tag on ghcr.io; ping and others: 200, ignored; "
+            "signed by X-Hub-Signature-256)", WEBHOOK_HMAC, "AnyJson"),
     }
 
 

@@ -182,6 +182,16 @@ async def update_image(
     await conn.execute(UPDATE_IMAGE_SQL, image_id, description, set_credentials, credentials)
 
 
+LOCK_CREDENTIALS_SQL = "SELECT credentials FROM images WHERE id = $1 FOR UPDATE"
+
+
+async def lock_credentials(conn: asyncpg.Connection, image_id: int) -> bytes | None:
+    """The image's sealed credentials (None: none stored), its row locked until the caller's
+    transaction ends: a PATCH that keeps half of them must not race another PATCH."""
+    token = await conn.fetchval(LOCK_CREDENTIALS_SQL, image_id)
+    return bytes(token) if token is not None else None
+
+
 async def delete_image(conn: Conn, image_id: int) -> None:
     await conn.execute("DELETE FROM images WHERE id = $1", image_id)
 

@@ -192,6 +192,21 @@ async def receive_build(request: web.Request) -> web.Response:
     return await _accept(request, wh.BUILD, wh.parse_build, body)
 
 
+async def receive_github(request: web.Request) -> web.Response:
+    """GitHub (ghcr.io): `X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body>`; the event
+    type is `X-GitHub-Event` (`registry_package` is used, `ping` and the rest are answered 200)."""
+    host = _pinned_host(request)
+    secrets = _secrets(request, wh.GITHUB, host)
+    body = await request.read()
+    if not whauth.signature_ok(body, request.headers.get("X-Hub-Signature-256"), secrets):
+        raise _refuse(wh.GITHUB, request)
+    event = request.headers.get("X-GitHub-Event", "")
+    if event != "registry_package":
+        log.info("webhook.ignored", receiver=wh.GITHUB, github_event=event[:64])
+        return json_response({"accepted": 0, "duplicates": 0, "ignored": event or "no X-GitHub-Event"})
+    return await _accept(request, wh.GITHUB, lambda b: wh.parse_github(b, host=host), body)
+
+
 async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     pending = list(app[OUTBOX].tasks)
@@ -210,3 +225,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{base}/harbor{slash}", receive_harbor)
     app.router.add_post(f"{base}/quay/{{token:[^/]+}}{slash}", receive_quay)
     app.router.add_post(f"{base}/build{slash}", receive_build)
+    app.router.add_post(f"{base}/github{slash}", receive_github)

@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -55,7 +56,7 @@ from core.settings import Settings
 from worker.scheduler import BEAT_LOCK
 
 BENCH_DB = "rs_bench_sync"
-SECRET = "bench-secret-key"  # noqa: S105 - the throwaway SECRET_KEY of the bench workers
+SECRET = secrets.token_urlsafe(32)  # the throwaway SECRET_KEY of the bench workers
 POLL = 0.02
 
 

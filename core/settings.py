@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+SECRET = {"secret": True}  # field metadata: the value never appears in a repr, log or error
 
 
 class ConfigError(Exception):
@@ -28,8 +31,10 @@ def _hosts(raw: str) -> frozenset[str]:
 class Settings:
     database_url: str = ""
     redis_url: str = ""
-    secret_key: str = ""
-    secret_key_old: str = ""  # comma-separated keys that still decrypt (rotation); see secret_keys_old
+    # secret settings: str fields marked SECRET, left out of repr (see __repr__)
+    secret_key: str = field(default="", repr=False, metadata=SECRET)
+    # comma-separated keys that still decrypt (rotation); see secret_keys_old
+    secret_key_old: str = field(default="", repr=False, metadata=SECRET)
     port: int = 8000
     bind_host: str = "0.0.0.0"  # noqa: S104 - a server in a container listens on all interfaces
     log_level: str = "info"
@@ -59,8 +64,9 @@ class Settings:
     inspect_timeout_seconds: float = 10.0
     events_buffer: int = 256
     events_ping_seconds: float = 25.0
-    webhook_secret: str = ""
-    webhook_secrets: str = ""  # per receiver / registry host overrides: "quay=s1,reg.example=s2"
+    webhook_secret: str = field(default="", repr=False, metadata=SECRET)
+    # per receiver / registry host overrides: "quay=s1,reg.example=s2"
+    webhook_secrets: str = field(default="", repr=False, metadata=SECRET)
     webhook_retention_days: int = 7  # processed events: dedupe window, tombstones, build order
     build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
     data_dir: str = ".data"
@@ -91,6 +97,21 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    def __repr__(self) -> str:
+        """Every setting but the secret ones (shown as '***' when set); passwords in
+        DATABASE_URL and REDIS_URL are masked. str() is the same."""
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret"):
+                value = "***" if value else ""
+            elif f.name.endswith("_url") and isinstance(value, str):
+                value = mask_url(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    __str__ = __repr__
+
     def require(self, *names: str) -> None:
         missing = [n.upper() for n in names if not getattr(self, n)]
         if missing:
@@ -108,3 +129,22 @@ class Settings:
     @property
     def platform_arch(self) -> str:
         return self.platform.split("/")[1]
+
+
+def mask_url(url: str) -> str:
+    """`url` with the password of its user part and any `password=` query value as '***'."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password:
+            userinfo, _, hostport = netloc.rpartition("@")
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+        query = parts.query
+        if "password" in query.lower():
+            query = urlencode(
+                [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)],
+                safe="/*",
+            )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not a URL at all: say nothing about it
+        return "***"

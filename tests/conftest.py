@@ -29,6 +29,8 @@ from tests.support.services import (
 )
 
 _names = count(1)
+# A fixed SECRET_KEY strong enough for web/worker/beat (core/crypto.py check_secret_key).
+TEST_SECRET_KEY = "wUwnhX3WwD9R3VbL6zv2p5E5ElDUxjyUuHlYmlSKy3g"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -117,7 +119,7 @@ def settings(database_url: str, redis_url: str) -> Settings:
         {},
         database_url=database_url,
         redis_url=redis_url,
-        secret_key="test-secret-key",
+        secret_key=TEST_SECRET_KEY,
         log_level="warning",
         allow_private_registries=True,
         auth_cache_seconds=0.0,

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.conftest import create_database, unique
+from tests.conftest import TEST_SECRET_KEY, create_database, unique
 from tests.support.fake_registry import FakeRegistry
 from tests.support.processes import Service, Stack, wait_for
 from tests.support.registry import RegistryServer, delete_tag, push_image
 from tests.support.services import free_port, redis_db, worker_index
 
-SECRET = "e2e-secret"
+SECRET = TEST_SECRET_KEY
 
 
 @pytest.fixture

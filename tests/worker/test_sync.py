@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -357,14 +358,15 @@ async def test_a_run_whose_lease_was_taken_over_writes_nothing(
 
 
 def test_credentials_at_rest_are_not_clear_text() -> None:
-    box = CredentialBox("k1")
+    k1, k2 = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    box = CredentialBox(k1)
     sealed = box.seal(Credentials("alice", "s3cret-pw"))
     assert b"s3cret-pw" not in sealed and b"alice" not in sealed
     assert box.open(sealed) == Credentials("alice", "s3cret-pw")
     assert "s3cret" not in repr(box.open(sealed))
     with pytest.raises(ValueError, match="SECRET_KEY"):
-        CredentialBox("other").open(sealed)
-    assert CredentialBox("k2", old_keys=("k1",)).open(sealed).password == "s3cret-pw"
+        CredentialBox(k2).open(sealed)
+    assert CredentialBox(k2, old_keys=(k1,)).open(sealed).password == "s3cret-pw"
 
 
 async def test_artifact_tag_is_kept_without_a_layer(
