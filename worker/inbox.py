@@ -326,7 +326,14 @@ async def process_event(rt: Runtime, event_id: int) -> str:
         enrich.Pushed(a.image_ids, a.tag, a.digest) for a in batch.applied
         if a.kind == wh.PUSH and a.status == DONE and a.note is None and a.tag and a.digest
     ]
-    await asyncio.gather(enrich.enrich_pushes(rt, pushes), *(sync.sync_image(rt, i) for i in sorted(batch.to_sync)))
+    # After the commit: a failure here leaves the events done and the images due for a sync.
+    followups = await asyncio.gather(
+        enrich.enrich_pushes(rt, pushes), *(sync.sync_image(rt, i) for i in sorted(batch.to_sync)),
+        return_exceptions=True,
+    )
+    for outcome in followups:
+        if isinstance(outcome, Exception):
+            log.error("webhook.followup_failed", event_id=event_id, exc_info=outcome)
     if event_id in batch.failed:
         return FAILED
     return next((a.status for a in batch.applied if a.event_id == event_id), SKIPPED)

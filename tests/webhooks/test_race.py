@@ -1,6 +1,7 @@
 """Every writer of an image's tags at once, on a few images, for a while: routine syncs
 against the real registry (which a pusher keeps changing), webhook pushes with their
-enrichment, webhook deletes, build events, and PATCHes through the API. Afterwards every
+enrichment, webhook deletes, build events, the end of builds that time out, and PATCHes
+through the API. Afterwards every
 image's stored state and last_build_date must agree with the rule recomputed from its tags,
 and Postgres must have detected no deadlock."""
 
@@ -22,7 +23,7 @@ from core import webhooks as wh
 from core.settings import Settings
 from tests.conftest import MakeUser, insert_image, unique
 from tests.support.registry import RegistryServer, apush_image, delete_manifest
-from worker import inbox, sync
+from worker import builds, inbox, sync
 from worker.runtime import Runtime
 
 SECONDS = float(os.environ.get("RACE_SECONDS", "6"))
@@ -126,6 +127,10 @@ async def test_concurrent_writers_leave_every_image_true_and_never_deadlock(
         at = datetime.now(UTC) + timedelta(seconds=rng.uniform(-2, 2))
         return await event(wh.BUILD_STATE, tag=rng.choice([*TAGS, "ci-only"]), build_state=state, occurred_at=at)
 
+    async def build_timeout() -> object:
+        await asyncio.sleep(0.05)
+        return await builds.end_stale_builds(rt.pool, 1.0)  # builds left Building for 1 s end
+
     async def registry_change() -> object:
         repo = rng.choice(repos)
         if rng.random() < 0.2 and len(digests[repo]) > 1:
@@ -161,6 +166,7 @@ async def test_concurrent_writers_leave_every_image_true_and_never_deadlock(
             *(loop(f"sync-{i}", routine_sync) for i in range(1, 5)),
             *(loop(f"push-{i}", push) for i in range(1, 6)),
             loop("delete", delete), loop("build-1", build), loop("build-2", build),
+            loop("timeout", build_timeout),
             loop("registry", registry_change), loop("patch", patch),
         )
     finally:
