@@ -49,7 +49,6 @@ from core.names import InvalidNameError, parse_image_name
 from core.registries import ensure_registry
 from core.settings import Settings
 from worker import builds, enrich, sync
-from worker.locks import lock_images
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.inbox")
@@ -92,11 +91,15 @@ SELECT * FROM webhook_events
 """
 CLAIM_ONE_SQL = "SELECT * FROM webhook_events WHERE id = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED"
 
+# The images of the events' (host, repository) pairs, locked in id order (worker/locks.py):
+# one statement, so the flags read are those of the locked rows.
 MATCH_IMAGES_SQL = """
-SELECT i.id, r.host, i.repository
+SELECT i.id, r.host, i.repository, i.access_proven
   FROM images AS i JOIN registries AS r ON r.id = i.registry_id
   JOIN unnest($1::text[], $2::text[]) AS w (host, repository)
     ON r.host = w.host AND i.repository = w.repository
+ ORDER BY i.id
+   FOR UPDATE OF i
 """
 
 FINISH_SQL = """
@@ -215,13 +218,12 @@ async def _apply(conn: asyncpg.Connection, settings: Settings, events: list[asyn
         return Batch()
     places = sorted({(e["host"], e["repository"]) for e in events})
     matched = await conn.fetch(MATCH_IMAGES_SQL, [p[0] for p in places], [p[1] for p in places])
-    proven = await lock_images(conn, (m["id"] for m in matched))
     images: dict[tuple[str, str], list[int]] = {}
-    for m in sorted(matched, key=lambda m: m["id"]):
-        if proven.get(m["id"]):
+    for m in matched:
+        if m["access_proven"]:
             images.setdefault((m["host"], m["repository"]), []).append(m["id"])
     own_notes = await _create_on_own_registry(conn, settings, events, images)
-    unproven = [i for i, ok in proven.items() if not ok]
+    unproven = [m["id"] for m in matched if not m["access_proven"]]
     to_sync = [r["id"] for r in await conn.fetch(REQUEST_PROOF_SQL, unproven)] if unproven else []
     proving: dict[tuple[str, str], int] = {}
     for m in matched:

@@ -4,7 +4,9 @@ A writer locks the rows of the images it will write, in id order, before it writ
 and before it inserts layers (in digest order); the state trigger (schema.sql
 refresh_image_state) then finds the locks held and aggregates on fresh data. Two writers
 therefore never hold one lock each and wait for the other's: no deadlock, no stale state.
-The sync's write locks its single image first (worker/store.py write_success).
+The sync's write locks its single image first (worker/store.py write_success); a batch of
+webhook events locks its images in the statement that finds them (worker/inbox.py), in the
+same order.
 """
 
 from __future__ import annotations
