@@ -179,9 +179,10 @@ async def test_push_to_the_own_registry_creates_the_image_for_the_account(
     name = f"{own}/{user.account.username}/app"
     assert await apply(pool, wh_settings, ev(wh.PUSH, name, tag="v1", digest=DIGEST_A)) == ["done"]
     row = await pool.fetchrow(
-        "SELECT i.id, i.owner_id, i.is_private_image, r.is_tutum_registry FROM images AS i"
+        "SELECT i.id, i.owner_id, i.is_private_image, i.access_proven, r.is_tutum_registry FROM images AS i"
         " JOIN registries AS r ON r.id = i.registry_id WHERE i.name = $1", name)
     assert row["owner_id"] == user.account.id and row["is_private_image"] and row["is_tutum_registry"]
+    assert row["access_proven"]  # the service runs that registry
     assert set(await tags(pool, row["id"])) == {"v1"}
     stranger = f"{own}/{unique('nouser')}/app"
     assert await apply(pool, wh_settings, ev(wh.PUSH, stranger, tag="v1", digest=DIGEST_A)) == ["ignored"]
