@@ -67,7 +67,7 @@ class Settings:
     webhook_secret: str = field(default="", repr=False, metadata=SECRET)
     # per receiver / registry host overrides: "quay=s1,reg.example=s2"
     webhook_secrets: str = field(default="", repr=False, metadata=SECRET)
-    webhook_retention_days: int = 7  # processed events: dedupe window, tombstones, build order
+    webhook_event_retention_seconds: float = 7 * 86400.0  # processed events: dedupe, tombstones, build order
     build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
     data_dir: str = ".data"
     metrics_port: int = 0  # worker parent and beat serve /metrics here; 0: not served

@@ -6,7 +6,7 @@
   anything failed: while the queue has a backlog the event's message is most likely still
   in it, and re-sending it every few seconds would only breed duplicates.
 - An event that failed MAX_ATTEMPTS times is marked `failed` (kept, for an operator).
-- Processed events are deleted after WEBHOOK_RETENTION_DAYS: they are the dedupe window,
+- Processed events are deleted after WEBHOOK_EVENT_RETENTION_SECONDS: they are the dedupe window,
   the delete tombstones and the first sight of build ids, so keep them longer than any
   sender's redelivery and any build.
 - Builds that never finished end after BUILD_TIMEOUT_SECONDS (worker/builds.py).
@@ -53,7 +53,7 @@ UPDATE webhook_events SET status = 'failed', processed_at = now()
 PURGE_SQL = """
 DELETE FROM webhook_events WHERE id IN (
     SELECT id FROM webhook_events
-     WHERE status IN ('done', 'ignored') AND processed_at < now() - make_interval(days => $1)
+     WHERE status IN ('done', 'ignored') AND processed_at < now() - make_interval(secs => $1)
      LIMIT 1000)
 """
 
@@ -85,9 +85,9 @@ async def sweep_events(
     return sent
 
 
-async def purge_events(pool: asyncpg.Pool, retention_days: float) -> int:
+async def purge_events(pool: asyncpg.Pool, retention_seconds: float) -> int:
     """Delete up to 1000 processed events older than the retention; how many."""
-    return int((await pool.execute(PURGE_SQL, retention_days)).split()[-1])
+    return int((await pool.execute(PURGE_SQL, retention_seconds)).split()[-1])
 
 
 class EventSweeper:
@@ -110,7 +110,7 @@ class EventSweeper:
         try:
             if now >= self._next_housekeeping:
                 self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_SECONDS
-                await purge_events(pool, self.settings.webhook_retention_days)
+                await purge_events(pool, self.settings.webhook_event_retention_seconds)
                 await builds.end_stale_builds(pool, self.settings.build_timeout_seconds)
             return await sweep_events(pool, send, after=self.after)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -77,7 +77,7 @@ async def test_processed_events_are_purged_after_the_retention(pool: asyncpg.Poo
                        " WHERE id = $1", old)
     await pool.execute("UPDATE webhook_events SET status = 'done', processed_at = now() - interval '6 days'"
                        " WHERE id = $1", recent)
-    while await sweep.purge_events(pool, 7):
+    while await sweep.purge_events(pool, 7 * 86400):
         pass
     left = await pool.fetch("SELECT id FROM webhook_events WHERE id = ANY ($1::bigint[])", [old, recent])
     assert [r["id"] for r in left] == [recent]
