@@ -6,7 +6,8 @@ skipping those another task holds), in one transaction that locks the images the
 ignored. A burst of pushes is therefore a few transactions, not one per event; the messages
 of events another batch already applied find nothing to do. A crash leaves the events
 pending (the sweep sends them again); a batch that fails is applied again one event at a
-time, so one bad event fails alone (its attempts are counted; it leaves later batches).
+time, so one bad event fails alone (its attempts are counted; from then on it is applied
+alone, by its own message).
 
 Which images an event applies to (SPEC §1): those whose registry has the event's host and
 whose repository is its path, and whose access is proven (`access_proven`: their own
@@ -82,10 +83,13 @@ class Applied:
     note: str | None = None
 
 
-# An event that failed before (attempts > 0) is applied only by its own message or the sweep.
+# An event that failed before (attempts > 0) is applied alone, by its own message: it never
+# takes a batch down with it again.
 CLAIM_BATCH_SQL = """
 SELECT * FROM webhook_events
- WHERE status = 'pending' AND (attempts = 0 OR id = $1)
+ WHERE status = 'pending'
+   AND (id = $1 OR (attempts = 0
+                    AND COALESCE((SELECT attempts FROM webhook_events WHERE id = $1), 0) = 0))
  ORDER BY id LIMIT $2
    FOR UPDATE SKIP LOCKED
 """
@@ -185,8 +189,9 @@ UPDATE images SET sync_requested_at = now(),
 async def apply_pending(pool: asyncpg.Pool, settings: Settings, event_id: int) -> Batch:
     """Apply a batch of pending events (see the module's docstring) and mark each done or
     ignored. Nothing applied: nothing was pending (a duplicate message), or another task
-    holds the events. A batch that fails is applied one event at a time; raises only when
-    the batch was this event alone, or Postgres is unreachable."""
+    holds the events. A batch that fails is applied one event at a time; an event that fails
+    alone has its failure recorded and is in `failed`. Raises when Postgres is unreachable
+    (or fails before any event was claimed)."""
     claimed: list[int] = []
     try:
         async with pool.acquire() as conn, conn.transaction():
@@ -195,9 +200,13 @@ async def apply_pending(pool: asyncpg.Pool, settings: Settings, event_id: int) -
             return await _apply(conn, settings, rows)
     except (OSError, asyncpg.InterfaceError):
         raise
-    except Exception:
-        if len(claimed) <= 1:
+    except Exception as exc:
+        if not claimed:
             raise
+        if len(claimed) == 1:
+            log.exception("webhook.apply_failed", event_id=claimed[0])
+            await record_failure(pool, claimed[0], f"{type(exc).__name__}: {exc}")
+            return Batch(failed=set(claimed))
         log.warning("webhook.batch_failed", events=len(claimed), exc_info=True)
     batch = Batch()
     for one in claimed:
