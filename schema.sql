@@ -63,9 +63,11 @@ CREATE TABLE IF NOT EXISTS images (
     sync_failures       integer     NOT NULL DEFAULT 0,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
-    -- SPEC §1: the image's own credentials (or anonymous access) were accepted by its registry
-    -- for its repository; only such images learn from webhook events
+    -- proof of access (SPEC §1): the image's own credentials (or anonymous access) were
+    -- last accepted by its registry for its repository. Set by the sync; cleared by a
+    -- rejected sync and by new credentials. Webhook events apply only to such images.
     access_proven       boolean     NOT NULL DEFAULT false,
+    tags_cut_at         integer,               -- the tag list was cut to this many at the last sync
     CONSTRAINT images_owner_name_key UNIQUE NULLS NOT DISTINCT (owner_id, name),
     CONSTRAINT images_state_check CHECK (state IN ('Empty', 'Success', 'Building', 'Failed'))
 );
@@ -106,10 +108,27 @@ CREATE TABLE IF NOT EXISTS tags (
     -- database received the build event that set it (BUILD_TIMEOUT_SECONDS counts from there)
     build_id         text,
     build_event_at   timestamptz,
+    -- why the last sync could not read the tag's manifest or config; its other columns
+    -- keep the last good data
+    sync_error       text,
     CONSTRAINT tags_image_name_key UNIQUE (image_id, name),
     CONSTRAINT tags_state_check CHECK (state IN ('Empty', 'Success', 'Building', 'Failed'))
 );
 CREATE INDEX IF NOT EXISTS tags_config_idx ON tags (config_digest);
+
+-- Which registry repositories served a config blob or confirmed holding it (a HEAD with the
+-- image's own credentials). Proof of access (SPEC §1): a tag points at a layer only when
+-- its image's registry and repository are listed here for that config, so a manifest that
+-- names another repository's config digest never reveals that layer. Later syncs read it to
+-- skip the confirmation.
+CREATE TABLE IF NOT EXISTS layer_sources (
+    registry_id    bigint      NOT NULL REFERENCES registries (id) ON DELETE CASCADE,
+    repository     text        NOT NULL,
+    config_digest  text        NOT NULL REFERENCES layers (config_digest) ON DELETE CASCADE,
+    confirmed_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT layer_sources_pkey PRIMARY KEY (registry_id, repository, config_digest)
+);
+CREATE INDEX IF NOT EXISTS layer_sources_config_idx ON layer_sources (config_digest);
 
 CREATE TABLE IF NOT EXISTS categories (
     id    bigserial PRIMARY KEY,

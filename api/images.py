@@ -6,7 +6,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from api import inspect, paths, queries, serializers
+from api import hub_lookup, paths, queries, serializers, targets
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -50,7 +50,7 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     image = await queries.get_image(request.app[POOL], account.id, target.image.name)
     if image is None and method == "GET" and target.image.is_hub:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
-        image = await inspect.inspect_hub_image(request.app, account.id, target.image)
+        image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image)
     if image is None:
         raise NotFoundError(f"image '{target.image.name}' not found")
     if target.kind == paths.IMAGE:
@@ -100,6 +100,7 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
         name = parse_image_name(body.name)
     except InvalidNameError as exc:
         raise BadRequestError(f"invalid image name: {exc}", field="name") from None
+    await targets.check_registry_host(request.app, name)
     settings = request.app[SETTINGS]
     pair = credentials_pair(body)
     sealed = request.app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
@@ -126,6 +127,9 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
     """Changes only the fields the body names: a password alone keeps the stored username and
     a username alone the stored password (the Go SDK's save() sends only changed fields)."""
     body = await read_json(request, ImagePatch)
+    if body.username is not None or body.password is not None:
+        # new credentials: the sync that follows sends them to the registry
+        await targets.check_registry_host(request.app, parse_image_name(image["name"]))
     box = request.app[CREDENTIAL_BOX]
     pool = request.app[POOL]
     async with pool.acquire() as conn, conn.transaction():
@@ -180,8 +184,14 @@ async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response
     )
 
 
+TAG_ISSUES_LISTED = 100
+
+
 async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Response:
-    row = await queries.sync_status(request.app[POOL], image["id"])
+    pool = request.app[POOL]
+    row = await queries.sync_status(pool, image["id"])
+    issues, issue_count = await queries.tag_issues(pool, image["id"], TAG_ISSUES_LISTED)
+    cut_at = row["tags_cut_at"]
     return json_response({
         "image": serializers.image_uri(image["name"]),
         "state": image["state"],
@@ -191,4 +201,14 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
         "error": row["sync_error"],
         "error_at": serializers.rfc2822(row["sync_error_at"]),
         "consecutive_failures": row["sync_failures"],
+        # per-tag outcomes: the first TAG_ISSUES_LISTED by name, and how many there are
+        "tag_issues": [
+            {"tag": r["name"], "error": r["sync_error"], "note": r["sync_note"]} for r in issues
+        ],
+        "tag_issue_count": issue_count,
+        "tags_truncated": cut_at is not None,
+        "tags_note": (
+            f"the registry lists more than {cut_at} tags: only the first {cut_at} by name are kept"
+            if cut_at is not None else None
+        ),
     })

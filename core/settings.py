@@ -55,7 +55,14 @@ class Settings:
     registry_concurrency: int = 8
     registry_timeout_seconds: float = 30.0
     platform: str = "linux/amd64"
+    # bounds of one sync (fair sharing: SPEC §4)
+    sync_deadline_seconds: float = 900.0
+    max_tags_per_image: int = 10_000
+    max_tag_pages: int = 500
+    sync_tag_concurrency: int = 8
     allow_private_registries: bool = False
+    # CIDRs, addresses and host names the worker may reach even when private (core/address_policy.py)
+    allowed_registry_networks: str = ""
     insecure_registries: frozenset[str] = field(default_factory=frozenset)
     tutum_registry_host: str = ""
     docker_hub_registry_url: str = "https://registry-1.docker.io"
@@ -67,6 +74,18 @@ class Settings:
     webhook_secret: str = field(default="", repr=False, metadata=SECRET)
     # per receiver / registry host overrides: "quay=s1,reg.example=s2"
     webhook_secrets: str = field(default="", repr=False, metadata=SECRET)
+    # each receiver's own secret, instead of WEBHOOK_SECRET (core/webhook_auth.py receiver_secrets)
+    webhook_secret_registry: str = field(default="", repr=False, metadata=SECRET)
+    webhook_secret_dockerhub: str = field(default="", repr=False, metadata=SECRET)
+    webhook_secret_harbor: str = field(default="", repr=False, metadata=SECRET)
+    webhook_secret_quay: str = field(default="", repr=False, metadata=SECRET)
+    webhook_secret_build: str = field(default="", repr=False, metadata=SECRET)
+    webhook_secret_github: str = field(default="", repr=False, metadata=SECRET)
+    # failed API-key and webhook-secret attempts (api/throttle.py); proxies whose
+    # X-Forwarded-For is believed
+    auth_failure_limit: int = 20
+    auth_failure_window_seconds: float = 60.0
+    trusted_proxies: str = ""
     webhook_event_retention_seconds: float = 7 * 86400.0  # processed events: dedupe, tombstones, build order
     build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
     data_dir: str = ".data"

@@ -2,14 +2,19 @@
 digest with its registry and complete the tags that still point at it.
 
 Runs after the events' commit, off the visibility path, for a whole batch at once: one
-registry resolution per (repository, credentials, digest), through the same client call as
-the sync (worker/registry/client.py resolve_tag: manifest → platform → config, with the
-image's own credentials), then one transaction that locks the images in id order
-(worker/locks.py) and writes every outcome:
-- resolved: the tag's platform, config (layer) and exact build date (the later of the
-  config's `created` and the push time);
-- the registry does not have the digest (404 for it, or for the repository): a ghost; the
-  tag is removed if it still points at that digest;
+registry resolution per (repository, credentials, digest), through the sync's own call
+(worker/registry/client.py resolve_tag: manifest → content rule → platform → config, with the
+image's own credentials; a config counts only when this repository served or confirmed the
+blob), then one transaction that locks the images in id order (worker/locks.py) and writes
+every outcome, each only on tags that still point at the pushed digest:
+- an image: the tag's platform, config (layer) and build date (the later of the config's
+  `created` and the push time); an artifact or an index without the platform: no layer, a
+  note, and the manifest's `org.opencontainers.image.created` for the config's `created`;
+- the content cannot be read (a broken config, an index child the registry lacks): the
+  problem is recorded on the tag (`…/sync/`), which keeps its digest without a layer;
+- a signature, attestation, SBOM or sigstore bundle (core/artifacts.py): not a tag, removed;
+- the registry does not have the digest (404 for it, or for the repository): a ghost push,
+  removed;
 - any other failure (registry down, bad credentials): logged; the tag keeps its digest
   without a layer until the image's next sync, which the push made due within a minute.
 """
@@ -18,14 +23,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 
-from worker import store, sync
+from core.artifacts import METADATA
+from worker import layers
 from worker.locks import lock_images
-from worker.registry import RegistryError, TagResolution, Target
-from worker.registry.errors import ManifestNotFoundError, RepositoryNotFoundError
+from worker.registry import ManifestNotFoundError, RegistryError, RepositoryNotFoundError, TagResolution, Target
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.enrich")
@@ -40,14 +46,16 @@ class Pushed:
 
 @dataclass(frozen=True)
 class Enriched:
-    completed: int = 0  # tags given their layer / note
+    completed: int = 0  # tags given their layer or note
     ghosts: int = 0  # tags removed: the registry does not have their digest
+    metadata: int = 0  # tags removed: their content is a signature, attestation, SBOM or bundle
+    problems: int = 0  # tags whose content cannot be read: the problem is recorded on them
     failed: int = 0  # resolutions that failed otherwise (left to the next sync)
 
 
 # Tags still at the pushed digest and not resolved yet, on images that may learn from events.
 TARGETS_SQL = """
-SELECT t.image_id, t.name, t.manifest_digest, r.host, i.repository, i.credentials
+SELECT t.image_id, t.name, t.manifest_digest, r.host, i.registry_id, i.repository, i.credentials
   FROM unnest($1::bigint[], $2::text[], $3::text[]) AS p (image_id, name, digest)
   JOIN tags AS t ON t.image_id = p.image_id AND t.name = p.name AND t.manifest_digest = p.digest
   JOIN images AS i ON i.id = t.image_id
@@ -58,22 +66,45 @@ SELECT t.image_id, t.name, t.manifest_digest, r.host, i.repository, i.credential
 COMPLETE_TAGS_SQL = """
 UPDATE tags AS t
    SET platform_digest = u.platform_digest, config_digest = u.config_digest, sync_note = u.note,
-       build_date = GREATEST((SELECT l.created FROM layers AS l WHERE l.config_digest = u.config_digest),
+       sync_error = NULL,
+       build_date = GREATEST(COALESCE((SELECT l.created FROM layers AS l WHERE l.config_digest = u.config_digest),
+                                      u.created),
                              t.pushed_at),
        updated_at = now()
-  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-       AS u (image_id, name, digest, platform_digest, config_digest, note)
+  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+       AS u (image_id, name, digest, platform_digest, config_digest, note, created)
  WHERE t.image_id = u.image_id AND t.name = u.name AND t.manifest_digest = u.digest
 """
 
-REMOVE_GHOSTS_SQL = """
+RECORD_PROBLEMS_SQL = """
+UPDATE tags AS t SET sync_error = u.problem
+  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS u (image_id, name, digest, problem)
+ WHERE t.image_id = u.image_id AND t.name = u.name AND t.manifest_digest = u.digest
+   AND t.sync_error IS DISTINCT FROM u.problem
+"""
+
+REMOVE_TAGS_SQL = """
 DELETE FROM tags AS t
  USING unnest($1::bigint[], $2::text[], $3::text[]) AS g (image_id, name, digest)
  WHERE t.image_id = g.image_id AND t.name = g.name AND t.manifest_digest = g.digest
 """
 
-Group = tuple[str, str, bytes | None, str]  # host, repository, sealed credentials, digest
+Group = tuple[str, int, str, bytes | None, str]  # host, registry id, repository, sealed credentials, digest
 GHOST = "ghost"
+
+
+@dataclass
+class _Writes:
+    complete: list[tuple[int, str, str, str | None, str | None, str | None, datetime | None]] = field(
+        default_factory=list)
+    problems: list[tuple[int, str, str, str]] = field(default_factory=list)
+    ghosts: list[tuple[int, str, str]] = field(default_factory=list)
+    metadata: list[tuple[int, str, str]] = field(default_factory=list)
+    # per (registry id, repository): new layers, and the configs it proved to hold
+    configs: dict[tuple[int, str], tuple[dict[str, layers.LayerWrite], set[str]]] = field(default_factory=dict)
+
+    def image_ids(self) -> list[int]:
+        return [w[0] for ws in (self.complete, self.problems, self.ghosts, self.metadata) for w in ws]
 
 
 async def enrich_pushes(rt: Runtime, pushes: Sequence[Pushed]) -> Enriched:
@@ -85,41 +116,48 @@ async def enrich_pushes(rt: Runtime, pushes: Sequence[Pushed]) -> Enriched:
     rows = await rt.pool.fetch(TARGETS_SQL, *(list(col) for col in zip(*keys, strict=True)))
     groups: dict[Group, list[tuple[int, str]]] = {}
     for r in rows:
-        key = (r["host"], r["repository"], r["credentials"], r["manifest_digest"])
+        key = (r["host"], r["registry_id"], r["repository"], r["credentials"], r["manifest_digest"])
         groups.setdefault(key, []).append((r["image_id"], r["name"]))
     outcomes = await asyncio.gather(*(_resolve(rt, g) for g in groups))
-    complete: list[tuple[int, str, str, str | None, str | None, str | None]] = []
-    ghosts: list[tuple[int, str, str]] = []
-    layers: dict[str, store.LayerWrite] = {}
+    w = _Writes()
     failed = 0
     for group, outcome in zip(groups, outcomes, strict=True):
-        digest = group[3]
+        _, registry_id, repository, _, digest = group
+        tags = groups[group]
         if outcome is None:
             failed += 1
         elif outcome == GHOST:
-            ghosts += [(i, tag, digest) for i, tag in groups[group]]
+            w.ghosts += [(i, tag, digest) for i, tag in tags]
         else:
             assert isinstance(outcome, TagResolution)
-            config = outcome.config_digest
-            if outcome.layer is not None and config:
-                layers.setdefault(config, sync.layer_write(config, outcome.layer))
-            elif config not in rt.known_layers:
-                config = None  # not an image config (an artifact): no layer to point at
-            complete += [(i, tag, digest, outcome.platform_digest, config, outcome.note) for i, tag in groups[group]]
-    if complete or ghosts:
-        await _write(rt, complete, ghosts, layers)
-    if ghosts:
-        log.info("webhook.ghosts_removed", tags=len(ghosts), digests=sorted({g[2] for g in ghosts}))
-    return Enriched(len(complete), len(ghosts), failed)
+            if outcome.kind == METADATA:
+                w.metadata += [(i, tag, digest) for i, tag in tags]
+            elif outcome.problem is not None:
+                w.problems += [(i, tag, digest, outcome.problem[:1000]) for i, tag in tags]
+            else:
+                config = outcome.config_digest  # proven for this repository, or None
+                if config:
+                    new, proven = w.configs.setdefault((registry_id, repository), ({}, set()))
+                    proven.add(config)
+                    if outcome.layer is not None:
+                        new.setdefault(config, layers.layer_write(config, outcome.layer))
+                w.complete += [(i, tag, digest, outcome.platform_digest, config, outcome.note, outcome.created)
+                               for i, tag in tags]
+    if w.image_ids():
+        await _write(rt, w)
+    if w.ghosts or w.metadata:
+        log.info("webhook.pushes_removed", ghosts=len(w.ghosts), metadata=len(w.metadata),
+                 digests=sorted({g[2] for g in w.ghosts + w.metadata}))
+    return Enriched(len(w.complete), len(w.ghosts), len(w.metadata), len(w.problems), failed)
 
 
 async def _resolve(rt: Runtime, group: Group) -> TagResolution | str | None:
     """The digest's resolution, GHOST when the registry does not have it, None on failure."""
-    host, repository, sealed, digest = group
+    host, _, repository, sealed, digest = group
     try:
         creds = rt.box.open(sealed) if sealed else None
         target = Target(host=rt.network_host(host), repository=repository, credentials=creds)
-        return await rt.client.resolve_tag(target, digest, known_configs=rt.known_layers)
+        return await rt.client.resolve_tag(target, digest)
     except (ManifestNotFoundError, RepositoryNotFoundError):
         return GHOST
     except (RegistryError, ValueError) as exc:
@@ -128,20 +166,18 @@ async def _resolve(rt: Runtime, group: Group) -> TagResolution | str | None:
         return None
 
 
-async def _write(
-    rt: Runtime, complete: list[tuple[int, str, str, str | None, str | None, str | None]],
-    ghosts: list[tuple[int, str, str]], layers: dict[str, store.LayerWrite],
-) -> None:
+def _columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+async def _write(rt: Runtime, w: _Writes) -> None:
     async with rt.pool.acquire() as conn, conn.transaction():
-        await lock_images(conn, [c[0] for c in complete] + [g[0] for g in ghosts])
-        if layers:
-            await conn.executemany(store.INSERT_LAYERS_SQL, [
-                (la.config_digest, la.author, la.created, la.entrypoint, la.run_command, la.envvars,
-                 la.labels, la.ports, la.volumes)
-                for _, la in sorted(layers.items())  # digest order: concurrent inserts never cross
-            ])
-        if complete:
-            await conn.execute(COMPLETE_TAGS_SQL, *(list(col) for col in zip(*complete, strict=True)))
-        if ghosts:
-            await conn.execute(REMOVE_GHOSTS_SQL, *(list(col) for col in zip(*ghosts, strict=True)))
-    rt.known_layers.update(c[4] for c in complete if c[4])
+        await lock_images(conn, w.image_ids())
+        for (registry_id, repository), (new, proven) in sorted(w.configs.items(), key=lambda kv: kv[0]):
+            await layers.record(conn, registry_id, repository, new.values(), proven)
+        if w.complete:
+            await conn.execute(COMPLETE_TAGS_SQL, *_columns(w.complete))
+        if w.problems:
+            await conn.execute(RECORD_PROBLEMS_SQL, *_columns(w.problems))
+        if w.ghosts or w.metadata:
+            await conn.execute(REMOVE_TAGS_SQL, *_columns(w.ghosts + w.metadata))

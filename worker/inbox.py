@@ -144,6 +144,7 @@ ON CONFLICT ON CONSTRAINT tags_image_name_key DO UPDATE
        platform_digest = CASE WHEN {_MOVES} THEN NULL ELSE t.platform_digest END,
        config_digest = CASE WHEN {_MOVES} THEN NULL ELSE t.config_digest END,
        sync_note = CASE WHEN {_MOVES} THEN NULL ELSE t.sync_note END,
+       sync_error = CASE WHEN {_MOVES} THEN NULL ELSE t.sync_error END,
        build_date = CASE WHEN {_MOVES} THEN EXCLUDED.build_date
                          WHEN {_FIRST} THEN GREATEST(t.build_date, EXCLUDED.pushed_at)
                          ELSE t.build_date END,

@@ -21,6 +21,7 @@ import aiohttp
 import asyncpg
 import structlog
 
+from core.address_policy import AddressPolicy
 from core.crypto import CredentialBox
 from core.db import create_pool
 from core.names import HUB_HOST
@@ -47,20 +48,18 @@ class Runtime:
         if hub.scheme == "http":
             insecure.add(hub.netloc)
         self.insecure_hosts = frozenset(insecure)
-        # config digests known to be in the layers table (rows are never changed or removed)
-        self.known_layers: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> Runtime:
         s = self.settings
         self.pool = await create_pool(s.database_url, min_size=1, max_size=s.db_pool_max)
         self._session = make_session(
-            allow_private=s.allow_private_registries, timeout=s.registry_timeout_seconds
+            policy=AddressPolicy.from_settings(s), timeout=s.registry_timeout_seconds
         )
         self.client = RegistryClient(
             self._session, platform=s.platform, timeout=s.registry_timeout_seconds,
             per_host_limit=s.registry_concurrency, insecure_hosts=self.insecure_hosts,
-            **self._client_options,
+            max_tags=s.max_tags_per_image, max_tag_pages=s.max_tag_pages, **self._client_options,
         )
         log.info("runtime.started", name=self.name)
         return self

@@ -4,18 +4,21 @@ failure injection, and a factory of RegistryClients whose sessions are closed af
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 import pytest
 
+from core.settings import Settings
 from tests.support.fake_registry import FakeRegistry
 from tests.support.registry import RegistryServer
 from tests.support.token_server import TokenServer
 from worker.registry import RegistryClient, make_session
+from worker.runtime import Runtime
 
 ALICE = ("alice", "wonderland")  # htpasswd registry
 BOB = ("bob", "builder")  # token registry
@@ -126,3 +129,28 @@ async def registry_client() -> AsyncIterator[ClientFactory]:
         await client.close()
     for session in sessions:
         await session.close()
+
+
+OpenRuntime = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[OpenRuntime]:
+    """`await runtime(*registries)` → a worker Runtime on this test's loop that reaches the
+    given registries over plain HTTP, with quick retries. `with_settings={...}` overrides
+    settings; other keywords go to RegistryClient."""
+    opened: list[Runtime] = []
+
+    async def open_(*hosts: str, with_settings: dict[str, Any] | None = None, **client: Any) -> Runtime:
+        overrides: dict[str, Any] = {
+            "insecure_registries": frozenset(hosts), "registry_timeout_seconds": 0.5,
+            "sync_backoff_base_seconds": 10, "sync_backoff_max_seconds": 3600, **(with_settings or {}),
+        }
+        s = dataclasses.replace(settings, **overrides)
+        rt = await Runtime(s, name="test", backoff_base=0.01, max_retry_wait=2.0, **client).open()
+        opened.append(rt)
+        return rt
+
+    yield open_
+    for rt in opened:
+        await rt.aclose()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,10 +15,11 @@ from aiohttp.test_utils import TestClient
 
 from core.crypto import CredentialBox, Credentials
 from core.settings import Settings
-from tests.conftest import MakeUser, User, insert_image, unique
+from tests.conftest import MakeUser, insert_image, unique
 from tests.support.fake_registry import FakeRegistry
 from tests.support.registry import RegistryServer, apush_image, apush_index, delete_tag
-from tests.worker.conftest import ALICE, BOB
+from tests.worker.conftest import ALICE, BOB, OpenRuntime
+from tests.worker.helpers import get, register
 from worker import sync
 from worker.runtime import Runtime
 
@@ -35,49 +35,6 @@ FULL_CONFIG: dict[str, Any] = {
         "Cmd": ["echo", "hello world"],
     },
 }
-
-OpenRuntime = Callable[..., Awaitable[Runtime]]
-
-
-@pytest.fixture
-async def runtime(settings: Settings) -> AsyncIterator[OpenRuntime]:
-    """`await runtime(*registries)` → a worker Runtime on this test's loop that reaches the
-    given registries over plain HTTP, with quick retries."""
-    opened: list[Runtime] = []
-
-    async def open_(*hosts: str, **client: Any) -> Runtime:
-        s = dataclasses.replace(
-            settings, insecure_registries=frozenset(hosts), registry_timeout_seconds=0.5,
-            sync_backoff_base_seconds=10, sync_backoff_max_seconds=3600,
-        )
-        rt = await Runtime(s, name="test", backoff_base=0.01, max_retry_wait=2.0, **client).open()
-        opened.append(rt)
-        return rt
-
-    yield open_
-    for rt in opened:
-        await rt.aclose()
-
-
-async def register(client: TestClient, user: User, name: str, **body: str) -> int:
-    resp = await client.post("/api/v1/image/", json={"name": name, **body}, headers=user.headers)
-    assert resp.status == 201, await resp.text()
-    return await image_id(client.server.app, name, user)
-
-
-async def image_id(app: Any, name: str, user: User) -> int:
-    from api.keys import POOL
-
-    return int(await app[POOL].fetchval(
-        "SELECT id FROM images WHERE name = $1 AND owner_id = $2", name, user.account.id))
-
-
-async def get(client: TestClient, user: User, path: str) -> dict[str, Any]:
-    resp = await client.get(path, headers=user.headers)
-    assert resp.status == 200, await resp.text()
-    body: dict[str, Any] = await resp.json()
-    return body
-
 
 async def test_first_sync_fills_tags_layers_dates_and_state(
     client: TestClient, make_user: MakeUser, registry: RegistryServer, runtime: OpenRuntime
@@ -349,11 +306,9 @@ async def test_a_run_whose_lease_was_taken_over_writes_nothing(
     assert image is not None
     await pool.execute("UPDATE images SET lease_until = now() - interval '1 second' WHERE id = $1", iid)
     assert await store.acquire(pool, iid, "run:new", None, 60) is not None
+    result = store.SyncResult(present=["x"], tags=[store.TagWrite("x", "sha256:" + "a" * 64, None, None, None)])
     with pytest.raises(store.LeaseLostError):
-        await store.write_success(
-            pool, iid, "run:old", started=datetime.now(UTC), present=["x"],
-            tags=[store.TagWrite("x", "sha256:" + "a" * 64, None, None, None)], layers=[], next_in=60,
-        )
+        await store.write_success(pool, image, "run:old", result, next_in=60)
     assert await pool.fetchval("SELECT count(*) FROM tags WHERE image_id = $1", iid) == 0
 
 
