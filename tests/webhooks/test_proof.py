@@ -134,3 +134,29 @@ async def test_events_reach_only_the_account_whose_credentials_were_accepted(
     finally:
         for li in streams.values():
             await li.close()
+
+
+async def test_an_image_registered_before_its_first_push_proves_access_on_the_push(
+    wh_client: TestClient, pool: asyncpg.Pool, rt: Runtime, private_registry: RegistryServer,
+    make_user: MakeUser,
+) -> None:
+    reg = private_registry
+    repo = f"{unique('first')}/app"
+    name = f"{reg.host}/{repo}"
+    owner = await make_user()
+    resp = await wh_client.post("/api/v1/image/", json={"name": name, "username": ALICE[0], "password": ALICE[1]},
+                                headers=owner.headers)
+    assert resp.status == 201, await resp.text()
+    image_id = await pool.fetchval("SELECT id FROM images WHERE name = $1 AND owner_id = $2", name, owner.account.id)
+    assert await sync.sync_image(rt, image_id) == sync.FAILED  # the repository does not exist yet
+    row = await pool.fetchrow("SELECT access_proven, sync_error FROM images WHERE id = $1", image_id)
+    assert not row["access_proven"] and row["sync_error"].startswith("RepositoryNotFoundError")
+
+    await apush_image(reg.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"}, auth=ALICE)
+    await _events_stored(pool, repo, 1)
+    await _process_pending(rt, repo)  # the event asks the image to prove access: it syncs
+    row = await pool.fetchrow("SELECT access_proven, sync_error FROM images WHERE id = $1", image_id)
+    assert row["access_proven"] and row["sync_error"] is None
+    assert (await _view(wh_client, owner, name))["tags"] == [f"/api/v1/image/{name}/tag/v1/"]
+    note = await pool.fetchval("SELECT note FROM webhook_events WHERE repository = $1", repo)
+    assert "synced instead" in note
