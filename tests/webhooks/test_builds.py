@@ -40,6 +40,12 @@ class Quay:
     def __init__(self, client: TestClient, ns: str) -> None:
         self.client, self.ns = client, ns
 
+    @classmethod
+    async def registered(cls, client: TestClient, pool: asyncpg.Pool) -> tuple[Quay, int]:
+        """A sender for a new quay.io repository, and the proven image registered for it."""
+        ns = unique("quay")
+        return cls(client, ns), await insert_image(pool, name=f"quay.io/{ns}/app", access_proven=True)
+
     async def send(self, event: str, build_id: str, tags: list[str]) -> int:
         body = fixture("quay_build_start.json", self.ns) | {"build_id": build_id, "docker_tags": tags}
         resp = await self.client.post(f"{H}/quay/{QUAY_SECRET}/?event={event}", json=body)
@@ -50,9 +56,7 @@ class Quay:
 async def test_quay_build_delivered_out_of_order_and_twice_ends_in_its_terminal_state(
     wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
 ) -> None:
-    ns = unique("quay")
-    image_id = await insert_image(pool, name=f"quay.io/{ns}/app", access_proven=True)
-    quay, build = Quay(wh_client, ns), unique("build")
+    (quay, image_id), build = await Quay.registered(wh_client, pool), unique("build")
     assert await quay.send("build_queued", build, ["latest"]) == 1
     await apply_all(pool, wh_settings)
     assert (await tag(pool, image_id, "latest"))["state"] == "Building"
@@ -79,9 +83,7 @@ async def test_quay_build_delivered_out_of_order_and_twice_ends_in_its_terminal_
 async def test_quay_events_of_one_batch_in_any_order(
     wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
 ) -> None:
-    ns = unique("quay")
-    image_id = await insert_image(pool, name=f"quay.io/{ns}/app", access_proven=True)
-    quay, build = Quay(wh_client, ns), unique("build")
+    (quay, image_id), build = await Quay.registered(wh_client, pool), unique("build")
     for event in ("build_queued", "build_failure", "build_start"):  # stored, then applied at once
         await quay.send(event, build, ["1.0"])
     await apply_all(pool, wh_settings)
@@ -92,9 +94,7 @@ async def test_quay_events_of_one_batch_in_any_order(
 async def test_quay_a_newer_build_wins_over_a_late_older_one(
     wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
 ) -> None:
-    ns = unique("quay")
-    image_id = await insert_image(pool, name=f"quay.io/{ns}/app", access_proven=True)
-    quay, old, new = Quay(wh_client, ns), unique("old"), unique("new")
+    (quay, image_id), old, new = await Quay.registered(wh_client, pool), unique("old"), unique("new")
     await quay.send("build_queued", old, ["latest"])
     await apply_all(pool, wh_settings)
     await quay.send("build_queued", new, ["latest"])  # first seen later: the newer build
@@ -115,6 +115,12 @@ class Generic:
     def __init__(self, client: TestClient, name: str) -> None:
         self.client, self.name = client, name
 
+    @classmethod
+    async def registered(cls, client: TestClient, pool: asyncpg.Pool) -> tuple[Generic, int]:
+        """A CI sending for a new image, and the proven image registered for it."""
+        name = f"registry.example.com/{unique('ci')}/app"
+        return cls(client, name), await insert_image(pool, name=name, access_proven=True)
+
     async def send(self, status: str, at: datetime, build_id: Any = None, tag: str = "v1") -> int:
         doc: dict[str, Any] = {"image": self.name, "tag": tag, "status": status, "timestamp": at.isoformat()}
         if build_id is not None:
@@ -129,9 +135,7 @@ class Generic:
 async def test_generic_build_ids_order_by_build_not_by_timestamp(
     wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
 ) -> None:
-    name = f"registry.example.com/{unique('ci')}/app"
-    image_id = await insert_image(pool, name=name, access_proven=True)
-    ci = Generic(wh_client, name)
+    ci, image_id = await Generic.registered(wh_client, pool)
     t = [T0 + timedelta(minutes=i) for i in range(5)]
     await ci.send("building", t[1], build_id=42)
     await ci.send("success", t[2], build_id=42)
@@ -155,9 +159,7 @@ async def test_generic_build_ids_order_by_build_not_by_timestamp(
 async def test_generic_events_without_build_id_keep_newest_timestamp_wins(
     wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
 ) -> None:
-    name = f"registry.example.com/{unique('ci')}/app"
-    image_id = await insert_image(pool, name=name, access_proven=True)
-    ci = Generic(wh_client, name)
+    ci, image_id = await Generic.registered(wh_client, pool)
     await ci.send("success", T0 + timedelta(minutes=2))
     await ci.send("building", T0 + timedelta(minutes=1))  # older, delivered late
     await apply_all(pool, wh_settings)

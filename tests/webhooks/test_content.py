@@ -5,7 +5,6 @@ and confirms each pushed digest through the same resolution as a sync."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from core.settings import Settings
 from tests.conftest import MakeUser, User, insert_image, unique
 from tests.support import content
 from tests.support.registry import RegistryServer, push_image
-from tests.webhooks.conftest import SECRET
+from tests.webhooks.conftest import notifying_registry, runtime_for
 from worker import inbox
 from worker.runtime import Runtime
 
@@ -28,20 +27,15 @@ V1_CONFIG: dict[str, Any] = {"created": "2024-01-01T00:00:00Z", "config": {"Cmd"
 
 @pytest.fixture(scope="module")
 def notifying(wh_client: TestClient) -> Iterator[RegistryServer]:
-    """Anonymous; its notifications go to the webhook-enabled API."""
-    hook = {"url": str(wh_client.make_url("/api/v1/webhooks/registry/")),
-            "headers": {"Authorization": f"Bearer {SECRET}"}, "backoff": "200ms"}
-    with RegistryServer(notifications=[hook]) as reg:
+    """Anonymous."""
+    with notifying_registry(wh_client) as reg:
         yield reg
 
 
 @pytest.fixture
 async def rt(wh_settings: Settings, notifying: RegistryServer) -> AsyncIterator[Runtime]:
-    settings = dataclasses.replace(
-        wh_settings, insecure_registries=wh_settings.insecure_registries | {notifying.host})
-    runtime = await Runtime(settings, name="content", backoff_base=0.01, max_retry_wait=1.0).open()
-    yield runtime
-    await runtime.aclose()
+    async with runtime_for(wh_settings, notifying, "content") as runtime:
+        yield runtime
 
 
 async def pushed(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -6,7 +6,6 @@ tag, a date or a state of it, and their events streams stay silent."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from core.settings import Settings
 from tests.conftest import MakeUser, User, unique
 from tests.freshness.streams import Listener
 from tests.support.registry import RegistryServer, adelete_tag, apush_image
-from tests.webhooks.conftest import SECRET
+from tests.webhooks.conftest import SECRET, notifying_registry, runtime_for
 from worker import inbox, sync
 from worker.runtime import Runtime
 
@@ -31,20 +30,15 @@ ALICE = ("alice", "wonderland")
 
 @pytest.fixture(scope="module")
 def private_registry(wh_client: TestClient) -> Iterator[RegistryServer]:
-    """htpasswd auth; its notifications go to the webhook-enabled API."""
-    hook = {"url": str(wh_client.make_url("/api/v1/webhooks/registry/")),
-            "headers": {"Authorization": f"Bearer {SECRET}"}, "backoff": "200ms"}
-    with RegistryServer(htpasswd=dict([ALICE]), notifications=[hook]) as reg:
+    """htpasswd auth."""
+    with notifying_registry(wh_client, htpasswd=dict([ALICE])) as reg:
         yield reg
 
 
 @pytest.fixture
 async def rt(wh_settings: Settings, private_registry: RegistryServer) -> AsyncIterator[Runtime]:
-    settings = dataclasses.replace(
-        wh_settings, insecure_registries=wh_settings.insecure_registries | {private_registry.host})
-    runtime = await Runtime(settings, name="proof", backoff_base=0.01, max_retry_wait=1.0).open()
-    yield runtime
-    await runtime.aclose()
+    async with runtime_for(wh_settings, private_registry, "proof") as runtime:
+        yield runtime
 
 
 async def _events_stored(pool: asyncpg.Pool, repository: str, n: int) -> None:
