@@ -17,9 +17,9 @@ events, as docs/webhooks.md recommends, unless --pull-events), and a `registry-s
   `--burst` tag pushes spread over them, paced to last about `--burst-seconds`, from
   `--connections` threads on kept-alive connections (each push is one manifest PUT: the
   blobs are in the repositories already, each manifest differs by an annotation). A poller
-  reads every image's tag list through the API meanwhile. Prints when the last tag became
-  visible after the burst's end (the last push answered), and when the last one was
-  enriched.
+  reads the tag list of every image not complete yet through the API, then pauses
+  `--poll-interval`. Prints when the last tag became visible after the burst's end (the
+  last push answered), and when the last one was enriched.
 Everything it starts is stopped on exit; the database is dropped unless --keep-db.
 """
 
@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
+from pathlib import Path
 
 import asyncpg
 import redis
@@ -215,7 +216,20 @@ def _blobs(st: Stack, repo: str) -> tuple[dict, dict]:
             {"mediaType": OCI_LAYER, "size": len(layer), "digest": _push_blob(http_, repo, layer)})
 
 
-def burst(st: Stack, images: int, tags: int, seconds: float, connections: int) -> int:
+def _cpu_seconds(group: int) -> float:
+    """CPU time (user + system) of the live processes of a process group (Linux /proc)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == group:  # pgrp
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def burst(st: Stack, images: int, tags: int, seconds: float, connections: int, poll_interval: float) -> int:
     api = st.api()
     repos = [f"burst/app{i:02d}" for i in range(images)]
     names = [_register(st, api, repo) for repo in repos]
@@ -223,23 +237,24 @@ def burst(st: Stack, images: int, tags: int, seconds: float, connections: int) -
     work = [(repos[i % images], f"b{i:04d}") for i in range(tags)]
     expected = {name: 1 + sum(1 for r, _ in work if r == repo) for name, repo in zip(names, repos, strict=True)}
     stop = threading.Event()
-    seen_all: list[float] = []
-    enriched_all: list[float] = []
+    visible_at: dict[str, float] = {}  # per image: when a read first showed all its tags
+    enriched_at: dict[str, float] = {}  # … all of them with their layer
 
     def poll() -> None:
+        # one kept-alive connection, one tag-list read per image not complete yet, then a pause:
+        # an API consumer watching, not a load test of the API sharing the webhook's process
         poller = st.api()
-        while not stop.is_set():
-            visible = enriched = 0
+        while not stop.is_set() and len(enriched_at) < len(names):
             for name in names:
+                if name in enriched_at:
+                    continue
                 _, body = poller.call("GET", f"/api/v1/image/{name}/tag/?limit=1000")
-                visible += len(body["objects"])
-                enriched += sum(1 for t in body["objects"] if t["layer"])
-            now = time.perf_counter()
-            if visible >= sum(expected.values()) and not seen_all:
-                seen_all.append(now)
-            if enriched >= sum(expected.values()):
-                enriched_all.append(now)
-                return
+                now = time.perf_counter()
+                if len(body["objects"]) >= expected[name]:
+                    visible_at.setdefault(name, now)
+                    if all(t["layer"] for t in body["objects"]):
+                        enriched_at[name] = now
+            time.sleep(poll_interval)
 
     def push(k: int) -> None:
         pusher = Pusher(st, blobs)
@@ -252,6 +267,8 @@ def burst(st: Stack, images: int, tags: int, seconds: float, connections: int) -
 
     threads = [threading.Thread(target=push, args=(k,)) for k in range(connections)]
     poller = threading.Thread(target=poll)
+    groups = {"web": st.web.proc.pid, "worker": st.worker.proc.pid}
+    cpu_before = {k: _cpu_seconds(g) for k, g in groups.items()}
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -261,14 +278,15 @@ def burst(st: Stack, images: int, tags: int, seconds: float, connections: int) -
     end = time.perf_counter()
     poller.join(60)
     stop.set()
+    cpu = {k: _cpu_seconds(g) - cpu_before[k] for k, g in groups.items()}
     print(f"burst: {tags} tag pushes to {images} images in {end - start:.2f} s over {connections} connections,"
           " notifications on")
-    if not seen_all:
+    if len(visible_at) < len(names):
         print("not every tag was visible within 60 s", file=sys.stderr)
         return 1
-    print(f"last tag visible {seen_all[0] - end:+.3f} s after the burst's end (target <= 1 s)")
-    if enriched_all:
-        print(f"last tag enriched {enriched_all[0] - end:+.3f} s after the burst's end")
+    print(f"last tag visible {max(visible_at.values()) - end:+.3f} s after the burst's end (target <= 1 s)")
+    if len(enriched_at) == len(names):
+        print(f"last tag enriched {max(enriched_at.values()) - end:+.3f} s after the burst's end")
     hooks = [e for e in st.web.events("request.done") if e.get("path") == "/api/v1/webhooks/registry/"]
     if len(hooks) > 1:
         ms = [float(e["ms"]) for e in hooks]
@@ -277,11 +295,34 @@ def burst(st: Stack, images: int, tags: int, seconds: float, connections: int) -
         print(f"the registry's notifications: {len(hooks)} requests, one after another, every"
               f" {statistics.median(gaps):.1f} ms (p50); each answered in {statistics.median(ms):.1f} ms (p50),"
               f" {_pct(ms, 0.99):.1f} ms (p99)")
+    print("CPU from the burst's start until every tag was enriched: "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in cpu.items()))
+    stored, lag = asyncio.run(_lags(st.dsn, time.perf_counter() - end))
+    print(f"where the time goes: the last event was stored {stored:+.3f} s after the burst's end (the"
+          f" registry's delivery and the receiver); stored → applied by the worker: {lag}")
     batches = [e.get("events", 1) for e in st.worker.events("webhook.applied")]
     if batches:
         print(f"applied in {len(batches)} transactions: {statistics.median(batches):.0f} events per batch"
               f" (median), {max(batches)} at most")
     return 0
+
+
+async def _lags(dsn: str, since_end: float) -> tuple[float, str]:
+    """(when the last burst event was stored, relative to the burst's end; p50/p99/max of
+    stored → applied), from the database's clock."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT extract(epoch FROM now() - max(received_at)) AS ago,"
+            "       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP"
+            "           (ORDER BY extract(epoch FROM processed_at - received_at)) AS lag,"
+            "       extract(epoch FROM max(processed_at - received_at)) AS worst"
+            "  FROM webhook_events WHERE tag LIKE 'b%' AND kind = 'push'")
+    finally:
+        await conn.close()
+    p50, p99 = row["lag"]
+    worst = float(row["worst"])
+    return since_end - float(row["ago"]), f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {worst * 1000:.0f} ms"
 
 
 async def _count_pending(dsn: str) -> int:
@@ -299,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=20)
     p.add_argument("--burst-seconds", type=float, default=2.5)
     p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--poll-interval", type=float, default=0.02, help="pause between rounds of tag-list reads")
     p.add_argument("--pull-events", action="store_true",
                    help="let the registry notify pulls too (not recommended; the registry's default)")
     p.add_argument("--log-level", default="info")
@@ -307,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stack(args.log_level, args.keep_db, args.pull_events) as st:
         code = sequential(st, args.sequential) if args.sequential else 0
         if args.burst and not code:
-            code = burst(st, args.images, args.burst, args.burst_seconds, args.connections)
+            code = burst(st, args.images, args.burst, args.burst_seconds, args.connections, args.poll_interval)
         print(f"events pending at the end: {asyncio.run(_count_pending(st.dsn))}")
     return code
 
