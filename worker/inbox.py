@@ -317,13 +317,17 @@ async def _create_on_own_registry(
 
 
 async def process_event(rt: Runtime, event_id: int) -> str:
-    """The task body: apply a batch that includes this event if it is still pending, then,
-    after the commit, enrich the pushes and run the requested syncs. Returns this event's
-    outcome: DONE, IGNORED, SKIPPED (applied already, or held by another task) or FAILED
-    (recorded on the event; the sweep retries it)."""
+    """The task body: apply the pending events in batches (this one among them if it is
+    still pending; the API sends one message for the events stored while the previous one
+    was on its way), then, after the commits, enrich the pushes and run the requested
+    syncs. Returns this event's outcome: DONE, IGNORED, SKIPPED (applied already, or held by
+    another task) or FAILED (recorded on the event; the sweep retries it)."""
     started = time.perf_counter()
     try:
-        batch = await apply_pending(rt.pool, rt.settings, event_id)
+        batch = last = await apply_pending(rt.pool, rt.settings, event_id)
+        while len(last.applied) >= APPLY_BATCH:  # a backlog: one message drains it
+            last = await apply_pending(rt.pool, rt.settings, event_id)
+            batch.add(last)
     except Exception as exc:  # recorded on the event, retried by the sweep
         log.exception("webhook.apply_failed", event_id=event_id)
         await record_failure(rt.pool, event_id, f"{type(exc).__name__}: {exc}")

@@ -3,15 +3,23 @@ event that fails takes nothing else down and is applied alone afterwards."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
+import redis
+from aiohttp.test_utils import TestClient
 
 from api.webhooks import store_events
 from core import webhooks as wh
+from core.queue import PRIORITY_QUEUE, PROCESS_EVENT_TASK
 from core.settings import Settings
 from tests.conftest import insert_image, unique
+from tests.webhooks.conftest import SECRET
 from worker import inbox
+from worker.runtime import Runtime
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 DIGEST = "sha256:" + "c" * 64
@@ -66,3 +74,30 @@ async def test_a_failing_event_fails_alone_and_is_then_applied_alone(
     assert retried.applied == [] and retried.failed == {ids[1]}
     assert (await statuses(pool, [ids[1]])) == [("pending", 2)]
     await pool.execute("UPDATE webhook_events SET status = 'failed' WHERE id = $1", ids[1])
+
+
+async def test_a_burst_of_deliveries_shares_its_messages(
+    wh_client: TestClient, pool: asyncpg.Pool, settings: Settings, runtime: Runtime,
+) -> None:
+    """The receiver sends one `process_webhook_event` for the events stored while one is
+    due; the worker, given only the messages sent, applies every event."""
+    queue = redis.Redis.from_url(settings.redis_url)
+    before = queue.llen(PRIORITY_QUEUE)
+    ns = unique("notice")
+    headers = {"Authorization": f"Bearer {SECRET}"}
+    for i in range(20):
+        body = {"events": [{
+            "id": unique("notice-ev"), "timestamp": T0.isoformat(), "action": "push",
+            "target": {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                       "digest": DIGEST, "repository": f"{ns}/app", "tag": f"t{i}"},
+            "request": {"host": "registry.example.com"}}]}
+        assert (await wh_client.post("/api/v1/webhooks/registry/", json=body, headers=headers)).status == 202
+    await asyncio.sleep(0.1)  # the last message is due NOTICE_DELAY_SECONDS after the last event
+    raw = queue.lrange(PRIORITY_QUEUE, 0, queue.llen(PRIORITY_QUEUE) - before - 1)
+    sent = [orjson.loads(base64.b64decode(m["body"]))[0][0] for m in map(orjson.loads, raw)
+            if m["headers"]["task"] == PROCESS_EVENT_TASK]
+    assert 1 <= len(sent) < 20
+    for event_id in reversed(sent):  # the worker takes them oldest first
+        await inbox.process_event(runtime, event_id)
+    assert await pool.fetchval(
+        "SELECT count(*) FROM webhook_events WHERE repository = $1 AND status = 'pending'", f"{ns}/app") == 0
