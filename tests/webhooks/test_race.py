@@ -97,12 +97,19 @@ async def test_concurrent_writers_leave_every_image_true_and_never_deadlock(
             except Exception as exc:  # every error is a finding
                 problems.append(f"{label}: {type(exc).__name__}: {exc}")
                 continue
-            if outcome in (inbox.FAILED, sync.FAILED):
+            if outcome == inbox.FAILED:  # recorded on the event: Postgres refused the batch
                 problems.append(f"{label}: {outcome}")
             counts[label] = counts.get(label, 0) + 1
 
     async def routine_sync() -> object:
-        return await sync.sync_image(rt, rng.choice(ids))
+        image_id = rng.choice(ids)
+        if await sync.sync_image(rt, image_id) == sync.FAILED:
+            # a registry error (a manifest deleted under the sync, a slow answer on a busy
+            # machine) is recorded and backed off; a database error would have been raised
+            error = await pool.fetchval("SELECT sync_error FROM images WHERE id = $1", image_id)
+            counts["sync-failed"] = counts.get("sync-failed", 0) + 1
+            assert error and "Postgres" not in error and "deadlock" not in error, error
+        return None
 
     async def event(kind: str, repo: str | None = None, **kw: object) -> object:
         repo = repo or rng.choice(repos)
