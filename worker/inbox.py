@@ -1,10 +1,11 @@
 """Applying stored webhook events (the inbox filled by api/webhooks.py), in batches.
 
-The task of one event applies a batch: the pending events in id order (up to APPLY_BATCH,
-skipping those another task holds), in one transaction that locks the images they are about
-(in id order, worker/locks.py), applies each event in id order and marks each done or
-ignored. A burst of pushes is therefore a few transactions, not one per event; the messages
-of events another batch already applied find nothing to do. A crash leaves the events
+Each `process_webhook_event` message applies the pending events in batches: in id order (up
+to APPLY_BATCH, skipping those another task holds), in one transaction that locks the images
+they are about (in id order, worker/locks.py), applies each event in id order and marks each
+done or ignored. A burst of pushes is therefore a few transactions, not one per event (and
+a few messages: the API sends one for the events of a burst, api/webhooks.py); a message
+whose events another batch applied finds nothing to do. A crash leaves the events
 pending (the sweep sends them again); a batch that fails is applied again one event at a
 time, so one bad event fails alone (its attempts are counted; from then on it is applied
 alone, by its own message).
