@@ -90,7 +90,7 @@ P = ParamSpec("P")
 
 def webhook_event(source: str, outcome: str) -> None:
     """Count one webhook event. For the receivers (api/webhooks.py) and the event processor
-    (worker/events.py); keep `source` and `outcome` to a few fixed words."""
+    (worker/inbox.py); keep `source` and `outcome` to a few fixed words."""
     WEBHOOK_EVENTS.labels(source=source, outcome=outcome).inc()
 
 

@@ -86,6 +86,8 @@ class Settings:
     auth_failure_limit: int = 20
     auth_failure_window_seconds: float = 60.0
     trusted_proxies: str = ""
+    webhook_event_retention_seconds: float = 7 * 86400.0  # processed events: dedupe, tombstones, build order
+    build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
     data_dir: str = ".data"
     metrics_port: int = 0  # worker parent and beat serve /metrics here; 0: not served
 

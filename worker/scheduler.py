@@ -22,7 +22,7 @@ from core.db import create_pool
 from core.queue import PRIORITY_QUEUE, PROCESS_EVENT_TASK, ROUTINE_QUEUE, SYNC_BATCH_TASK
 from core.settings import Settings
 from worker import store
-from worker.events import EventSweeper
+from worker.sweep import EventSweeper
 
 log = structlog.get_logger("worker.beat")
 
@@ -110,7 +110,7 @@ async def run_beat(settings: Settings, send: Send, stop: asyncio.Event | None = 
             if stop.is_set():
                 return
             log.info("beat.active")
-            sweep_webhooks = EventSweeper()  # re-queues webhook events nobody processed
+            sweep_webhooks = EventSweeper(settings)  # re-queues webhook events nobody processed
             try:
                 while not stop.is_set():
                     try:

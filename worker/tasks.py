@@ -9,7 +9,7 @@ import structlog
 from celery import Celery, Task
 
 from core.queue import INSPECT_HUB_IMAGE_TASK, PROCESS_EVENT_TASK, SYNC_BATCH_TASK, SYNC_IMAGE_TASK
-from worker import events, inspect, sync
+from worker import hub_lookup, inbox, sync
 from worker.runtime import LoopThread, Runtime
 
 T = TypeVar("T")
@@ -43,8 +43,8 @@ def register_tasks(app: Celery, runtime: Runtime, loop: LoopThread) -> None:
 
     @app.task(name=PROCESS_EVENT_TASK, bind=True)
     def process_webhook_event(task: Task, event_id: int) -> str:
-        return run(task, events.process_event(runtime, int(event_id)))
+        return run(task, inbox.process_event(runtime, int(event_id)))
 
     @app.task(name=INSPECT_HUB_IMAGE_TASK, bind=True)
     def inspect_hub_image(task: Task, name: str) -> str:
-        return run(task, inspect.inspect_and_sync(runtime, str(name)))
+        return run(task, hub_lookup.inspect_and_sync(runtime, str(name)))

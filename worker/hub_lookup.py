@@ -1,11 +1,12 @@
-"""Inspect a Docker Hub name that is not in the catalog yet (SPEC §1 Public images).
+"""Look up a Docker Hub name that is not in the catalog yet (SPEC §1 Public images).
 
 The API asks by sending `inspect_hub_image(name)` and waits for the outcome in Postgres
 (`hub_inspections`, woken by NOTIFY `registry_sync_inspect`): api/inspect.py. Here: list
 the repository's tags on the hub (DOCKER_HUB_REGISTRY_URL) within a bounded time, read its
 description and star count from Docker Hub's repository API (DOCKER_HUB_API_URL, best
 effort), and create the shared-catalog image with its tags (state Empty until synced) and
-the outcome in one transaction. Then the full sync runs at once in the same task.
+the outcome in one transaction. Then the full sync runs at once in the same task. The image
+has proven access (SPEC §1): the hub listed its tags anonymously.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from worker import sync
 from worker.registry import RegistryAuthError, RegistryError, RepositoryNotFoundError, Target
 from worker.runtime import Runtime
 
-log = structlog.get_logger("worker.inspect")
+log = structlog.get_logger("worker.hub_lookup")
 
 FOUND, MISSING, FAILED = "found", "missing", "failed"
 METADATA_TIMEOUT = 5.0
@@ -77,8 +78,8 @@ SELECT pg_notify('registry_sync_inspect', name) FROM done
 
 INSERT_CATALOG_IMAGE_SQL = """
 INSERT INTO images (name, owner_id, registry_id, repository, description, star_count,
-                    is_private_image, public_url, next_sync_at, sync_requested_at)
-VALUES ($1, NULL, $2, $3, $4, $5, false, $6, now() + make_interval(secs => $7), now())
+                    is_private_image, public_url, next_sync_at, sync_requested_at, access_proven)
+VALUES ($1, NULL, $2, $3, $4, $5, false, $6, now() + make_interval(secs => $7), now(), true)
 ON CONFLICT ON CONSTRAINT images_owner_name_key DO NOTHING
 RETURNING id
 """
