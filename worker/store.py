@@ -14,6 +14,8 @@ from datetime import datetime
 
 import asyncpg
 
+from worker.schedule import PollPolicy
+
 CLAIM_PREFIX = "claim:"
 RUN_PREFIX = "run:"
 
@@ -26,6 +28,7 @@ class ImageToSync:
     repository: str
     credentials: bytes | None
     sync_failures: int
+    owner_id: int | None  # None: the shared catalog
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ UPDATE images AS i
  WHERE i.id = $1 AND r.id = i.registry_id
    AND (i.lease_until IS NULL OR i.lease_until < now() OR i.lease_owner = $4
         OR ($4::text IS NULL AND i.lease_owner LIKE 'claim:%'))
-RETURNING i.id, i.name, r.host, i.repository, i.credentials, i.sync_failures
+RETURNING i.id, i.name, r.host, i.repository, i.credentials, i.sync_failures, i.owner_id
 """
 
 
@@ -110,7 +113,16 @@ class LayerWrite:
     volumes: list[dict[str, str]]
 
 
-LOCK_FOR_WRITE_SQL = "SELECT 1 FROM images WHERE id = $1 AND lease_owner = $2 FOR UPDATE"
+# Also what the adaptive schedule needs (worker/schedule.py): the image's interval, whether
+# it is a catalog image and when it was last read, when its repository last sent a webhook.
+LOCK_FOR_WRITE_SQL = """
+SELECT now() AS now, i.sync_interval, i.owner_id IS NULL AS catalog, COALESCE(i.read_at, i.created_at) AS read_at,
+       (SELECT max(e.received_at) FROM webhook_events AS e
+         WHERE e.host = r.host AND e.repository = i.repository AND e.status = 'done') AS webhook_at
+  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
+ WHERE i.id = $1 AND i.lease_owner = $2
+   FOR UPDATE OF i
+"""
 
 INSERT_LAYERS_SQL = """
 INSERT INTO layers (config_digest, author, created, entrypoint, run_command, envvars, labels, ports, volumes)
@@ -159,7 +171,7 @@ DELETE FROM tags
 FINISH_OK_SQL = """
 UPDATE images
    SET lease_owner = NULL, lease_until = NULL, last_synced_at = now(),
-       sync_error = NULL, sync_error_at = NULL, sync_failures = 0,
+       sync_error = NULL, sync_error_at = NULL, sync_failures = 0, sync_interval = $5,
        next_sync_at = CASE WHEN sync_requested_at > $3 THEN now()
                            ELSE now() + make_interval(secs => $4) END
  WHERE id = $1 AND lease_owner = $2
@@ -173,11 +185,13 @@ class LeaseLostError(Exception):
 async def write_success(
     pool: asyncpg.Pool, image_id: int, run_token: str, *, started: datetime,
     present: Sequence[str], tags: Iterable[TagWrite], layers: Iterable[LayerWrite],
-    next_in: float,
+    poll: PollPolicy,
 ) -> None:
-    """Write one sync's result in one transaction (the state trigger fires within it)."""
+    """Write one sync's result in one transaction (the state trigger fires within it); the
+    next sync is due as `poll` says from whether this one changed anything."""
     async with pool.acquire() as conn, conn.transaction():
-        if await conn.fetchval(LOCK_FOR_WRITE_SQL, image_id, run_token) is None:
+        image = await conn.fetchrow(LOCK_FOR_WRITE_SQL, image_id, run_token)
+        if image is None:
             raise LeaseLostError(f"lease on image {image_id} lost")
         layer_rows = [
             (la.config_digest, la.author, la.created, la.entrypoint, la.run_command, la.envvars,
@@ -193,8 +207,12 @@ async def write_success(
                 [t.manifest_digest for t in tag_list], [t.platform_digest for t in tag_list],
                 [t.config_digest for t in tag_list], [t.note for t in tag_list],
             )
-        await conn.execute(DELETE_GONE_TAGS_SQL, image_id, list(present), started)
-        await conn.execute(FINISH_OK_SQL, image_id, run_token, started, next_in)
+        deleted = await conn.execute(DELETE_GONE_TAGS_SQL, image_id, list(present), started)
+        interval, next_in = poll.next(
+            image["sync_interval"], changed=bool(tag_list) or deleted != "DELETE 0", now=image["now"],
+            catalog=image["catalog"], read_at=image["read_at"], webhook_at=image["webhook_at"],
+        )
+        await conn.execute(FINISH_OK_SQL, image_id, run_token, started, next_in, interval)
 
 
 FINISH_FAILED_SQL = """
@@ -212,6 +230,17 @@ async def write_failure(pool: asyncpg.Pool, image_id: int, run_token: str, error
 
 
 RELEASE_SQL = "UPDATE images SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2"
+
+HAND_BACK_SQL = """
+UPDATE images SET lease_owner = NULL, lease_until = NULL, next_sync_at = now() + make_interval(secs => $3)
+ WHERE id = $1 AND lease_owner = $2
+"""
+
+
+async def hand_back(pool: asyncpg.Pool, image_id: int, run_token: str, due_in: float) -> None:
+    """Give the image back unsynced, due again in `due_in` s: its registry host could not be
+    asked now (HostBusyError). Not a failure: no error, no backoff."""
+    await pool.execute(HAND_BACK_SQL, image_id, run_token, due_in)
 
 
 async def release(pool: asyncpg.Pool, image_id: int, token: str) -> None:

@@ -16,14 +16,21 @@ import structlog
 from core import metrics
 from core.crypto import Credentials
 from core.settings import Settings
-from worker import store
+from worker import store, tag_policy
 from worker.registry import Layer, TagResolution, Target
-from worker.registry.errors import ManifestNotFoundError, RateLimitedError, RegistryAuthError, RegistryError
+from worker.registry.errors import (
+    HostBusyError,
+    ManifestNotFoundError,
+    RateLimitedError,
+    RegistryAuthError,
+    RegistryError,
+)
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.sync")
 
 SYNCED, FAILED, SKIPPED = "synced", "failed", "skipped"
+DEFERRED = "deferred"  # the registry host could not be asked now: handed back, no failure counted
 
 
 def backoff_seconds(settings: Settings, failures: int, *, permanent: bool = False,
@@ -35,11 +42,6 @@ def backoff_seconds(settings: Settings, failures: int, *, permanent: bool = Fals
     delay = min(cap, settings.sync_backoff_base_seconds * 2 ** max(failures, 0))
     delay *= random.uniform(0.5, 1.0)  # noqa: S311
     return max(delay, retry_after or 0.0)
-
-
-def next_poll_seconds(settings: Settings) -> float:
-    """The routine interval with ±10 % jitter, so images registered together spread out."""
-    return settings.sync_interval_seconds * random.uniform(0.9, 1.1)  # noqa: S311
 
 
 def layer_write(digest: str, layer: Layer) -> store.LayerWrite:
@@ -59,8 +61,9 @@ def layer_write(digest: str, layer: Layer) -> store.LayerWrite:
 
 @metrics.timed_sync  # registry_sync_syncs_total / _sync_duration_seconds by the outcome returned
 async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> str:
-    """Sync one image. Returns SYNCED, FAILED (error recorded, backoff set) or SKIPPED
-    (another worker holds it, or it was deleted). Never raises for registry errors."""
+    """Sync one image. Returns SYNCED, FAILED (error recorded, backoff set), SKIPPED
+    (another worker holds it, or it was deleted) or DEFERRED (its registry host may not be
+    asked now: handed back for later). Never raises for registry errors."""
     s = rt.settings
     run_token = f"{store.RUN_PREFIX}{rt.name}:{uuid.uuid4().hex[:12]}"
     image = await store.acquire(rt.pool, image_id, run_token, claim, s.lease_seconds)
@@ -71,12 +74,13 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
     started_wall = datetime.now(UTC)
     heartbeat = asyncio.create_task(_keep_lease(rt, image_id, run_token))
     try:
-        creds = _credentials(rt, image.credentials)
+        creds = _credentials(rt, image.credentials) or rt.catalog_credentials(image.host, image.owner_id)
         target = Target(host=rt.network_host(image.host), repository=image.repository, credentials=creds)
-        writes, layers, present = await _discover(rt, image_id, target)
+        async with rt.host_slot(image.host):
+            writes, layers, present = await _discover(rt, image_id, target)
         await store.write_success(
             rt.pool, image_id, run_token, started=started_wall, present=present, tags=writes,
-            layers=layers, next_in=next_poll_seconds(s),
+            layers=layers, poll=rt.poll_policy,
         )
         rt.known_layers.update(la.config_digest for la in layers)
         finished = datetime.now(UTC)
@@ -87,6 +91,10 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
     except store.LeaseLostError:
         log.warning("sync.lease_lost")
         return SKIPPED
+    except HostBusyError as exc:
+        await store.hand_back(rt.pool, image_id, run_token, exc.retry_after)
+        log.info("sync.deferred", reason=str(exc), retry_in=round(exc.retry_after, 1))
+        return DEFERRED
     except RegistryError as exc:
         # bad credentials, unknown repository, a forbidden host: permanent
         permanent = not exc.transient
@@ -127,7 +135,7 @@ async def _discover(
 ) -> tuple[list[store.TagWrite], list[store.LayerWrite], list[str]]:
     """Ask the registry what changed: (tags to write, new layers, names of present tags)."""
     known = await store.known_tags(rt.pool, image_id)
-    names = await rt.client.list_tags(target)
+    names = await tag_policy.select(rt, image_id, target, await rt.client.list_tags(target))
     # known_layers holds only digests read from or written to the layers table, whose rows
     # never change or go away: the client skips the blob GET for those.
     rt.known_layers.update(k.config_digest for k in known.values() if k.config_digest)
