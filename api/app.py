@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from aiohttp import web
 
-from api import events, health, images, metrics, openapi, resources, webhooks
+from api import events, health, images, metrics, openapi, read_marks, resources, webhooks
 from api.auth import AUTH_CACHE, AuthCache, auth_middleware
 from api.errors import Handler, error_middleware
 from api.etag import etag_middleware
@@ -73,7 +73,7 @@ def create_app(settings: Settings) -> web.Application:
     app[MAX_BODY] = settings.max_body_bytes
     app[CREDENTIAL_BOX] = CredentialBox(settings.secret_key, settings.secret_keys_old)
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
-    app.cleanup_ctx.extend([_database, _broker, events.listen, health.redis_client])
+    app.cleanup_ctx.extend([_database, _broker, events.listen, health.redis_client, read_marks.keep])
     # Open event streams must end before the server waits for its handlers to finish.
     app.on_shutdown.append(events.close_streams)
 

@@ -50,6 +50,14 @@ RFC2822: Schema = {
                r" [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} \+0000$",
 }
 KEY_VALUE = obj({"key": STR, "value": STR})
+# our extension: which tags of an image are synced (core/tag_policy.py)
+_TAG_POLICY_FIELDS: dict[str, Schema] = {
+    "include": {"type": "array", "items": STR, "maxItems": 50, "description": "glob patterns; none: every tag"},
+    "exclude": {"type": "array", "items": STR, "maxItems": 50, "description": "glob patterns"},
+    "max_tags": nullable({"type": "integer", "minimum": 1, "maximum": 10000}),
+}
+TAG_POLICY_IN = nullable(obj(_TAG_POLICY_FIELDS, optional=tuple(_TAG_POLICY_FIELDS),
+                             description="An extension Tutum clients never send; null: the default"))
 
 
 def _list(item: str) -> Schema:
@@ -123,19 +131,23 @@ SCHEMAS: dict[str, Schema] = {
         "error": nullable(STR),
         "error_at": nullable(RFC2822),
         "consecutive_failures": INT,
-    }, description="An extension: the image's last sync, its error and the next run"),
+        "poll_interval_seconds": {"type": "number"},
+        "tag_policy": obj({**_TAG_POLICY_FIELDS, "default": BOOL}),
+    }, description="An extension: the image's last sync, its error, the next run and what it syncs"),
     "ImagePatch": obj({
         "description": {"type": "string", "maxLength": 4096},
         "username": {"type": "string", "maxLength": 255},
         "password": {"type": "string", "maxLength": 4096, "writeOnly": True},
-    }, optional=("description", "username", "password"),
+        "tag_policy": TAG_POLICY_IN,
+    }, optional=("description", "username", "password", "tag_policy"),
         description="username and password go together; they are encrypted and never returned"),
     "ImageCreate": obj({
         "name": STR,
         "description": {"type": "string", "maxLength": 4096},
         "username": {"type": "string", "maxLength": 255},
         "password": {"type": "string", "maxLength": 4096, "writeOnly": True},
-    }, optional=("description", "username", "password")),
+        "tag_policy": TAG_POLICY_IN,
+    }, optional=("description", "username", "password", "tag_policy")),
     "Health": obj({"status": {"const": "ok"}}),
     "Ready": obj({"status": {"const": "ok"},
                   "checks": obj({"postgres": STR, "redis": STR})}),
