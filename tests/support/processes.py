@@ -98,9 +98,9 @@ class Stack:
             svc.stop()
 
     def http(self, method: str, path: str, *, port: int | None = None, user: str = "", key: str = "",
-             body: Any = None, timeout: float = 20) -> tuple[int, Any]:
+             body: Any = None, timeout: float = 20, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """(status, decoded JSON body, or the text when it is not JSON) of one API request."""
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **(headers or {})}
         if user:
             headers["Authorization"] = f"ApiKey {user}:{key}"
         req = urllib.request.Request(

@@ -189,12 +189,12 @@ class Budget:
         outcome, ms = self._local.try_acquire(host, limits, pull=pull, max_wait_ms=max_wait_ms)
         return outcome, ms, True
 
-    async def _paused_ms(self, host: str) -> float:
-        """A host without fleet limits is only checked for a pause, at most every
-        PAUSE_CHECK_EVERY seconds per process."""
+    async def _paused_ms(self, host: str, *, fresh: bool = False) -> float:
+        """How long `host` stays paused, as Redis (else this process) knows it; asked at most
+        every PAUSE_CHECK_EVERY seconds per host unless `fresh`."""
         now = time.monotonic()
         checked, until = self._pause_seen.get(host, (0.0, 0.0))
-        if now - checked >= PAUSE_CHECK_EVERY:
+        if fresh or now - checked >= PAUSE_CHECK_EVERY:
             until = now + self._local.paused_ms(host) / 1000
             if self._redis is not None and self._use_redis():
                 try:
@@ -224,13 +224,18 @@ class Budget:
                 ms = await self._paused_ms(host)
                 outcome, local = (PAUSED if ms > 0 else GRANTED), False
             if outcome == GRANTED:
+                permit = Permit(self, host, None if local or not limits.concurrency else holder, local)
+                metrics.BUDGET_IN_FLIGHT.labels(registry=host).inc()
                 if ms > 0:
                     await asyncio.sleep(ms / 1000)
+                    # a 429 may have paused the host while this request waited for its turn
+                    if await self._paused_ms(host, fresh=True) > 0:
+                        await permit.release()
+                        continue
                 waited = time.monotonic() - started
                 if waited > 0.001:
                     metrics.BUDGET_WAIT.labels(registry=host).observe(waited)
-                metrics.BUDGET_IN_FLIGHT.labels(registry=host).inc()
-                return Permit(self, host, None if local or not limits.concurrency else holder, local)
+                return permit
             wait = ms / 1000
             if outcome == SATURATED:
                 wait, poll = poll * random.uniform(0.5, 1.5), min(poll * 2, 0.2)  # noqa: S311 - jitter
