@@ -76,7 +76,12 @@ async def hub_recent_tags(
                 if resp.status != 200:
                     log.info("hub.tags_unavailable", status=resp.status)
                     return None
-                page = orjson.loads(await resp.content.read(MAX_HUB_PAGE_BYTES))
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_HUB_PAGE_BYTES:
+                        return None
+                page = orjson.loads(body)
             results = page.get("results") if isinstance(page, dict) else None
             if not isinstance(results, list):
                 return None

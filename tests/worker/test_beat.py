@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -123,9 +123,9 @@ def test_one_scheduler_is_active_across_postgres_and_redis_restarts(outage_stack
 
     assert a.proc.poll() is None and b.proc.poll() is None, "both schedulers survived every outage"
     assert _active(a) != _active(b)
+    never = datetime.max.replace(tzinfo=UTC)
     for x, y in itertools.product(_active_spans(a), _active_spans(b)):
-        x_end, y_end = x[1] or datetime.max.replace(tzinfo=x[0].tzinfo), y[1] or datetime.max.replace(tzinfo=y[0].tzinfo)
-        assert x_end <= y[0] or y_end <= x[0], f"two schedulers active at once: {x} and {y}"
+        assert (x[1] or never) <= y[0] or (y[1] or never) <= x[0], f"two schedulers active at once: {x} and {y}"
     fmt = "%H:%M:%S.%f"
     for name, svc in (("A", a), ("B", b)):
         print(f"\n{name} active: " + ", ".join(
