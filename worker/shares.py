@@ -23,7 +23,8 @@ from contextlib import asynccontextmanager
 from core import metrics
 from worker.registry.errors import HostBusyError
 
-SHARE_RETRY = 5.0  # a sync over its host's share is due again in about this long
+SHARE_RETRY = 2.0  # a sync over a healthy host's share is due again in about this long
+SLOW_RETRY = 30.0  # ... over a slow host's: it would only wait for the slow ones again
 SLOW_FOR = 300.0  # a host that timed out (or refused connections) counts as slow this long
 
 
@@ -65,7 +66,7 @@ class HostShares:
         slow = self.is_slow(host)
         if not await self._room(host, slow):
             metrics.BUDGET_BUSY.labels(registry=host, reason="share").inc()
-            retry = SHARE_RETRY * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not security
+            retry = (SLOW_RETRY if slow else SHARE_RETRY) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
             what = "slow hosts hold their share" if slow else "the host holds its share"
             raise HostBusyError(f"{host}: {what} of this worker; ask again in {retry:.0f}s", retry_after=retry)
         self.busy[host] = self.busy.get(host, 0) + 1

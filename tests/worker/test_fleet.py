@@ -8,38 +8,17 @@ import collections
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 
-import pytest
 import redis
 from aiohttp import web
 
-from tests.conftest import create_database, unique
+from tests.conftest import unique
 from tests.support import ThreadedApp
 from tests.support.fake_registry import CONFIG, CONFIG_DIGEST, DOCKER_MANIFEST, MANIFEST, MANIFEST_DIGEST
 from tests.support.processes import Stack, wait_for
 from tests.support.registry import RegistryServer, push_image
-from tests.support.services import free_port, redis_db, worker_index
 
-SECRET = "fleet-secret"
 WEBHOOK_SECRET = "fleet-webhook-secret"
-
-
-@pytest.fixture
-def stack(postgres_dsn: str, redis_server_url: str, registry: RegistryServer) -> Iterator[Stack]:
-    dsn = asyncio.run(create_database(postgres_dsn, f"rs_fleet_{worker_index()}"))
-    redis_url = f"{redis_server_url}/{redis_db('e2e')}"
-    redis.Redis.from_url(redis_url).flushdb()
-    port = free_port()
-    env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": SECRET, "PORT": str(port),
-        "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1", "INSECURE_REGISTRIES": registry.host,
-        "LOG_FORMAT": "json", "LOG_LEVEL": "info", "BEAT_INTERVAL_SECONDS": "0.2",
-        "SYNC_INTERVAL_SECONDS": "3600", "WEBHOOK_SECRET": WEBHOOK_SECRET,
-    }
-    st = Stack(env, port)
-    yield st
-    st.stop_all()
 
 
 class LimitingRegistry:
@@ -109,7 +88,7 @@ def test_a_429_pauses_the_host_for_every_worker_process(stack: Stack) -> None:
     after it, none counted as failed."""
     n = 60
     with LimitingRegistry(limit_after=40) as reg:
-        stack.env["INSECURE_REGISTRIES"] = reg.host
+        stack.env.update(INSECURE_REGISTRIES=reg.host, SYNC_INTERVAL_SECONDS="3600")
         add_images(stack, reg.host, n, unique("paused"), due=False)
         workers = [stack.start("worker", "--queues", "routine") for _ in range(2)]
         wait_for(lambda: all("ready" in w.output() for w in workers), 90, "both workers")
@@ -156,7 +135,8 @@ def test_a_hanging_registry_delays_nobody_else(stack: Stack, registry: RegistryS
     within seconds (the bounds are generous; the figures are printed)."""
     hang = HangingRegistry()
     try:
-        stack.env["INSECURE_REGISTRIES"] = f"{registry.host},{hang.host}"
+        stack.env.update(INSECURE_REGISTRIES=f"{registry.host},{hang.host}", WEBHOOK_SECRET=WEBHOOK_SECRET,
+                         SYNC_INTERVAL_SECONDS="3600", WORKER_DRAIN_SECONDS="2")
         key_a, key_b = stack.account("alice"), stack.account("bob")
         repo = f"{unique('healthy')}/app"
         push_image(registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"}, layers=0)
@@ -214,6 +194,7 @@ def test_sigterm_drains_then_hands_back_what_still_runs(stack: Stack) -> None:
     hang = HangingRegistry()
     try:
         stack.env.update(INSECURE_REGISTRIES=hang.host, WORKER_DRAIN_SECONDS="1", LEASE_SECONDS="600",
+                         SYNC_INTERVAL_SECONDS="3600",
                          WORKER_CONCURRENCY="10", TASK_BATCH_SIZE="5", HOST_SHARE="1")
         add_images(stack, hang.host, 20, unique("drain"))
         worker = stack.start("worker", "--queues", "routine")
@@ -241,7 +222,7 @@ def test_requests_counted_per_process_stay_within_the_fleet_rate(stack: Stack) -
     """Two processes, one host limited to 20 requests/s fleet-wide: per second the registry
     never sees more than the rate (plus one for the edges of a second)."""
     with LimitingRegistry(delay=0.0, limit_after=10**9) as reg:
-        stack.env.update(INSECURE_REGISTRIES=reg.host,
+        stack.env.update(INSECURE_REGISTRIES=reg.host, SYNC_INTERVAL_SECONDS="3600",
                          REGISTRY_LIMITS=f'{{"{reg.host}": {{"rate": 20, "burst": 1}}}}')
         add_images(stack, reg.host, 30, unique("rated"), due=False)
         workers = [stack.start("worker", "--queues", "routine") for _ in range(2)]
