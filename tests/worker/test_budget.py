@@ -41,8 +41,8 @@ def host() -> str:
 
 def test_limits_override_the_defaults_field_by_field() -> None:
     table = parse_limits('{"*": {"rate": 5}, "Ghcr.io": {"concurrency": 3}, "registry-1.docker.io": {"pulls": 5000}}')
-    assert table.for_host("example.com") == HostLimits(concurrency=64, rate=5.0, burst=10)
-    assert table.for_host("ghcr.io") == HostLimits(concurrency=3, rate=5.0, burst=10)
+    assert table.for_host("example.com") == HostLimits(concurrency=64, rate=5.0, burst=20)
+    assert table.for_host("ghcr.io") == HostLimits(concurrency=3, rate=5.0, burst=20)
     hub = table.for_host("registry-1.docker.io")
     assert (hub.pulls, hub.pull_window, hub.concurrency) == (5000, 21600.0, 8)
     # Docker Hub's published limits by default: 100 pulls / 6 h anonymously, 200 with an account

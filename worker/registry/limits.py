@@ -66,7 +66,7 @@ class HostLimits:
         return self.pulls / (self.pull_window * 1000.0) if self.pulls > 0 and self.pull_window > 0 else 0.0
 
 
-ANY_DEFAULT = HostLimits(concurrency=64, rate=100.0, burst=10)
+ANY_DEFAULT = HostLimits(concurrency=64, rate=200.0, burst=20)
 
 
 def hub_default(authenticated: bool) -> HostLimits:
