@@ -123,7 +123,7 @@ class Runtime:
         )
         self.client.transport.budget = self.budget
         self.shares = HostShares(
-            self.capacity, share=s.host_share, slow_share=s.slow_host_share,
+            self.capacity, share=s.host_share, per_host_max=2 * s.registry_concurrency, slow_share=s.slow_host_share,
             last_failure=self.client.transport.last_failure, paused_for=self.budget.paused_for,
             wait_max=s.registry_wait_max_seconds,
         )

@@ -1,7 +1,9 @@
 """Fair sharing between registry hosts inside one worker process (SPEC §4, `Runtime.host_slot`).
 
 A consumer process runs at most WORKER_CONCURRENCY syncs at once (worker/dispatch.py). One
-registry host may hold at most HOST_SHARE of them, and all the hosts that timed out or
+registry host may hold at most HOST_SHARE of them, and never more than twice as many as the
+process's requests to it (REGISTRY_CONCURRENCY) can serve at once: syncs beyond that would
+only wait in this process while another replica could run them. All the hosts that timed out or
 refused connections lately together at most SLOW_HOST_SHARE: a slow, hanging or huge
 registry then delays only its own images, and the rest of the process's capacity stays free
 for every other host. A sync over its host's share waits at most REGISTRY_WAIT_MAX_SECONDS
@@ -34,6 +36,7 @@ class HostShares:
         capacity: int,
         *,
         share: float,
+        per_host_max: int,
         slow_share: float,
         last_failure: dict[str, float],
         paused_for: Callable[[str], Awaitable[float]],
@@ -41,7 +44,7 @@ class HostShares:
     ) -> None:
         """`last_failure`: host -> monotonic time of its last timeout or connection failure
         (kept by the transport); `paused_for(host)`: seconds left of a fleet-wide pause."""
-        self.limit = max(1, math.ceil(capacity * share))
+        self.limit = max(1, min(math.ceil(capacity * share), per_host_max))
         self.slow_limit = max(1, math.ceil(capacity * slow_share))
         self._last_failure = last_failure
         self._paused_for = paused_for

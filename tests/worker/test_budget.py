@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -36,7 +37,8 @@ async def make_budget(redis_url: str) -> AsyncIterator[MakeBudget]:
 
 
 def host() -> str:
-    return f"{unique('budget')}.test:5000"
+    """A host no earlier run used either: the budgets' keys outlive a test session in Redis."""
+    return f"{unique('budget')}-{uuid.uuid4().hex[:8]}.test:5000"
 
 
 def test_limits_override_the_defaults_field_by_field() -> None:
@@ -152,8 +154,10 @@ async def test_a_host_over_its_share_waits_briefly_then_hands_back() -> None:
     async def not_paused(_: str) -> float:
         return 0.0
 
-    shares = HostShares(8, share=0.25, slow_share=0.25, last_failure=failures, paused_for=not_paused,
-                        wait_max=0.3)
+    shares = HostShares(8, share=0.25, per_host_max=16, slow_share=0.25, last_failure=failures,
+                        paused_for=not_paused, wait_max=0.3)
+    assert HostShares(100, share=0.25, per_host_max=16, slow_share=0.25, last_failure=failures,
+                      paused_for=not_paused, wait_max=0.3).limit == 16  # what its requests can serve
     hold = asyncio.Event()
 
     async def sync(host: str) -> str:
