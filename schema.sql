@@ -1,7 +1,9 @@
--- registry-sync: the whole current schema.
+-- registry-sync: the whole current schema (a snapshot: what a fresh database gets).
 -- Idempotent: applying it to a database that already has it changes nothing and loses
--- nothing (every statement is IF NOT EXISTS / CREATE OR REPLACE). `registry-sync migrate`
--- runs it under an advisory lock so two deploys cannot apply it at once.
+-- nothing (every statement is IF NOT EXISTS / CREATE OR REPLACE). It never changes an
+-- existing table: every change to a table, column, constraint or index that an older
+-- database lacks also goes into a numbered file in migrations/ (migrations/README.md).
+-- `registry-sync migrate` runs those, then this file, under an advisory lock.
 
 CREATE TABLE IF NOT EXISTS accounts (
     id          bigserial   PRIMARY KEY,
@@ -67,6 +69,11 @@ CREATE TABLE IF NOT EXISTS images (
     tag_policy          jsonb,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
+    -- proof of access (SPEC §1): the image's own credentials (or anonymous access) were
+    -- last accepted by its registry for its repository. Set by the sync; cleared by a
+    -- rejected sync and by new credentials. Webhook events apply only to such images.
+    access_proven       boolean     NOT NULL DEFAULT false,
+    tags_cut_at         integer,               -- the tag list was cut to this many at the last sync
     CONSTRAINT images_owner_name_key UNIQUE NULLS NOT DISTINCT (owner_id, name),
     CONSTRAINT images_state_check CHECK (state IN ('Empty', 'Success', 'Building', 'Failed'))
 );
@@ -104,10 +111,27 @@ CREATE TABLE IF NOT EXISTS tags (
     state_at         timestamptz, -- time of the event that set `state`: older events never win
     sync_note        text,        -- e.g. no manifest for the configured platform
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- why the last sync could not read the tag's manifest or config; its other columns
+    -- keep the last good data
+    sync_error       text,
     CONSTRAINT tags_image_name_key UNIQUE (image_id, name),
     CONSTRAINT tags_state_check CHECK (state IN ('Empty', 'Success', 'Building', 'Failed'))
 );
 CREATE INDEX IF NOT EXISTS tags_config_idx ON tags (config_digest);
+
+-- Which registry repositories served a config blob or confirmed holding it (a HEAD with the
+-- image's own credentials). Proof of access (SPEC §1): a tag points at a layer only when
+-- its image's registry and repository are listed here for that config, so a manifest that
+-- names another repository's config digest never reveals that layer. Later syncs read it to
+-- skip the confirmation.
+CREATE TABLE IF NOT EXISTS layer_sources (
+    registry_id    bigint      NOT NULL REFERENCES registries (id) ON DELETE CASCADE,
+    repository     text        NOT NULL,
+    config_digest  text        NOT NULL REFERENCES layers (config_digest) ON DELETE CASCADE,
+    confirmed_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT layer_sources_pkey PRIMARY KEY (registry_id, repository, config_digest)
+);
+CREATE INDEX IF NOT EXISTS layer_sources_config_idx ON layer_sources (config_digest);
 
 CREATE TABLE IF NOT EXISTS categories (
     id    bigserial PRIMARY KEY,
@@ -173,7 +197,7 @@ CREATE OR REPLACE TRIGGER tags_after_delete AFTER DELETE ON tags
 -- ======================================================================================
 CREATE TABLE IF NOT EXISTS webhook_events (
     id            bigserial   PRIMARY KEY,
-    source        text        NOT NULL,  -- the receiver: registry, dockerhub, harbor, quay, build
+    source        text        NOT NULL,  -- the receiver: registry, dockerhub, harbor, quay, build, github
     dedupe_key    text        NOT NULL,  -- sender's event id, or a hash of the delivery's content
     kind          text        NOT NULL,
     host          text        NOT NULL,  -- registry host as in registries.host
@@ -191,7 +215,7 @@ CREATE TABLE IF NOT EXISTS webhook_events (
     processed_at  timestamptz,
     CONSTRAINT webhook_events_dedupe_key_key UNIQUE (dedupe_key),
     CONSTRAINT webhook_events_source_check
-        CHECK (source IN ('registry', 'dockerhub', 'harbor', 'quay', 'build')),
+        CHECK (source IN ('registry', 'dockerhub', 'harbor', 'quay', 'build', 'github')),
     CONSTRAINT webhook_events_kind_check
         CHECK (kind IN ('push', 'delete_tag', 'delete_manifest', 'delete_repository', 'sync', 'build')),
     CONSTRAINT webhook_events_status_check

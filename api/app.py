@@ -3,45 +3,33 @@ an async generator in `cleanup_ctx`."""
 
 from __future__ import annotations
 
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
-import structlog
 from aiohttp import web
 
-from api import events, health, images, metrics, openapi, read_marks, resources, webhooks
+from api import (
+    events,
+    health,
+    images,
+    metrics,
+    openapi,
+    outage,
+    publish,
+    read_marks,
+    resources,
+    targets,
+    throttle,
+    webhooks,
+)
 from api.auth import AUTH_CACHE, AuthCache, auth_middleware
-from api.errors import Handler, error_middleware
+from api.errors import error_middleware
 from api.etag import etag_middleware
-from api.keys import CELERY, CREDENTIAL_BOX, MAX_BODY, POOL, PUBLISHER, SETTINGS
+from api.keys import CREDENTIAL_BOX, MAX_BODY, POOL, SETTINGS
+from api.request_log import request_context
+from core.address_policy import AddressPolicy
 from core.crypto import CredentialBox
 from core.db import create_pool
-from core.queue import make_celery
 from core.settings import Settings
-
-log = structlog.get_logger("api")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind a request id to every log line of this request and log one line when it ends."""
-    rid = request.headers.get("X-Request-ID", "")
-    if not _REQUEST_ID.fullmatch(rid):
-        rid = uuid.uuid4().hex
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=rid)
-    started = time.perf_counter()
-    response = await handler(request)
-    response.headers["X-Request-ID"] = rid
-    log.info(
-        "request.done", method=request.method, path=request.path, status=response.status,
-        ms=round((time.perf_counter() - started) * 1000, 2),
-    )
-    return response
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -51,16 +39,6 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     await app[POOL].close()
-
-
-async def _broker(app: web.Application) -> AsyncIterator[None]:
-    app[CELERY] = make_celery(app[SETTINGS], name="registry-sync-api")
-    app[CELERY].conf.broker_connection_timeout = 2.0
-    # Celery's producer is blocking; one thread keeps publishes off the event loop and ordered.
-    app[PUBLISHER] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="celery-publish")
-    yield
-    app[PUBLISHER].shutdown(wait=True)
-    app[CELERY].close()
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -73,7 +51,12 @@ def create_app(settings: Settings) -> web.Application:
     app[MAX_BODY] = settings.max_body_bytes
     app[CREDENTIAL_BOX] = CredentialBox(settings.secret_key, settings.secret_keys_old)
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
-    app.cleanup_ctx.extend([_database, _broker, events.listen, health.redis_client, read_marks.keep])
+    app[targets.ADDRESS_POLICY] = AddressPolicy.from_settings(settings)
+    app[targets.RESOLVER] = targets.SystemResolver()
+    app.cleanup_ctx.extend(
+        [_database, outage.watch_ctx, publish.broker, events.listen, health.redis_client, read_marks.keep]
+    )
+    throttle.configure(app, settings)
     # Open event streams must end before the server waits for its handlers to finish.
     app.on_shutdown.append(events.close_streams)
 

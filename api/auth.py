@@ -1,5 +1,5 @@
-"""Authentication: `ApiKey user:key` or `Basic base64(user:key)`, with a short cache and
-failed-attempt throttling (SPEC §6)."""
+"""Authentication: `ApiKey user:key` or `Basic base64(user:key)`, with a short cache of
+verified keys; wrong keys are counted and throttled by api/throttle.py (SPEC §6)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from collections import OrderedDict
 import structlog
 from aiohttp import web
 
-from api.errors import Handler, ThrottledError, UnauthorizedError
-from api.keys import POOL, SETTINGS
+from api.errors import Handler, UnauthorizedError
+from api.keys import POOL
+from api.throttle import count_failure, request_client
 from core.accounts import Account, authenticate, hash_key
 
 # Paths with their own authentication (or none): health, metrics, webhooks, the OpenAPI document.
@@ -22,17 +23,15 @@ log = structlog.get_logger("api.auth")
 
 
 class AuthCache:
-    """Recently verified keys (by digest) and recent failures, per process.
+    """Recently verified keys (by digest), per process.
 
     A verified key is trusted for `ttl` seconds without a database round trip, so a deleted
-    key keeps working for at most that long. Failures are counted per client address:
-    past `max_failures` in `window` seconds the address is answered 429 until it cools off.
+    key keeps working for at most that long. Failures are counted by api/throttle.py.
     """
 
-    def __init__(self, ttl: float, max_failures: int = 20, window: float = 60.0, size: int = 4096):
-        self.ttl, self.max_failures, self.window, self.size = ttl, max_failures, window, size
+    def __init__(self, ttl: float, size: int = 4096):
+        self.ttl, self.size = ttl, size
         self._ok: OrderedDict[tuple[str, bytes], tuple[Account, float]] = OrderedDict()
-        self._failures: dict[str, list[float]] = {}
 
     def get(self, user: str, digest: bytes) -> Account | None:
         hit = self._ok.get((user, digest))
@@ -45,22 +44,6 @@ class AuthCache:
         self._ok.move_to_end((user, digest))
         while len(self._ok) > self.size:
             self._ok.popitem(last=False)
-
-    def throttled_for(self, client: str) -> float:
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(client, ()) if t > now - self.window]
-        if recent:
-            self._failures[client] = recent
-        else:
-            self._failures.pop(client, None)
-        if len(recent) < self.max_failures:
-            return 0.0
-        return max(1.0, recent[0] + self.window - now)
-
-    def failed(self, client: str) -> None:
-        if len(self._failures) > self.size:
-            self._failures.clear()  # bounded memory under a spray of addresses
-        self._failures.setdefault(client, []).append(time.monotonic())
 
 
 AUTH_CACHE = web.AppKey("auth_cache", AuthCache)
@@ -96,7 +79,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path.startswith(PUBLIC_PREFIXES) or not request.path.startswith("/api/"):
         return await handler(request)
     cache = request.app[AUTH_CACHE]
-    client = request.remote or "unknown"
     parsed = parse_authorization(request.headers.get("Authorization", ""))
     if parsed is None and request.path.rstrip("/") == "/api/v1/events":
         # Browsers cannot set headers on a WebSocket: `?user=…&token=…`, as Tutum's stream took.
@@ -112,18 +94,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     digest = hash_key(key)
     account = cache.get(user, digest)
     if account is None:
-        # A key verified recently is served even from a throttled address (clients behind
-        # a shared NAT); anything else from there waits, so keys cannot be guessed quickly.
-        wait = cache.throttled_for(client)
-        if wait:
-            raise ThrottledError(
-                "too many failed authentication attempts; try again later",
-                headers={"Retry-After": str(int(wait) + 1)},
-            )
+        # Every key is checked, even from a throttled address or for a throttled name: a
+        # correct key is never refused (throttle.py); only wrong ones are counted and slowed.
         account = await authenticate(request.app[POOL], user, key)
         if account is None:
-            cache.failed(client)
-            log.info("auth.failed", user=user, client=client)
+            log.info("auth.failed", user=user[:64], client=request_client(request))
+            await count_failure(request, "auth", user)
             raise UnauthorizedError(
                 "invalid user name or API key",
                 headers={"WWW-Authenticate": 'Basic realm="registry-sync"'},
@@ -133,6 +109,3 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(user=account.username)
     return await handler(request)
 
-
-def make_auth_cache(app: web.Application) -> AuthCache:
-    return AuthCache(ttl=app[SETTINGS].auth_cache_seconds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from api.errors import BadRequestError, UnsupportedMediaTypeError
@@ -49,15 +49,19 @@ class ImageCreate(ImagePatch):
     name: str
 
 
-def credentials_pair(body: ImagePatch) -> tuple[str, str] | None:
-    """(username, password) when both are given, None when neither; 400 naming the missing one."""
+def credentials_pair(body: ImagePatch, stored: tuple[str, str] | None = None) -> tuple[str, str] | None:
+    """(username, password) from the body, a field it leaves out taken from `stored` (the
+    image's current credentials: a PATCH changes only what it names); None when the body names
+    neither; 400 naming the missing one when there is nothing stored to keep."""
     if body.username is None and body.password is None:
         return None
-    if body.password is None:
+    username = body.username if body.username is not None else stored[0] if stored else None
+    password = body.password if body.password is not None else stored[1] if stored else None
+    if password is None:
         raise BadRequestError("a username needs its password", field="password")
-    if body.username is None:
+    if username is None:
         raise BadRequestError("a password needs its username", field="username")
-    return body.username, body.password
+    return username, password
 
 
 def _describe(exc: ValidationError) -> tuple[str, str]:
@@ -81,9 +85,11 @@ def _describe(exc: ValidationError) -> tuple[str, str]:
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:
-    """Parse the body as `model`; 415 for a non-JSON content type, 400 naming the field."""
+    """Parse the body as `model`; 415 for an explicit non-JSON content type (a body sent with
+    no Content-Type at all is JSON: the Go SDK sends none), 400 naming the field."""
     ctype = request.content_type
-    if ctype != "application/json" and not ctype.endswith("+json"):
+    has_type = hdrs.CONTENT_TYPE in request.headers
+    if has_type and ctype != "application/json" and not ctype.endswith("+json"):
         raise UnsupportedMediaTypeError(
             f"send the body as JSON with Content-Type: application/json (got {ctype or 'none'})"
         )

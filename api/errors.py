@@ -1,4 +1,5 @@
-"""Domain errors of the API and the one middleware that turns every error into JSON."""
+"""Domain errors of the API and the one middleware that turns every error into JSON
+(including a database outage: 503, see api/outage.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import orjson
 import structlog
 from aiohttp import web
 
+from api import outage
 from api.keys import MAX_BODY
+from api.request_log import logged_path
 
 log = structlog.get_logger("api")
 
@@ -90,8 +93,17 @@ _HTTP_MESSAGES = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# Paths that need no database: answered normally during an outage.
+_NO_DATABASE = ("/api/v1/openapi.json",)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    watch = request.app[outage.DATABASE_WATCH]
+    if watch.down and request.path.startswith("/api/") and not request.path.startswith(_NO_DATABASE):
+        watch.refused += 1
+        message, headers = outage.unavailable_body()
+        return error_response(503, message, headers)
     try:
         return await handler(request)
     except ApiError as exc:
@@ -105,6 +117,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         else:
             message = _HTTP_MESSAGES.get(exc.status, exc.reason)
         return error_response(exc.status, message, headers)
-    except Exception:
-        log.exception("request.unhandled_error", method=request.method, path=request.path)
+    except Exception as exc:
+        if outage.is_unavailable(exc):
+            watch.failed(request.app, exc)
+            message, headers = outage.unavailable_body()
+            return error_response(503, message, headers)
+        log.exception("request.unhandled_error", method=request.method, path=logged_path(request))
         return error_response(500, "internal error; the request id identifies it in our logs")

@@ -6,7 +6,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from api import inspect, paths, queries, read_marks, serializers
+from api import hub_lookup, paths, queries, read_marks, serializers, targets
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -22,7 +22,7 @@ from api.params import parse_image_filters, parse_paging, reject_unknown
 from api.publish import FALLBACK_SECONDS, queue_priority_sync
 from core import tag_policy
 from core.accounts import Account
-from core.crypto import Credentials
+from core.crypto import CredentialBox, Credentials
 from core.names import HUB_HOST, InvalidNameError, parse_image_name
 from core.registries import ensure_registry
 
@@ -51,7 +51,7 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     image = await queries.get_image(request.app[POOL], account.id, target.image.name)
     if image is None and method == "GET" and target.image.is_hub:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
-        image = await inspect.inspect_hub_image(request.app, account.id, target.image)
+        image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image)
     if image is None:
         raise NotFoundError(f"image '{target.image.name}' not found")
     if method == "GET":
@@ -103,6 +103,7 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
         name = parse_image_name(body.name)
     except InvalidNameError as exc:
         raise BadRequestError(f"invalid image name: {exc}", field="name") from None
+    await targets.check_registry_host(request.app, name)
     settings = request.app[SETTINGS]
     pair = credentials_pair(body)
     sealed = request.app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
@@ -126,15 +127,26 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
 
 
 async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Response:
+    """Changes only the fields the body names: a password alone keeps the stored username and
+    a username alone the stored password (the Go SDK's save() sends only changed fields)."""
     body = await read_json(request, ImagePatch)
-    pair = credentials_pair(body)
-    new_creds = pair is not None
-    sealed = request.app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
+    if body.username is not None or body.password is not None:
+        # new credentials: the sync that follows sends them to the registry
+        await targets.check_registry_host(request.app, parse_image_name(image["name"]))
+    box = request.app[CREDENTIAL_BOX]
     pool = request.app[POOL]
-    await queries.update_image(
-        pool, image["id"], description=body.description, set_credentials=new_creds, credentials=sealed,
-        set_tag_policy=body.sets_tag_policy, tag_policy=body.tag_policy,
-    )
+    async with pool.acquire() as conn, conn.transaction():
+        stored = None
+        if (body.username is None) != (body.password is None):
+            token = await queries.lock_credentials(conn, image["id"])
+            stored = _open_stored(box, token)
+        pair = credentials_pair(body, stored)
+        new_creds = pair is not None
+        sealed = box.seal(Credentials(*pair)) if pair else None
+        await queries.update_image(
+            conn, image["id"], description=body.description, set_credentials=new_creds, credentials=sealed,
+            set_tag_policy=body.sets_tag_policy, tag_policy=body.tag_policy,
+        )
     if new_creds:
         log.info("image.credentials_changed", image=image["name"])
     if body.sets_tag_policy:
@@ -145,6 +157,19 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
     if updated is None:  # deleted by a concurrent request after our update
         raise NotFoundError(f"image '{image['name']}' not found")
     return json_response(serializers.image(updated))
+
+
+def _open_stored(box: CredentialBox, token: bytes | None) -> tuple[str, str] | None:
+    if token is None:
+        return None
+    try:
+        creds = box.open(token)
+    except ValueError:
+        raise BadRequestError(
+            "the stored credentials cannot be decrypted (SECRET_KEY changed): send username and password together",
+            field="password",
+        ) from None
+    return creds.username, creds.password
 
 
 async def delete_image(request: web.Request, image: asyncpg.Record) -> web.Response:
@@ -166,8 +191,14 @@ async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response
     )
 
 
+TAG_ISSUES_LISTED = 100
+
+
 async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Response:
-    row = await queries.sync_status(request.app[POOL], image["id"])
+    pool = request.app[POOL]
+    row = await queries.sync_status(pool, image["id"])
+    issues, issue_count = await queries.tag_issues(pool, image["id"], TAG_ISSUES_LISTED)
+    cut_at = row["tags_cut_at"]
     policy = tag_policy.effective(
         row["tag_policy"], is_hub=image["registry_host"] == HUB_HOST,
         hub_default_max_tags=request.app[SETTINGS].hub_default_max_tags,
@@ -182,6 +213,16 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
         "error": row["sync_error"],
         "error_at": serializers.rfc2822(row["sync_error_at"]),
         "consecutive_failures": row["sync_failures"],
+        # per-tag outcomes: the first TAG_ISSUES_LISTED by name, and how many there are
+        "tag_issues": [
+            {"tag": r["name"], "error": r["sync_error"], "note": r["sync_note"]} for r in issues
+        ],
+        "tag_issue_count": issue_count,
+        "tags_truncated": cut_at is not None,
+        "tags_note": (
+            f"the registry lists more than {cut_at} tags: only the first {cut_at} by name are kept"
+            if cut_at is not None else None
+        ),
         "poll_interval_seconds": round(interval, 1),
         "tag_policy": {**policy.to_json(), "default": row["tag_policy"] is None},
     })

@@ -65,13 +65,14 @@ _ERROR_CODES = {
 def _op(summary: str, ok: dict[str, Op], errors: tuple[int, ...] = (), *, security: Any = None,
         params: tuple[str | Op, ...] = (), body: str | None = None, etag: bool = False,
         tags: tuple[str, ...] = ("images",), description: str = "") -> Op:
-    """One operation; authenticated callers get 401/429 and every operation may answer 500."""
+    """One operation; authenticated callers get 401/429 and every operation may answer 500, and
+    503 while Postgres is unreachable."""
     responses: dict[str, Op] = dict(ok)
     if etag:
         for r in ok.values():
             r.setdefault("headers", {})["ETag"] = {"$ref": "#/components/headers/ETag"}
         responses["304"] = {"description": "Not modified: If-None-Match matched the ETag"}
-    codes = {*errors, 500} | ({401, 429} if security is None else set())
+    codes = {*errors, 500, 503} | ({401, 429} if security is None else set())
     for code in sorted(codes):
         responses[str(code)] = {"$ref": f"#/components/responses/{_ERROR_CODES[str(code)]}"}
     op: Op = {"summary": summary, "tags": list(tags), "responses": responses}
@@ -197,7 +198,7 @@ def _webhook_paths() -> dict[str, dict[str, Op]]:
     tags = ("webhooks",)
 
     def hook(summary: str, security: Any, body: str, params: tuple[str, ...] = ("pinned_host",)) -> dict[str, Op]:
-        op = _op(summary, dict(ok), (400, 401, 413), security=security, params=params, tags=tags)
+        op = _op(summary, dict(ok), (400, 401, 413, 429), security=security, params=params, tags=tags)
         op["requestBody"] = {"required": True, "content": {JSON: {"schema": ref(body)}}}
         return {"post": op}
 
@@ -213,6 +214,9 @@ def _webhook_paths() -> dict[str, dict[str, Op]]:
             hook("Quay notification (push and build events)", WEBHOOK_TOKEN, "AnyJson",
                  ("token", "pinned_host"))["post"], quay_event)},
         "/api/v1/webhooks/build/": hook("Generic build status from any CI", WEBHOOK_HMAC, "BuildEvent", ()),
+        "/api/v1/webhooks/github/": hook(
+            "GitHub webhook (registry_package → push of the tag on ghcr.io; ping and others: 200, ignored; "
+            "signed by X-Hub-Signature-256)", WEBHOOK_HMAC, "AnyJson"),
     }
 
 

@@ -128,18 +128,24 @@ async def get_tag(conn: Conn, image_id: int, tag: str) -> asyncpg.Record | None:
     return await conn.fetchrow(GET_TAG_SQL, image_id, tag)
 
 
+# Through a visible tag whose image's registry repository served or confirmed the config
+# (layer_sources: SPEC §1 proof of access), never by the digest alone.
 GET_LAYER_SQL = """
 SELECT l.config_digest, l.author, l.created, l.entrypoint, l.run_command, l.envvars, l.labels,
        l.ports, l.volumes, l.fetched_at AS layer_fetched_at
   FROM layers AS l
  WHERE l.config_digest = $2
    AND EXISTS (SELECT 1 FROM tags AS t JOIN images AS i ON i.id = t.image_id
+                 JOIN layer_sources AS s ON s.registry_id = i.registry_id
+                                        AND s.repository = i.repository
+                                        AND s.config_digest = t.config_digest
                 WHERE t.config_digest = l.config_digest AND (i.owner_id = $1 OR i.owner_id IS NULL))
 """
 
 
 async def get_layer(conn: Conn, account_id: int, config_digest: str) -> asyncpg.Record | None:
-    """A layer, only if one of the caller's visible tags points at it."""
+    """A layer, only if one of the caller's visible tags points at it and that tag's
+    repository proved holding it."""
     return await conn.fetchrow(GET_LAYER_SQL, account_id, config_digest)
 
 
@@ -171,6 +177,7 @@ UPDATE images
        sync_requested_at = CASE WHEN $3::boolean OR $5::boolean THEN now() ELSE sync_requested_at END,
        sync_failures = CASE WHEN $3::boolean THEN 0 ELSE sync_failures END,
        tag_policy = CASE WHEN $5::boolean THEN $6::jsonb ELSE tag_policy END,
+       access_proven = access_proven AND NOT $3::boolean,
        updated_at = now()
  WHERE id = $1
 """
@@ -183,6 +190,16 @@ async def update_image(
     await conn.execute(
         UPDATE_IMAGE_SQL, image_id, description, set_credentials, credentials, set_tag_policy, tag_policy
     )
+
+
+LOCK_CREDENTIALS_SQL = "SELECT credentials FROM images WHERE id = $1 FOR UPDATE"
+
+
+async def lock_credentials(conn: asyncpg.Connection, image_id: int) -> bytes | None:
+    """The image's sealed credentials (None: none stored), its row locked until the caller's
+    transaction ends: a PATCH that keeps half of them must not race another PATCH."""
+    token = await conn.fetchval(LOCK_CREDENTIALS_SQL, image_id)
+    return bytes(token) if token is not None else None
 
 
 async def delete_image(conn: Conn, image_id: int) -> None:
@@ -201,15 +218,30 @@ async def request_sync(conn: Conn, image_id: int, *, fallback_in: float) -> None
 
 
 SYNC_STATUS_SQL = """
-SELECT last_synced_at, next_sync_at, sync_error, sync_error_at, sync_failures,
+SELECT last_synced_at, next_sync_at, sync_error, sync_error_at, sync_failures, tags_cut_at,
        lease_until > now() AS syncing, tag_policy, sync_interval
   FROM images WHERE id = $1
+"""
+
+# Tags whose last sync found a problem (kept with their last good data) or left a note (no
+# layer: no manifest for the platform, an artifact), first ones by name, with their count.
+TAG_ISSUES_SQL = """
+SELECT name, sync_error, sync_note, count(*) OVER () AS total_count
+  FROM tags
+ WHERE image_id = $1 AND (sync_error IS NOT NULL OR sync_note IS NOT NULL)
+ ORDER BY name COLLATE "C"
+ LIMIT $2
 """
 
 
 async def sync_status(conn: Conn, image_id: int) -> asyncpg.Record:
     row: asyncpg.Record = await conn.fetchrow(SYNC_STATUS_SQL, image_id)
     return row
+
+
+async def tag_issues(conn: Conn, image_id: int, limit: int) -> tuple[list[asyncpg.Record], int]:
+    rows = await conn.fetch(TAG_ISSUES_SQL, image_id, limit)
+    return list(rows), (rows[0]["total_count"] if rows else 0)
 
 
 _VISIBLE_REGISTRY = """

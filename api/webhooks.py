@@ -5,15 +5,17 @@ Each receiver: authenticate the sender (constant-time) → parse its format into
 skipped by their dedupe key → answer 202 (200 when nothing new) → send
 `process_webhook_event(id)` to the priority queue. The send happens after the commit and
 after the answer; when it fails (Redis down) the event is still pending in Postgres and the
-scheduler's sweep (worker/events.py) queues it again, so nothing is lost.
+scheduler's sweep (worker/events.py) queues it again, so nothing is lost (api/publish.py).
+
+A wrong secret is counted like a wrong API key (api/throttle.py, scope `webhook`, keyed by
+receiver and client address): past the limit, wrong attempts get 429; a correct secret is
+always served. Docker Hub and Quay put the secret in the URL path: logged paths and metric
+labels never show it (api/request_log.py, api/metrics.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import asyncpg
 import orjson
@@ -21,29 +23,15 @@ import structlog
 from aiohttp import web
 
 from api.errors import BadRequestError, UnauthorizedError, json_response
-from api.keys import CELERY, POOL, PUBLISHER, SETTINGS
+from api.keys import POOL, SETTINGS
+from api.publish import send_tasks_later
+from api.throttle import count_failure, request_client
 from core import metrics
 from core import webhook_auth as whauth
 from core import webhooks as wh
-from core.queue import PRIORITY_QUEUE, PROCESS_EVENT_TASK
+from core.queue import PROCESS_EVENT_TASK
 
 log = structlog.get_logger("api.webhooks")
-
-# After a failed send, leave queueing to the sweep for this long: a webhook is answered at
-# once instead of waiting for a broker timeout on every request.
-BROKER_PAUSE_SECONDS = 5.0
-SEND_TIMEOUT_SECONDS = 3.0
-
-
-@dataclass
-class Outbox:
-    """Per app: sends in flight (awaited on shutdown) and the broker pause."""
-
-    paused_until: float = 0.0
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-
-OUTBOX = web.AppKey("webhook_outbox", Outbox)
 
 # One statement: all events of a delivery are stored, or none. RETURNING yields only the
 # rows that were new, so a duplicate delivery queues nothing.
@@ -77,8 +65,7 @@ async def store_events(conn: asyncpg.Pool | asyncpg.Connection, events: list[wh.
 
 
 def _secrets(request: web.Request, receiver: str, host: str | None) -> list[str]:
-    s = request.app[SETTINGS]
-    found = whauth.secrets_for(receiver, host, s.webhook_secret, whauth.parse_secret_overrides(s.webhook_secrets))
+    found = whauth.receiver_secrets(receiver, host, request.app[SETTINGS])
     if not found:
         raise UnauthorizedError(
             "webhook receivers are disabled: the service has no WEBHOOK_SECRET configured"
@@ -86,9 +73,11 @@ def _secrets(request: web.Request, receiver: str, host: str | None) -> list[str]
     return found
 
 
-def _refuse(receiver: str, request: web.Request) -> UnauthorizedError:
-    log.info("webhook.unauthorized", receiver=receiver, client=request.remote)
+async def _refuse(receiver: str, request: web.Request) -> UnauthorizedError:
+    """The 401 to raise for a wrong secret; raises 429 instead when the sender is throttled."""
+    log.info("webhook.unauthorized", receiver=receiver, client=request_client(request))
     metrics.webhook_event(receiver, "unauthorized")
+    await count_failure(request, "webhook", receiver)
     return UnauthorizedError(f"the {receiver} webhook secret is missing or wrong")
 
 
@@ -111,34 +100,10 @@ async def _accept(request: web.Request, receiver: str, parse: Parser, body: byte
     log.info("webhook.received", receiver=receiver, events=len(events), new=len(ids))
     metrics.WEBHOOK_EVENTS.labels(source=receiver, outcome="accepted").inc(len(ids))
     metrics.WEBHOOK_EVENTS.labels(source=receiver, outcome="duplicate").inc(len(events) - len(ids))
-    _queue_after_answer(request.app, ids)
+    send_tasks_later(request.app, PROCESS_EVENT_TASK, [[event_id] for event_id in ids])
     return json_response(
         {"accepted": len(ids), "duplicates": len(events) - len(ids)}, status=202 if ids else 200
     )
-
-
-def _queue_after_answer(app: web.Application, ids: list[int]) -> None:
-    outbox = app[OUTBOX]
-    if not ids or outbox.paused_until > time.monotonic():
-        return
-    task = asyncio.get_running_loop().create_task(_send(app, ids))
-    outbox.tasks.add(task)
-    task.add_done_callback(outbox.tasks.discard)
-
-
-async def _send(app: web.Application, ids: list[int]) -> None:
-    celery = app[CELERY]
-
-    def send_all() -> None:
-        for event_id in ids:
-            celery.send_task(PROCESS_EVENT_TASK, args=[event_id], queue=PRIORITY_QUEUE, retry=False)
-
-    try:
-        loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.run_in_executor(app[PUBLISHER], send_all), SEND_TIMEOUT_SECONDS)
-    except Exception as exc:  # any broker failure: the events are pending in Postgres
-        app[OUTBOX].paused_until = time.monotonic() + BROKER_PAUSE_SECONDS
-        log.warning("webhook.queue_failed", events=len(ids), error=type(exc).__name__)
 
 
 # ------------------------------------------------------------------ receivers
@@ -148,7 +113,7 @@ async def receive_registry(request: web.Request) -> web.Response:
     """CNCF distribution notifications: `Authorization: Bearer <secret>`."""
     host = _pinned_host(request)
     if not whauth.bearer_ok(request.headers.get("Authorization"), _secrets(request, wh.REGISTRY, host)):
-        raise _refuse(wh.REGISTRY, request)
+        raise await _refuse(wh.REGISTRY, request)
     body = await request.read()
     return await _accept(request, wh.REGISTRY, lambda b: wh.parse_registry(b, host=host), body)
 
@@ -157,7 +122,7 @@ async def receive_dockerhub(request: web.Request) -> web.Response:
     """Docker Hub: the secret is the last path component of the URL."""
     host = _pinned_host(request)
     if not whauth.token_ok(request.match_info.get("token"), _secrets(request, wh.DOCKERHUB, host)):
-        raise _refuse(wh.DOCKERHUB, request)
+        raise await _refuse(wh.DOCKERHUB, request)
     body = await request.read()
     return await _accept(request, wh.DOCKERHUB, lambda b: wh.parse_dockerhub(b, host=host), body)
 
@@ -166,7 +131,7 @@ async def receive_harbor(request: web.Request) -> web.Response:
     """Harbor v2 (default or CloudEvents): the policy's auth header, `Bearer <secret>` or bare."""
     host = _pinned_host(request)
     if not whauth.bearer_ok(request.headers.get("Authorization"), _secrets(request, wh.HARBOR, host)):
-        raise _refuse(wh.HARBOR, request)
+        raise await _refuse(wh.HARBOR, request)
     body = await request.read()
     return await _accept(request, wh.HARBOR, lambda b: wh.parse_harbor(b, host=host), body)
 
@@ -175,7 +140,7 @@ async def receive_quay(request: web.Request) -> web.Response:
     """Quay: the secret is a path component; build notifications add `?event=<build_…>`."""
     host = _pinned_host(request)
     if not whauth.token_ok(request.match_info.get("token"), _secrets(request, wh.QUAY, host)):
-        raise _refuse(wh.QUAY, request)
+        raise await _refuse(wh.QUAY, request)
     event = request.query.get("event") or None
     body = await request.read()
     return await _accept(request, wh.QUAY, lambda b: wh.parse_quay(b, host=host, event=event), body)
@@ -187,21 +152,27 @@ async def receive_build(request: web.Request) -> web.Response:
     body = await request.read()
     header = next((request.headers[h] for h in wh.SIGNATURE_HEADERS if h in request.headers), None)
     if not whauth.signature_ok(body, header, secrets):
-        raise _refuse(wh.BUILD, request)
+        raise await _refuse(wh.BUILD, request)
     return await _accept(request, wh.BUILD, wh.parse_build, body)
 
 
-async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
-    yield
-    pending = list(app[OUTBOX].tasks)
-    if pending:  # let in-flight sends finish before the broker connection closes
-        await asyncio.wait(pending, timeout=SEND_TIMEOUT_SECONDS + 1)
+async def receive_github(request: web.Request) -> web.Response:
+    """GitHub (ghcr.io): `X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body>`; the event
+    type is `X-GitHub-Event` (`registry_package` is used, `ping` and the rest are answered 200)."""
+    host = _pinned_host(request)
+    secrets = _secrets(request, wh.GITHUB, host)
+    body = await request.read()
+    if not whauth.signature_ok(body, request.headers.get("X-Hub-Signature-256"), secrets):
+        raise await _refuse(wh.GITHUB, request)
+    event = request.headers.get("X-GitHub-Event", "")
+    if event != "registry_package":
+        log.info("webhook.ignored", receiver=wh.GITHUB, github_event=event[:64])
+        return json_response({"accepted": 0, "duplicates": 0, "ignored": event or "no X-GitHub-Event"})
+    return await _accept(request, wh.GITHUB, lambda b: wh.parse_github(b, host=host), body)
 
 
 def add_routes(app: web.Application) -> None:
     """Register the receivers (called by create_app; no I/O)."""
-    app[OUTBOX] = Outbox()
-    app.cleanup_ctx.append(_outbox_ctx)
     slash = "{slash:/?}"
     base = "/api/v1/webhooks"
     app.router.add_post(f"{base}/registry{slash}", receive_registry)
@@ -209,3 +180,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{base}/harbor{slash}", receive_harbor)
     app.router.add_post(f"{base}/quay/{{token:[^/]+}}{slash}", receive_quay)
     app.router.add_post(f"{base}/build{slash}", receive_build)
+    app.router.add_post(f"{base}/github{slash}", receive_github)

@@ -31,6 +31,7 @@ import asyncio
 import multiprocessing
 import multiprocessing.connection
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -89,7 +90,7 @@ def free_port() -> int:
 def start_web(dsn: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "DATABASE_URL": dsn, "REDIS_URL": os.environ.get("REDIS_URL", f"redis://{HOST}:6379/9"),
-        "SECRET_KEY": "stream-bench", "PORT": str(port), "BIND_HOST": HOST, "LOG_LEVEL": "warning",
+        "SECRET_KEY": secrets.token_urlsafe(32), "PORT": str(port), "BIND_HOST": HOST, "LOG_LEVEL": "warning",
         "LOG_FORMAT": "json", "DB_POOL_MAX": "20",
     }
     with log.open("wb") as out:

@@ -34,6 +34,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -54,7 +55,7 @@ from core.settings import Settings
 from worker.scheduler import BEAT_LOCK
 
 BENCH_DB = "rs_bench_sync"
-SECRET = "bench-secret-key"  # noqa: S105 - the throwaway SECRET_KEY of the bench workers
+SECRET = secrets.token_urlsafe(32)  # the throwaway SECRET_KEY of the bench workers
 
 
 def insert_images(db: Db, host: str, repos: int) -> None:

@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import re
+import secrets
 import statistics
 import sys
 import time
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with RegistryServer(notifications=[hook]) as reg:
             env = {
-                "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": "bench-secret-key",
+                "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": secrets.token_urlsafe(32),
                 "WEBHOOK_SECRET": SECRET, "PORT": str(port), "BIND_HOST": HOST,
                 "ALLOW_PRIVATE_REGISTRIES": "1", "INSECURE_REGISTRIES": reg.host,
                 "LOG_FORMAT": "json", "LOG_LEVEL": args.log_level, "SYNC_INTERVAL_SECONDS": "3600",

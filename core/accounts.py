@@ -25,7 +25,8 @@ def hash_key(key: str) -> bytes:
 
 
 def new_api_key() -> str:
-    return secrets.token_hex(20)
+    """256 random bits as 64 hex characters."""
+    return secrets.token_hex(32)
 
 
 INSERT_ACCOUNT_SQL = """

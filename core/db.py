@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import orjson
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
-# Any fixed number: serialises concurrent `migrate` runs (two deploys rolling at once).
-_MIGRATE_LOCK = 7_305_001
+from core.migrations import MIGRATE_LOCK, SCHEMA_PATH, MigrateResult, migrate_sync
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -44,18 +43,16 @@ async def create_pool(
 
 
 async def apply_schema(conn: asyncpg.Connection) -> None:
-    """Apply schema.sql; safe on a database that already has it (every statement is idempotent)."""
+    """Apply schema.sql alone, recording no migration: the tests' databases (fast), never a
+    deployment's (`migrate` below). Safe on a database that already has it."""
     sql = SCHEMA_PATH.read_text()
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATE_LOCK)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
         # NOTICEs like "relation already exists, skipping" are expected on every re-run
         await conn.execute("SET LOCAL client_min_messages = warning")
         await conn.execute(sql)
 
 
-async def migrate(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_schema(conn)
-    finally:
-        await conn.close()
+async def migrate(dsn: str, progress: Callable[[str], None] | None = None) -> MigrateResult:
+    """`registry-sync migrate` (core/migrations.py), in a thread: yoyo's driver blocks."""
+    return await asyncio.to_thread(migrate_sync, dsn, progress=progress)

@@ -2,13 +2,18 @@
 
 Grammar (distribution/reference): path components `[a-z0-9]+` joined by `.`, `_`, `__` or
 runs of `-`, components joined by `/`; an optional registry host first, recognised only when
-the name has a `/` and the first component contains `.` or `:` or is `localhost`.
+the name has a `/` and the first component contains `.` or `:` or is `localhost`. A host is a
+DNS name, an IPv4 address in four decimal parts, or an IPv6 address in brackets
+(`[2001:db8::1]:5000`, stored in its RFC 5952 form), each with an optional port.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
+
+from core.address_policy import is_odd_ipv4
 
 HUB_HOST = "registry.hub.docker.com"
 # Hosts that mean Docker Hub: a name written with one of them is stored in its short form.
@@ -20,6 +25,7 @@ _DOMAIN = re.compile(
     r"(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])(?:\.(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9]))*"
     r"(?::[0-9]{1,5})?"
 )
+_IPV6_HOST = re.compile(r"\[([0-9a-f:.]+)\](?::([0-9]{1,5}))?")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-fA-F0-9]{32,}")
 
@@ -61,11 +67,7 @@ def parse_image_name(raw: object) -> ImageName:
     host = HUB_HOST
     first = parts[0]
     if len(parts) > 1 and ("." in first or ":" in first or first == "localhost"):
-        if not _DOMAIN.fullmatch(first):
-            raise InvalidNameError(f"registry host {first!r} is not a valid host[:port]")
-        if ":" in first and not 0 < int(first.rsplit(":", 1)[1]) < 65536:
-            raise InvalidNameError(f"registry host {first!r} has a port out of range")
-        host = first
+        host = parse_registry_host(first)
         parts = parts[1:]
     for part in parts:
         if not part:
@@ -84,6 +86,63 @@ def parse_image_name(raw: object) -> ImageName:
         repository = "/".join(parts) if len(parts) > 1 else f"library/{parts[0]}"
         return ImageName(name="/".join(parts), host=HUB_HOST, repository=repository)
     return ImageName(name=f"{host}/{'/'.join(parts)}", host=host, repository="/".join(parts))
+
+
+def parse_registry_host(raw: str) -> str:
+    """A registry `host[:port]` in canonical form; raise InvalidNameError saying why not."""
+    port: str | None
+    if raw.startswith("["):
+        match = _IPV6_HOST.fullmatch(raw)
+        try:
+            address = ipaddress.IPv6Address(match.group(1)) if match else None
+        except ValueError:
+            address = None
+        if match is None or address is None:
+            raise InvalidNameError(
+                f"registry host {raw!r} is not a valid [IPv6 address]:port (no zone ids)"
+            )
+        host, port = f"[{_rfc5952(address)}]", match.group(2)
+    else:
+        if not _DOMAIN.fullmatch(raw):
+            raise InvalidNameError(f"registry host {raw!r} is not a valid host[:port]")
+        host, _, port = raw.partition(":")
+        if is_odd_ipv4(host):
+            raise InvalidNameError(
+                f"registry host {host!r} is not a valid host: an IPv4 address is written as four "
+                "decimal numbers (no octal, hex or shortened forms)"
+            )
+    if port:
+        if not 0 < int(port) < 65536:
+            raise InvalidNameError(f"registry host {raw!r} has a port out of range")
+        return f"{host}:{port}"
+    return host
+
+
+def canonical_host(host: str) -> str:
+    """`host[:port]` as names store it (IPv6 in RFC 5952 form, lower case), for comparing
+    configured hosts with the hosts of names; a host that is not valid is only lower-cased."""
+    try:
+        return parse_registry_host(host.strip().lower())
+    except (InvalidNameError, ValueError):
+        return host.strip().lower()
+
+
+def _rfc5952(address: ipaddress.IPv6Address) -> str:
+    """Lower-case hex groups, the longest run of two or more zero groups as `::` (the first of
+    equals). Written out here because `str()` of an IPv4-mapped address differs between
+    Python versions, and a stored name must not."""
+    groups = [format(int(g, 16), "x") for g in address.exploded.split(":")]
+    best, best_len, run_start = -1, 1, -1
+    for i, g in enumerate([*groups, "end"]):
+        if g == "0":
+            run_start = i if run_start < 0 else run_start
+            continue
+        if run_start >= 0 and i - run_start > best_len:
+            best, best_len = run_start, i - run_start
+        run_start = -1
+    if best < 0:
+        return ":".join(groups)
+    return ":".join(groups[:best]) + "::" + ":".join(groups[best + best_len:])
 
 
 def is_valid_tag(tag: object) -> bool:

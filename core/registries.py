@@ -1,4 +1,6 @@
-"""Registries are created on first use from an image name's host."""
+"""Registries are created on first use from an image name's host; `is_ssl` and
+`is_tutum_registry` follow the configuration (INSECURE_REGISTRIES, TUTUM_REGISTRY_HOST) of
+the process that last wrote them."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ from core.settings import Settings
 
 DOCKER_HUB_ICON = "/_static/assets/images/dockerimages/docker-64.png"
 
-# DO UPDATE (a no-op write) rather than DO NOTHING so that RETURNING always yields the id,
-# also when a concurrent transaction inserted the same host a moment before.
+# DO UPDATE rather than DO NOTHING so that RETURNING always yields the id, also when a
+# concurrent transaction inserted the same host a moment before; the flags that come from the
+# configuration are refreshed (the name and icon stay as first set).
 UPSERT_REGISTRY_SQL = """
-INSERT INTO registries (host, name, icon_url, is_ssl, is_tutum_registry)
+INSERT INTO registries AS r (host, name, icon_url, is_ssl, is_tutum_registry)
 VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (host) DO UPDATE SET host = EXCLUDED.host
+ON CONFLICT (host) DO UPDATE SET is_ssl = EXCLUDED.is_ssl, is_tutum_registry = EXCLUDED.is_tutum_registry
 RETURNING id
 """
 
@@ -32,3 +35,35 @@ async def ensure_registry(conn: asyncpg.Connection, host: str, settings: Setting
     name, icon, is_ssl, is_tutum = registry_defaults(host, settings)
     registry_id: int = await conn.fetchval(UPSERT_REGISTRY_SQL, host, name, icon, is_ssl, is_tutum)
     return registry_id
+
+
+# Only rows whose flags differ are written, and the images of a registry whose scheme changed
+# are due at once: their last syncs most likely failed on the old scheme.
+REFRESH_REGISTRIES_SQL = """
+WITH wanted AS (
+    SELECT r.id, r.is_ssl AS was_ssl,
+           (r.host = $3 OR NOT (r.host = ANY ($1::text[]))) AS is_ssl,
+           ($2 <> '' AND r.host = $2) AS is_tutum
+      FROM registries AS r
+), changed AS (
+    UPDATE registries AS r SET is_ssl = w.is_ssl, is_tutum_registry = w.is_tutum
+      FROM wanted AS w
+     WHERE w.id = r.id AND (r.is_ssl, r.is_tutum_registry) IS DISTINCT FROM (w.is_ssl, w.is_tutum)
+    RETURNING r.id, r.host, r.is_ssl, w.was_ssl
+), due AS (
+    UPDATE images AS i SET next_sync_at = now()
+      FROM changed AS c
+     WHERE i.registry_id = c.id AND c.is_ssl IS DISTINCT FROM c.was_ssl AND i.next_sync_at > now()
+)
+SELECT host, is_ssl FROM changed WHERE is_ssl IS DISTINCT FROM was_ssl ORDER BY host
+"""
+
+
+async def refresh_registries(conn: asyncpg.Connection, settings: Settings) -> list[tuple[str, bool]]:
+    """Bring every known registry's is_ssl / is_tutum_registry in line with `settings` (at
+    `dev` start, where INSECURE_REGISTRIES changes between runs). Returns (host, is_ssl) of the
+    registries whose scheme changed; their images are made due now."""
+    rows = await conn.fetch(
+        REFRESH_REGISTRIES_SQL, sorted(settings.insecure_registries), settings.tutum_registry_host, HUB_HOST
+    )
+    return [(r["host"], r["is_ssl"]) for r in rows]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+SECRET = {"secret": True}  # field metadata: the value never appears in a repr, log or error
 
 
 class ConfigError(Exception):
@@ -28,8 +31,10 @@ def _hosts(raw: str) -> frozenset[str]:
 class Settings:
     database_url: str = ""
     redis_url: str = ""
-    secret_key: str = ""
-    secret_key_old: str = ""  # comma-separated keys that still decrypt (rotation); see secret_keys_old
+    # secret settings: str fields marked SECRET, left out of repr (see __repr__)
+    secret_key: str = field(default="", repr=False, metadata=SECRET)
+    # comma-separated keys that still decrypt (rotation); see secret_keys_old
+    secret_key_old: str = field(default="", repr=False, metadata=SECRET)
     port: int = 8000
     bind_host: str = "0.0.0.0"  # noqa: S104 - a server in a container listens on all interfaces
     log_level: str = "info"
@@ -50,7 +55,14 @@ class Settings:
     registry_concurrency: int = 8
     registry_timeout_seconds: float = 30.0
     platform: str = "linux/amd64"
+    # bounds of one sync (fair sharing: SPEC §4)
+    sync_deadline_seconds: float = 900.0
+    max_tags_per_image: int = 10_000
+    max_tag_pages: int = 500
+    sync_tag_concurrency: int = 8
     allow_private_registries: bool = False
+    # CIDRs, addresses and host names the worker may reach even when private (core/address_policy.py)
+    allowed_registry_networks: str = ""
     insecure_registries: frozenset[str] = field(default_factory=frozenset)
     tutum_registry_host: str = ""
     docker_hub_registry_url: str = "https://registry-1.docker.io"
@@ -59,8 +71,21 @@ class Settings:
     inspect_timeout_seconds: float = 10.0
     events_buffer: int = 256
     events_ping_seconds: float = 25.0
-    webhook_secret: str = ""
-    webhook_secrets: str = ""  # per receiver / registry host overrides: "quay=s1,reg.example=s2"
+    webhook_secret: str = field(default="", repr=False, metadata=SECRET)
+    # per receiver / registry host overrides: "quay=s1,reg.example=s2"
+    webhook_secrets: str = field(default="", repr=False, metadata=SECRET)
+    # each receiver's own secret, instead of WEBHOOK_SECRET (core/webhook_auth.py receiver_secrets)
+    webhook_secret_registry: str = field(default="", repr=False, metadata=SECRET)
+    webhook_secret_dockerhub: str = field(default="", repr=False, metadata=SECRET)
+    webhook_secret_harbor: str = field(default="", repr=False, metadata=SECRET)
+    webhook_secret_quay: str = field(default="", repr=False, metadata=SECRET)
+    webhook_secret_build: str = field(default="", repr=False, metadata=SECRET)
+    webhook_secret_github: str = field(default="", repr=False, metadata=SECRET)
+    # failed API-key and webhook-secret attempts (api/throttle.py); proxies whose
+    # X-Forwarded-For is believed
+    auth_failure_limit: int = 20
+    auth_failure_window_seconds: float = 60.0
+    trusted_proxies: str = ""
     data_dir: str = ".data"
     metrics_port: int = 0  # worker parent and beat serve /metrics here; 0: not served
     # polling at scale: execution model, fleet-wide registry budgets, fair sharing
@@ -71,7 +96,7 @@ class Settings:
     host_share: float = 0.25  # most of a process's in-flight syncs one registry host may hold
     slow_host_share: float = 0.25  # most all recently timing-out hosts may hold together
     docker_hub_username: str = ""
-    docker_hub_token: str = field(default="", repr=False, metadata={"secret": True})
+    docker_hub_token: str = field(default="", repr=False, metadata=SECRET)
     hub_default_max_tags: int = 10  # Docker Hub images without a tag policy: most recent N
     # adaptive schedules (SYNC_INTERVAL_SECONDS is where an image starts)
     sync_interval_min: float = 60.0
@@ -112,6 +137,21 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    def __repr__(self) -> str:
+        """Every setting but the secret ones (shown as '***' when set); passwords in
+        DATABASE_URL and REDIS_URL are masked. str() is the same."""
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret"):
+                value = "***" if value else ""
+            elif f.name.endswith("_url") and isinstance(value, str):
+                value = mask_url(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    __str__ = __repr__
+
     def require(self, *names: str) -> None:
         missing = [n.upper() for n in names if not getattr(self, n)]
         if missing:
@@ -129,3 +169,22 @@ class Settings:
     @property
     def platform_arch(self) -> str:
         return self.platform.split("/")[1]
+
+
+def mask_url(url: str) -> str:
+    """`url` with the password of its user part and any `password=` query value as '***'."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password:
+            userinfo, _, hostport = netloc.rpartition("@")
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+        query = parts.query
+        if "password" in query.lower():
+            query = urlencode(
+                [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)],
+                safe="/*",
+            )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not a URL at all: say nothing about it
+        return "***"

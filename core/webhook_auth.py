@@ -9,6 +9,8 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 
+from core.settings import Settings
+
 
 def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
@@ -61,10 +63,26 @@ def parse_secret_overrides(raw: str) -> dict[str, str]:
     return out
 
 
-def secrets_for(receiver: str, host: str | None, default: str, overrides: Mapping[str, str]) -> list[str]:
-    """The secret a receiver accepts: the one of the pinned registry host (`?host=`), else
-    the receiver's own, else WEBHOOK_SECRET. An empty list: the receiver is disabled."""
-    for key in (host, receiver):
-        if key and key.lower() in overrides:
-            return [overrides[key.lower()]]
+def secrets_for(
+    receiver: str, host: str | None, default: str, overrides: Mapping[str, str], own: str = ""
+) -> list[str]:
+    """The secret a receiver accepts: the pinned registry host's (`?host=`) from
+    WEBHOOK_SECRETS, else the receiver's own (`own`, WEBHOOK_SECRET_<RECEIVER>), else the
+    receiver's entry in WEBHOOK_SECRETS, else WEBHOOK_SECRET. An empty list: the receiver is
+    disabled. Exactly one secret is returned, so one receiver's secret never opens another."""
+    if host and host.lower() in overrides:
+        return [overrides[host.lower()]]
+    if own:
+        return [own]
+    if receiver.lower() in overrides:
+        return [overrides[receiver.lower()]]
     return [default] if default else []
+
+
+def receiver_secrets(receiver: str, host: str | None, settings: Settings) -> list[str]:
+    """secrets_for() from the settings: `webhook_secret_<receiver>` is the receiver's own."""
+    own = getattr(settings, f"webhook_secret_{receiver}", "")
+    return secrets_for(
+        receiver, host, settings.webhook_secret, parse_secret_overrides(settings.webhook_secrets),
+        own if isinstance(own, str) else "",
+    )

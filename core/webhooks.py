@@ -26,7 +26,8 @@ from core.names import HUB_ALIASES, HUB_HOST, InvalidNameError, is_digest, is_va
 
 # Receivers (also the `source` column of webhook_events).
 REGISTRY, DOCKERHUB, HARBOR, QUAY, BUILD = "registry", "dockerhub", "harbor", "quay", "build"
-SOURCES = (REGISTRY, DOCKERHUB, HARBOR, QUAY, BUILD)
+GITHUB = "github"
+SOURCES = (REGISTRY, DOCKERHUB, HARBOR, QUAY, BUILD, GITHUB)
 
 # What an event asks for (the `kind` column).
 PUSH = "push"  # a tag now points at `digest`
@@ -387,6 +388,45 @@ def parse_build(body: Any) -> list[WebhookEvent]:
         BUILD, key, BUILD_STATE, name.host, name.repository, tag, None, GENERIC_STATUSES[status],
         occurred_at=occurred, payload=doc,
     )]
+
+
+# ------------------------------------------------------------------ GitHub (ghcr.io)
+
+GITHUB_HOST = "ghcr.io"
+GITHUB_PUSH_ACTIONS = ("published", "updated")
+_FULL_DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
+
+
+def parse_github(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
+    """A GitHub `registry_package` event (the caller checked X-GitHub-Event). Actions
+    `published` and `updated` of a container version with a tag → a push of that tag at
+    `ghcr.io/<owner>/<package name>`; a version without a tag (a platform manifest of a
+    multi-arch push) and other packages (npm, maven…) yield nothing. A tag whose digest is not
+    a full digest (GitHub's documented example has a short one) → a sync of the image."""
+    doc = _obj(body, "the body")
+    if doc.get("action") not in GITHUB_PUSH_ACTIONS:
+        return []
+    package = _obj(doc.get("registry_package"), "registry_package")
+    version = _obj(package.get("package_version"), "registry_package.package_version")
+    meta = version.get("container_metadata")
+    if not isinstance(meta, dict):
+        return []  # not a container package
+    raw_tag = meta.get("tag")
+    tag_obj: dict[str, Any] = raw_tag if isinstance(raw_tag, dict) else {}
+    what = "registry_package.package_version.container_metadata.tag"
+    tag = _tag(_str(tag_obj, "name", what, required=False), f"{what}.name")
+    if tag is None:
+        return []
+    owner = _obj(package.get("owner"), "registry_package.owner")
+    login = _str(owner, "login", "registry_package.owner")
+    name = _str(package, "name", "registry_package")
+    where, repo = normalize_target(host or GITHUB_HOST, f"{login}/{name}".lower(), "registry_package")
+    digest = _str(tag_obj, "digest", what, required=False)
+    kind = PUSH if digest is not None and _FULL_DIGEST.fullmatch(digest) else SYNC
+    if kind == SYNC:
+        digest = None
+    key = _content_key(GITHUB, doc.get("action"), where, repo, tag, digest, version.get("id"))
+    return [WebhookEvent(GITHUB, key, kind, where, repo, tag, digest, payload=doc)]
 
 
 def unique_events(events: Iterable[WebhookEvent]) -> list[WebhookEvent]:

@@ -18,6 +18,7 @@ from api.app import create_app
 from core.accounts import Account, create_account
 from core.db import apply_schema, create_pool
 from core.settings import Settings
+from tests.support.resolver import stub_resolver
 from tests.support.services import (
     REGISTRY_BINARY,
     ensure_debian_packages,
@@ -29,6 +30,9 @@ from tests.support.services import (
 )
 
 _names = count(1)
+pytest_plugins = ["tests.support.netjail"]  # the `jail` fixture: loopback only
+# A fixed SECRET_KEY strong enough for web/worker/beat (core/crypto.py check_secret_key).
+TEST_SECRET_KEY = "wUwnhX3WwD9R3VbL6zv2p5E5ElDUxjyUuHlYmlSKy3g"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -117,10 +121,13 @@ def settings(database_url: str, redis_url: str) -> Settings:
         {},
         database_url=database_url,
         redis_url=redis_url,
-        secret_key="test-secret-key",
+        secret_key=TEST_SECRET_KEY,
         log_level="warning",
         allow_private_registries=True,
         auth_cache_seconds=0.0,
+        # failed attempts are counted in Redis, shared by every app of the session: the
+        # throttling tests use their own limit and Redis database (tests/api/test_throttle.py)
+        auth_failure_limit=1_000_000,
     )
 
 
@@ -134,7 +141,9 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture(scope="session")
 async def client(settings: Settings) -> AsyncIterator[TestClient]:
     """An HTTP client of the real app on a real loopback socket."""
-    server = TestServer(create_app(settings))
+    app = create_app(settings)
+    stub_resolver(app)
+    server = TestServer(app)
     c = TestClient(server)
     await c.start_server()
     yield c

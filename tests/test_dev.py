@@ -7,14 +7,16 @@ import json
 import os
 import queue
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.error import HTTPError
 
 import asyncpg
@@ -22,6 +24,7 @@ import pytest
 
 from tests.support.services import free_port, port_open, redis_db, run_tag, worker_index
 
+ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 90.0  # pgserver's first start runs initdb
 STOP_TIMEOUT = 30.0
 KEY_RE = re.compile(r"ApiKey demo:([0-9a-f]+)")
@@ -31,12 +34,12 @@ REDIS_RE = re.compile(r"embedded Redis at redis://127\.0\.0\.1:(\d+)/")
 class Dev:
     """A running `registry-sync dev`; its output is collected line by line by a thread."""
 
-    def __init__(self, env: dict[str, str], port: int) -> None:
+    def __init__(self, env: dict[str, str], port: int, *args: str) -> None:
         self.port = port
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "dev", "--port", str(port)],
+            [sys.executable, "-m", "cli.main", "dev", "--port", str(port), *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -249,3 +252,123 @@ def test_dev_stops_everything_when_a_child_dies(
     assert "web exited with code -9" in dev.output()
     assert len(children) == 3
     assert _running(children) == set()
+
+
+EXPORT_RE = re.compile(r"^\s*(export DATABASE_URL=.*)$", re.M)
+SETTINGS_RE = re.compile(r"^dev: settings: (.*)$", re.M)
+
+
+def _get_json(port: int, path: str, key: str) -> dict[str, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"ApiKey demo:{key}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http://127.0.0.1 only
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+def _wait_json(port: int, path: str, key: str, ok: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        last = _get_json(port, path, key)
+        if ok(last):
+            return last
+        time.sleep(0.3)
+    pytest.fail(f"{path} never satisfied the check; last answer: {last}")
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_newcomer_gets_the_catalog_a_shell_environment_and_a_hint_that_works(
+    tmp_path: Path, redis_url: str,
+) -> None:
+    """`dev` on a clean data folder (embedded Postgres); another shell with only the printed
+    variables; a local registry on a random port, which fails with a hint until dev runs with
+    that hint."""
+    from core.catalog import read_catalog
+    from tests.support.registry import RegistryServer, push_image
+
+    data_dir = tmp_path / "data"
+    # The test Redis, a database of its own: two embedded Redis servers started at the same
+    # moment by two xdist workers could both pick dev's fixed port.
+    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('spare')}"
+    with RegistryServer() as reg:
+        push_image(reg.url, "team/app", "v1", {"config": {"Cmd": ["sh"]}})
+        dev = Dev(_env(data_dir, REDIS_URL=redis), free_port())
+        try:
+            key = dev.wait_for(KEY_RE, START_TIMEOUT).group(1)
+            exports = dev.wait_for(EXPORT_RE, START_TIMEOUT).group(1)
+            out = dev.output()
+            # every default dev sets is said, and the curl lines are the README's
+            said = SETTINGS_RE.search(out)
+            assert said, out
+            for name in ("LOG_FORMAT=console", "BIND_HOST=127.0.0.1", "ALLOW_PRIVATE_REGISTRIES=1",
+                         "INSECURE_REGISTRIES=localhost:5000,127.0.0.1:5000", "WEBHOOK_SECRET=", "SECRET_KEY="):
+                assert name in said.group(1)
+            for line in readme_curl_lines():
+                assert line.replace("<key>", key).replace(":8000/", f":{dev.port}/") in out
+
+            jumpstarts = _get_json(dev.port, "/api/v1/image/?jumpstart=true&limit=1", key)
+            assert jumpstarts["meta"]["total_count"] == len(read_catalog()) > 0
+
+            # another shell: only the printed variables
+            shell = dict(var.split("=", 1) for var in shlex.split(exports)[1:])
+            assert set(shell) == {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"}
+            made = _cli(["create-account", "newbie"], shell)
+            assert made.returncode == 0, made.stderr
+            assert re.fullmatch(r"[0-9a-f]{64}", made.stdout.strip().splitlines()[-1]), "a 256-bit key"
+            loaded = _cli(["load-catalog"], shell)
+            assert loaded.returncode == 0 and "catalog loaded" in loaded.stdout, loaded.stderr
+            printed = _cli(["env"], {"DATA_DIR": str(data_dir)})
+            assert printed.returncode == 0 and printed.stdout.strip() == exports, printed.stderr
+
+            # a registry on a random port, over TLS by default: the sync says what to do
+            name = f"{reg.host}/team/app"
+            assert dev.call("POST", "/api/v1/image/", key, {"name": name}) == 201
+            status = _wait_json(dev.port, f"/api/v1/image/{name}/sync/", key,
+                                lambda s: bool(s["error"]), START_TIMEOUT)
+            hint = f"--insecure-registry {reg.host}"
+            assert "INSECURE_REGISTRIES" in status["error"] and hint in status["error"]
+            code, _ = dev.terminate()
+        finally:
+            dev.kill()
+        assert code == 0, dev.output()
+        assert not (data_dir / "dev.env").exists()
+        assert _cli(["env"], {"DATA_DIR": str(data_dir)}).returncode == 2
+
+        # following the hint
+        again = Dev(_env(data_dir, REDIS_URL=redis), free_port(), "--insecure-registry", reg.host)
+        try:
+            key = again.wait_for(KEY_RE, START_TIMEOUT).group(1)
+            _wait_json(again.port, f"/api/v1/image/{name}/sync/", key,
+                       lambda s: s["error"] is None and s["last_synced_at"] is not None, START_TIMEOUT)
+            image = _get_json(again.port, f"/api/v1/image/{name}/", key)
+            assert image["tags"] == [f"/api/v1/image/{name}/tag/v1/"] and image["state"] == "Success"
+            registry = _get_json(again.port, f"/api/v1/registry/{reg.host}/", key)
+            assert registry["is_ssl"] is False
+            assert f"registry {reg.host} is now reached over plain http" in again.output()
+            code, _ = again.terminate()
+        finally:
+            again.kill()
+        assert code == 0, again.output()
+
+
+def readme_curl_lines() -> list[str]:
+    """The curl lines the README shows for `dev` (with <key> and port 8000)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("`registry-sync dev` prints", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    return [line for line in block.strip().splitlines() if line.strip()]
+
+
+def test_the_readme_shows_the_curl_lines_dev_prints() -> None:
+    from cli.dev import CURL_LINES
+
+    assert readme_curl_lines() == [line.format(key="<key>", port=8000) for line in CURL_LINES]
+
+
+def test_dev_refuses_a_weak_secret_key(tmp_path: Path) -> None:
+    done = _cli(["dev", "--port", str(free_port())], {**_env(tmp_path), "SECRET_KEY": "short"})
+    assert done.returncode == 2 and "SECRET_KEY is too weak" in done.stderr
+    assert not (tmp_path / "pg").exists()

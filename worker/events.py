@@ -38,7 +38,7 @@ from core.names import InvalidNameError, parse_image_name
 from core.queue import PROCESS_EVENT_TASK
 from core.registries import ensure_registry
 from core.settings import Settings
-from worker import store, sync
+from worker import layers, sync
 from worker.registry import RegistryError, Target
 from worker.runtime import Runtime
 
@@ -233,7 +233,7 @@ async def _create_on_own_registry(
 
 
 ENRICH_TARGETS_SQL = """
-SELECT i.id, r.host, i.repository, i.credentials
+SELECT i.id, r.host, i.registry_id, i.repository, i.credentials
   FROM images AS i JOIN registries AS r ON r.id = i.registry_id
  WHERE i.id = ANY ($1::bigint[])
    AND EXISTS (SELECT 1 FROM tags AS t WHERE t.image_id = i.id AND t.name = $2
@@ -254,29 +254,24 @@ async def enrich_push(rt: Runtime, image_ids: Sequence[int], tag: str, digest: s
     build date on every image that still has the tag at that digest. Returns how many tags
     were completed; registry errors are logged and leave the tag to the next sync."""
     rows = await rt.pool.fetch(ENRICH_TARGETS_SQL, list(image_ids), tag, digest)
-    groups: dict[tuple[str, str, bytes | None], list[int]] = {}
+    groups: dict[tuple[str, int, str, bytes | None], list[int]] = {}
     for r in rows:
-        groups.setdefault((r["host"], r["repository"], r["credentials"]), []).append(r["id"])
+        groups.setdefault((r["host"], r["registry_id"], r["repository"], r["credentials"]), []).append(r["id"])
     done = 0
-    for (host, repository, sealed), ids in groups.items():
+    for (host, registry_id, repository, sealed), ids in groups.items():
         try:
             creds = rt.box.open(sealed) if sealed else None
             target = Target(host=rt.network_host(host), repository=repository, credentials=creds)
-            res = await rt.client.resolve_tag(target, digest, known_configs=rt.known_layers)
+            res = await rt.client.resolve_tag(target, digest)
         except (RegistryError, ValueError) as exc:
             log.warning("webhook.enrich_failed", tag=tag, digest=digest, error=f"{type(exc).__name__}: {exc}")
             continue
-        config = res.config_digest if res.layer is not None or res.config_digest in rt.known_layers else None
+        # config_digest is set only when this repository served or confirmed the config blob
+        config = res.config_digest
         async with rt.pool.acquire() as conn, conn.transaction():
-            if res.layer is not None and res.config_digest:
-                la = sync.layer_write(res.config_digest, res.layer)
-                await conn.execute(
-                    store.INSERT_LAYERS_SQL, la.config_digest, la.author, la.created, la.entrypoint,
-                    la.run_command, la.envvars, la.labels, la.ports, la.volumes,
-                )
+            new = [layers.layer_write(config, res.layer)] if config and res.layer is not None else []
+            await layers.record(conn, registry_id, repository, new, [config] if config else [])
             status = await conn.execute(ENRICH_TAG_SQL, ids, tag, digest, res.platform_digest, config, res.note)
-        if config:
-            rt.known_layers.add(config)
         done += int(status.split()[-1])
     return done
 

@@ -6,12 +6,14 @@ long for it).
   the API only reads recent outcomes (a `missing` answer is trusted for minutes).
 - processed (`done`, `ignored`) `webhook_events` older than WEBHOOK_EVENT_RETENTION_SECONDS:
   they are the dedupe window and the delete tombstones, so keep this at days, not minutes.
-- `layers` no tag has pointed at for LAYER_RETENTION_SECONDS. A pass walks the table in
-  config-digest order (a cursor, a batch per step) and stamps unreferenced layers
-  `orphaned_at`; a trigger on `tags` clears the stamp when a tag points at the layer again
-  (schema.sql), so the grace period runs from the moment a layer lost its last tag. Workers
-  remember known layers for at most KNOWN_LAYER_TTL (worker/runtime.py), and the grace is
-  never shorter than twice that: no sync can count on a layer that is being deleted.
+- `layers` no tag has pointed at for LAYER_RETENTION_SECONDS (never less than MIN_LAYER_GRACE),
+  with their `layer_sources` (ON DELETE CASCADE). A pass walks the table in config-digest
+  order (a cursor, a batch per step) and stamps unreferenced layers `orphaned_at`; a trigger
+  on `tags` clears the stamp when a tag points at the layer again (schema.sql), so the grace
+  period runs from the moment a layer lost its last tag. A sync that counted on a proven
+  layer deleted under it (its repository pointed a tag back at a config unused for the whole
+  grace period, in the very seconds of the delete) fails its write once and, on its next
+  run, fetches the config again.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import structlog
 
 from core import metrics
 from core.settings import Settings
-from worker.runtime import KNOWN_LAYER_TTL
 
 log = structlog.get_logger("worker.retention")
 
 RUN_BUDGET = 2.0  # seconds of pruning per run at most; the rest waits for the next run
 MARK_STEPS = 20  # layer batches examined per run
+MIN_LAYER_GRACE = 3600.0  # longer than any sync (SYNC_DEADLINE_SECONDS) that read the layer as known
 
 HUB_INSPECTIONS_SQL = """
 DELETE FROM hub_inspections WHERE name IN (
@@ -83,7 +85,7 @@ class Retention:
 
     @property
     def layer_grace(self) -> float:
-        return max(self.settings.layer_retention_seconds, 2 * KNOWN_LAYER_TTL)
+        return max(self.settings.layer_retention_seconds, MIN_LAYER_GRACE)
 
     async def __call__(self, pool: asyncpg.Pool, *, force: bool = False) -> dict[str, int]:
         now = time.monotonic()

@@ -13,9 +13,7 @@ import contextlib
 import os
 import socket
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -24,6 +22,7 @@ import aiohttp
 import asyncpg
 import structlog
 
+from core.address_policy import AddressPolicy
 from core.crypto import CredentialBox, Credentials
 from core.db import create_pool
 from core.names import HUB_HOST
@@ -36,44 +35,6 @@ from worker.shares import HostShares
 
 T = TypeVar("T")
 log = structlog.get_logger("worker.runtime")
-
-# How long a worker trusts that a config digest is in the layers table. Retention deletes a
-# layer only after it has been unreferenced for LAYER_RETENTION_SECONDS (never less than
-# twice this), so a digest remembered here cannot vanish under a sync that relies on it.
-KNOWN_LAYER_TTL = 3600.0
-KNOWN_LAYER_MAX = 200_000
-
-
-class ExpiringSet:
-    """A bounded set whose members expire after `ttl` seconds (the oldest go first when full)."""
-
-    def __init__(self, ttl: float, max_size: int) -> None:
-        self.ttl = ttl
-        self.max_size = max_size
-        self._items: OrderedDict[str, float] = OrderedDict()
-
-    def add(self, item: str) -> None:
-        self._items[item] = time.monotonic() + self.ttl
-        self._items.move_to_end(item)
-        while len(self._items) > self.max_size:
-            self._items.popitem(last=False)
-
-    def update(self, items: Iterable[str]) -> None:
-        for item in items:
-            self.add(item)
-
-    def __contains__(self, item: object) -> bool:
-        expires = self._items.get(item)  # type: ignore[call-overload]
-        if expires is None:
-            return False
-        if expires < time.monotonic():
-            del self._items[item]  # type: ignore[arg-type]
-            return False
-        return True
-
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 class Runtime:
     pool: asyncpg.Pool
@@ -102,20 +63,18 @@ class Runtime:
         )
         self.limits = parse_limits(settings.registry_limits, hub_authenticated=self.hub_credentials is not None)
         self.poll_policy = PollPolicy.from_settings(settings)
-        # config digests known to be in the layers table
-        self.known_layers = ExpiringSet(KNOWN_LAYER_TTL, KNOWN_LAYER_MAX)
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> Runtime:
         s = self.settings
         self.pool = await create_pool(s.database_url, min_size=1, max_size=s.db_pool_max)
         self._session = make_session(
-            allow_private=s.allow_private_registries, timeout=s.registry_timeout_seconds
+            policy=AddressPolicy.from_settings(s), timeout=s.registry_timeout_seconds
         )
         self.client = RegistryClient(
             self._session, platform=s.platform, timeout=s.registry_timeout_seconds,
             per_host_limit=s.registry_concurrency, insecure_hosts=self.insecure_hosts,
-            **self._client_options,
+            max_tags=s.max_tags_per_image, max_tag_pages=s.max_tag_pages, **self._client_options,
         )
         self.budget = Budget(
             self.limits, s.redis_url or None, wait_max=s.registry_wait_max_seconds,
@@ -123,7 +82,8 @@ class Runtime:
         )
         self.client.transport.budget = self.budget
         self.shares = HostShares(
-            self.capacity, share=s.host_share, per_host_max=2 * s.registry_concurrency, slow_share=s.slow_host_share,
+            self.capacity, share=s.host_share, per_host_max=2 * s.registry_concurrency,
+            slow_share=s.slow_host_share,
             last_failure=self.client.transport.last_failure, paused_for=self.budget.paused_for,
             wait_max=s.registry_wait_max_seconds,
         )

@@ -4,16 +4,21 @@ Leases (SPEC §4): `lease_owner` is `claim:<token>` while a claimed image waits 
 routine queue, and `run:<token>` while a worker syncs it. A lapsed lease (lease_until in the
 past) is free. Every write of a sync is fenced by its run token, so a worker whose lease
 lapsed and was taken over cannot overwrite the newer worker's result.
+
+Times that order writes come from the database: a sync's start is `now()` of the statement
+that took its lease, never the worker's clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
 
+from worker import layers
+from worker.layers import LayerWrite
 from worker.schedule import PollPolicy
 
 CLAIM_PREFIX = "claim:"
@@ -25,10 +30,12 @@ class ImageToSync:
     id: int
     name: str
     host: str
+    registry_id: int
     repository: str
     credentials: bytes | None
     sync_failures: int
-    owner_id: int | None  # None: the shared catalog
+    started_at: datetime  # the database's now() when the lease was taken
+    owner_id: int | None = None  # None: the shared catalog
 
 
 @dataclass(frozen=True)
@@ -37,12 +44,17 @@ class KnownTag:
     platform_digest: str | None
     config_digest: str | None
     note: str | None  # why a resolved tag has no config (no manifest for the platform, an artifact)
+    problem: str | None = None  # why the last sync could not read it
 
     @property
     def resolved(self) -> bool:
         """Fully read by a sync: a later sync only needs to compare its digest. A tag written
-        by a push webhook has a digest but neither a config nor a note yet."""
-        return self.manifest_digest is not None and (self.config_digest is not None or self.note is not None)
+        by a push webhook has a digest but neither a config nor a note yet; a tag with a
+        problem is read again in full."""
+        return (
+            self.manifest_digest is not None and self.problem is None
+            and (self.config_digest is not None or self.note is not None)
+        )
 
 
 # A queued claim of the routine scheduler may be taken over by a priority sync (claim token
@@ -54,7 +66,8 @@ UPDATE images AS i
  WHERE i.id = $1 AND r.id = i.registry_id
    AND (i.lease_until IS NULL OR i.lease_until < now() OR i.lease_owner = $4
         OR ($4::text IS NULL AND i.lease_owner LIKE 'claim:%'))
-RETURNING i.id, i.name, r.host, i.repository, i.credentials, i.sync_failures, i.owner_id
+RETURNING i.id, i.name, r.host, i.registry_id, i.repository, i.credentials, i.sync_failures,
+          now() AS started_at, i.owner_id
 """
 
 
@@ -79,14 +92,16 @@ async def extend(conn: asyncpg.Pool, image_id: int, run_token: str, lease_second
 
 
 KNOWN_TAGS_SQL = """
-SELECT name, manifest_digest, platform_digest, config_digest, sync_note FROM tags WHERE image_id = $1
+SELECT name, manifest_digest, platform_digest, config_digest, sync_note, sync_error
+  FROM tags WHERE image_id = $1
 """
 
 
 async def known_tags(conn: asyncpg.Pool, image_id: int) -> dict[str, KnownTag]:
     rows = await conn.fetch(KNOWN_TAGS_SQL, image_id)
     return {
-        r["name"]: KnownTag(r["manifest_digest"], r["platform_digest"], r["config_digest"], r["sync_note"])
+        r["name"]: KnownTag(r["manifest_digest"], r["platform_digest"], r["config_digest"],
+                            r["sync_note"], r["sync_error"])
         for r in rows
     }
 
@@ -96,27 +111,27 @@ class TagWrite:
     name: str
     manifest_digest: str
     platform_digest: str | None
-    config_digest: str | None
+    config_digest: str | None  # proven for the image's repository (worker/layers.py)
     note: str | None
+    created: datetime | None = None  # the manifest's created annotation: the date of an artifact
 
 
-@dataclass(frozen=True)
-class LayerWrite:
-    config_digest: str
-    author: str
-    created: datetime | None
-    entrypoint: str
-    run_command: str
-    envvars: list[dict[str, str]]
-    labels: list[dict[str, str]]
-    ports: list[dict[str, object]]
-    volumes: list[dict[str, str]]
+@dataclass
+class SyncResult:
+    """What one sync found: written in one transaction by write_success."""
+
+    present: list[str] = field(default_factory=list)  # every tag the registry still has
+    tags: list[TagWrite] = field(default_factory=list)  # new or changed
+    problems: dict[str, str] = field(default_factory=dict)  # tag → why it cannot be read
+    layers: list[LayerWrite] = field(default_factory=list)
+    cut_at: int | None = None  # the tag list was cut to this many names
 
 
 # Also what the adaptive schedule needs (worker/schedule.py): the image's interval, whether
 # it is a catalog image and when it was last read, when its repository last sent a webhook.
 LOCK_FOR_WRITE_SQL = """
-SELECT now() AS now, i.sync_interval, i.owner_id IS NULL AS catalog, COALESCE(i.read_at, i.created_at) AS read_at,
+SELECT now() AS now, i.sync_interval, i.owner_id IS NULL AS catalog,
+       COALESCE(i.read_at, i.created_at) AS read_at,
        (SELECT max(e.received_at) FROM webhook_events AS e
          WHERE e.host = r.host AND e.repository = i.repository AND e.status = 'done') AS webhook_at
   FROM images AS i JOIN registries AS r ON r.id = i.registry_id
@@ -124,22 +139,17 @@ SELECT now() AS now, i.sync_interval, i.owner_id IS NULL AS catalog, COALESCE(i.
    FOR UPDATE OF i
 """
 
-INSERT_LAYERS_SQL = """
-INSERT INTO layers (config_digest, author, created, entrypoint, run_command, envvars, labels, ports, volumes)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (config_digest) DO NOTHING
-"""
-
-# A tag whose digest changed was pushed again: Success, dated by its config's `created`,
-# or by the push time a webhook reported for this same digest, whichever is later (SPEC §2).
-# All of a sync's tags in one statement, so the statement-level state trigger runs once per
-# sync rather than once per tag.
+# A tag whose digest changed was pushed again: Success, dated by its config's `created` (an
+# artifact: its manifest's created annotation), or by the push time a webhook reported for
+# this same digest, whichever is later (SPEC §2). All of a sync's tags in one statement, so
+# the statement-level state trigger runs once per sync rather than once per tag.
 UPSERT_TAGS_SQL = """
 INSERT INTO tags AS t (image_id, name, state, manifest_digest, platform_digest, config_digest,
                        build_date, state_at, sync_note)
-SELECT $1, u.name, 'Success', u.manifest_digest, u.platform_digest, u.config_digest, l.created, now(), u.note
-  FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-           AS u (name, manifest_digest, platform_digest, config_digest, note)
+SELECT $1, u.name, 'Success', u.manifest_digest, u.platform_digest, u.config_digest,
+       COALESCE(l.created, u.created), now(), u.note
+  FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+           AS u (name, manifest_digest, platform_digest, config_digest, note, created)
   LEFT JOIN layers AS l ON l.config_digest = u.config_digest
 ON CONFLICT ON CONSTRAINT tags_image_name_key DO UPDATE
    SET state = CASE WHEN t.manifest_digest IS DISTINCT FROM EXCLUDED.manifest_digest
@@ -155,12 +165,25 @@ ON CONFLICT ON CONSTRAINT tags_image_name_key DO UPDATE
        platform_digest = EXCLUDED.platform_digest,
        config_digest = EXCLUDED.config_digest,
        sync_note = EXCLUDED.sync_note,
+       sync_error = NULL,
        updated_at = now()
 """
 
-# Only tags not touched since the sync began: a webhook may have added one meanwhile. A tag
-# that a CI build event created (no digest yet: building, or its build failed) is not in the
-# registry by nature; it is kept for a day so the build can finish and push it.
+# One bad tag does not fail its image (SPEC §2): its problem is recorded and its last good
+# data kept. A tag first seen with a problem is listed as not built (Empty, no digest), so
+# that the sync that can read it makes it Success.
+RECORD_PROBLEMS_SQL = """
+INSERT INTO tags AS t (image_id, name, state, sync_error)
+SELECT $1, u.name, 'Empty', u.problem FROM unnest($2::text[], $3::text[]) AS u (name, problem)
+ON CONFLICT ON CONSTRAINT tags_image_name_key DO UPDATE
+   SET sync_error = EXCLUDED.sync_error
+ WHERE t.sync_error IS DISTINCT FROM EXCLUDED.sync_error
+"""
+
+# Only tags not touched since the sync began (both times from the database): a webhook may
+# have added one meanwhile. A tag that a CI build event created (no digest yet: building, or
+# its build failed) is not in the registry by nature; it is kept for a day so the build can
+# finish and push it.
 DELETE_GONE_TAGS_SQL = """
 DELETE FROM tags
  WHERE image_id = $1 AND NOT (name = ANY ($2::text[])) AND updated_at < $3
@@ -168,10 +191,15 @@ DELETE FROM tags
             AND state_at > now() - interval '1 day')
 """
 
+# A sync requested (credentials changed, a webhook, a user) after this one began runs again
+# at once. Access is proven for the credentials this sync used, only if they are still the
+# image's (a PATCH meanwhile asks for its own proof).
 FINISH_OK_SQL = """
 UPDATE images
    SET lease_owner = NULL, lease_until = NULL, last_synced_at = now(),
-       sync_error = NULL, sync_error_at = NULL, sync_failures = 0, sync_interval = $5,
+       sync_error = NULL, sync_error_at = NULL, sync_failures = 0,
+       access_proven = access_proven OR credentials IS NOT DISTINCT FROM $5,
+       tags_cut_at = $6, sync_interval = $7,
        next_sync_at = CASE WHEN sync_requested_at > $3 THEN now()
                            ELSE now() + make_interval(secs => $4) END
  WHERE id = $1 AND lease_owner = $2
@@ -183,72 +211,84 @@ class LeaseLostError(Exception):
 
 
 async def write_success(
-    pool: asyncpg.Pool, image_id: int, run_token: str, *, started: datetime,
-    present: Sequence[str], tags: Iterable[TagWrite], layers: Iterable[LayerWrite],
-    poll: PollPolicy,
+    pool: asyncpg.Pool, image: ImageToSync, run_token: str, result: SyncResult, *, poll: PollPolicy,
 ) -> None:
     """Write one sync's result in one transaction (the state trigger fires within it); the
     next sync is due as `poll` says from whether this one changed anything."""
     async with pool.acquire() as conn, conn.transaction():
-        image = await conn.fetchrow(LOCK_FOR_WRITE_SQL, image_id, run_token)
-        if image is None:
-            raise LeaseLostError(f"lease on image {image_id} lost")
-        layer_rows = [
-            (la.config_digest, la.author, la.created, la.entrypoint, la.run_command, la.envvars,
-             la.labels, la.ports, la.volumes)
-            for la in layers
-        ]
-        if layer_rows:
-            await conn.executemany(INSERT_LAYERS_SQL, layer_rows)
-        tag_list = list(tags)
-        if tag_list:
+        row = await conn.fetchrow(LOCK_FOR_WRITE_SQL, image.id, run_token)
+        if row is None:
+            raise LeaseLostError(f"lease on image {image.id} lost")
+        proven = [t.config_digest for t in result.tags if t.config_digest]
+        await layers.record(conn, image.registry_id, image.repository, result.layers, proven)
+        tags = result.tags
+        if tags:
             await conn.execute(
-                UPSERT_TAGS_SQL, image_id, [t.name for t in tag_list],
-                [t.manifest_digest for t in tag_list], [t.platform_digest for t in tag_list],
-                [t.config_digest for t in tag_list], [t.note for t in tag_list],
+                UPSERT_TAGS_SQL, image.id, [t.name for t in tags], [t.manifest_digest for t in tags],
+                [t.platform_digest for t in tags], [t.config_digest for t in tags],
+                [t.note for t in tags], [t.created for t in tags],
             )
-        deleted = await conn.execute(DELETE_GONE_TAGS_SQL, image_id, list(present), started)
+        if result.problems:
+            names = sorted(result.problems)
+            await conn.execute(RECORD_PROBLEMS_SQL, image.id, names, [result.problems[n] for n in names])
+        deleted = await conn.execute(DELETE_GONE_TAGS_SQL, image.id, result.present, image.started_at)
         interval, next_in = poll.next(
-            image["sync_interval"], changed=bool(tag_list) or deleted != "DELETE 0", now=image["now"],
-            catalog=image["catalog"], read_at=image["read_at"], webhook_at=image["webhook_at"],
+            row["sync_interval"], changed=bool(tags) or deleted != "DELETE 0", now=row["now"],
+            catalog=row["catalog"], read_at=row["read_at"], webhook_at=row["webhook_at"],
         )
-        await conn.execute(FINISH_OK_SQL, image_id, run_token, started, next_in, interval)
+        await conn.execute(
+            FINISH_OK_SQL, image.id, run_token, image.started_at, next_in, image.credentials,
+            result.cut_at, interval,
+        )
 
 
+# `$5` proven: NULL leaves access_proven alone, false clears it (credentials rejected), true
+# sets it for the credentials this sync used if they are still the image's.
 FINISH_FAILED_SQL = """
 UPDATE images
    SET lease_owner = NULL, lease_until = NULL,
        sync_error = $3, sync_error_at = now(), sync_failures = sync_failures + 1,
-       next_sync_at = now() + make_interval(secs => $4)
+       access_proven = CASE WHEN $5::boolean IS NULL THEN access_proven
+                            WHEN NOT $5::boolean THEN false
+                            ELSE access_proven OR credentials IS NOT DISTINCT FROM $6 END,
+       next_sync_at = CASE WHEN sync_requested_at > $7 THEN now()
+                           ELSE now() + make_interval(secs => $4) END
  WHERE id = $1 AND lease_owner = $2
 """
 
 
-async def write_failure(pool: asyncpg.Pool, image_id: int, run_token: str, error: str, retry_in: float) -> None:
-    """Record a failed sync: no tag and no state changes, only the error and the backoff."""
-    await pool.execute(FINISH_FAILED_SQL, image_id, run_token, error[:1000], retry_in)
+async def write_failure(
+    pool: asyncpg.Pool, image: ImageToSync, run_token: str, error: str, retry_in: float, *,
+    proven: bool | None,
+) -> None:
+    """Record a failed sync: no tag and no state changes, only the error, the backoff (or
+    at once, when a sync was requested after this one began) and the proof of access."""
+    await pool.execute(
+        FINISH_FAILED_SQL, image.id, run_token, error[:1000], retry_in, proven, image.credentials,
+        image.started_at,
+    )
 
 
 RELEASE_SQL = "UPDATE images SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2"
-
-HAND_BACK_SQL = """
-UPDATE images SET lease_owner = NULL, lease_until = NULL, next_sync_at = now() + make_interval(secs => $3)
- WHERE id = $1 AND lease_owner = $2
-"""
-
-
-async def hand_back(pool: asyncpg.Pool, image_id: int, run_token: str, due_in: float) -> None:
-    """Give the image back unsynced, due again in `due_in` s: its registry host could not be
-    asked now (HostBusyError). Not a failure: no error, no backoff."""
-    await pool.execute(HAND_BACK_SQL, image_id, run_token, due_in)
 
 
 async def release(pool: asyncpg.Pool, image_id: int, token: str) -> None:
     await pool.execute(RELEASE_SQL, image_id, token)
 
 
-KNOWN_LAYERS_SQL = "SELECT config_digest FROM layers WHERE config_digest = ANY ($1::text[])"
+HAND_BACK_SQL = """
+UPDATE images SET lease_owner = NULL, lease_until = NULL,
+                  next_sync_at = now() + make_interval(secs => $3)
+ WHERE id = $1 AND lease_owner = $2
+"""
 
 
-async def existing_layers(pool: asyncpg.Pool, digests: Sequence[str]) -> set[str]:
-    return {r[0] for r in await pool.fetch(KNOWN_LAYERS_SQL, list(digests))}
+async def hand_back(pool: asyncpg.Pool, image_id: int, token: str, retry_in: float) -> None:
+    """Give the image back, due in `retry_in` s, as if this run never happened (its registry
+    host was busy): no error, no failure counted."""
+    await pool.execute(HAND_BACK_SQL, image_id, token, retry_in)
+
+
+def proven_of(known: dict[str, KnownTag]) -> Sequence[str]:
+    """The config digests the image's tags point at: proven for its repository."""
+    return [k.config_digest for k in known.values() if k.config_digest]

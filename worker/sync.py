@@ -1,36 +1,56 @@
 """The sync service: bring one image's tags, layers and state in line with its registry.
 
 Plain async functions that tests call directly; Celery tasks are thin wrappers around them.
+
+Outcomes (SPEC §2): a whole-image failure (registry down, bad credentials, the deadline)
+changes no tag and no state, records the error and backs off; one tag whose content cannot
+be read is recorded on that tag and the others sync normally; a registry host that is busy
+(fair sharing) hands the image back for later without counting a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import structlog
 
 from core import metrics
+from core.artifacts import METADATA
 from core.crypto import Credentials
 from core.settings import Settings
-from worker import store, tag_policy
-from worker.registry import Layer, TagResolution, Target
+from worker import layers, store, tag_policy
+from worker.registry import TagResolution, Target
 from worker.registry.errors import (
+    ForbiddenTargetError,
     HostBusyError,
     ManifestNotFoundError,
     RateLimitedError,
     RegistryAuthError,
     RegistryError,
+    RepositoryNotFoundError,
 )
 from worker.runtime import Runtime
 
+T = TypeVar("T")
 log = structlog.get_logger("worker.sync")
 
 SYNCED, FAILED, SKIPPED = "synced", "failed", "skipped"
-DEFERRED = "deferred"  # the registry host could not be asked now: handed back, no failure counted
+# Failures that say the image's credentials (or anonymous access) were refused for its
+# repository: the image loses its proof of access.
+_REFUSED = (RegistryAuthError, RepositoryNotFoundError, ForbiddenTargetError)
+
+
+class SyncDeadlineError(RegistryError):
+    """The sync did not finish within SYNC_DEADLINE_SECONDS: it gave up."""
+
+    transient = True
 
 
 def backoff_seconds(settings: Settings, failures: int, *, permanent: bool = False,
@@ -44,26 +64,16 @@ def backoff_seconds(settings: Settings, failures: int, *, permanent: bool = Fals
     return max(delay, retry_after or 0.0)
 
 
-def layer_write(digest: str, layer: Layer) -> store.LayerWrite:
-    """The Tutum `layer` shape, stored ready to serve."""
-    return store.LayerWrite(
-        config_digest=digest,
-        author=layer.author,
-        created=layer.created,
-        entrypoint=layer.entrypoint,
-        run_command=layer.run_command,
-        envvars=[{"key": k, "value": v} for k, v in layer.envvars],
-        labels=[{"key": k, "value": v} for k, v in layer.labels],
-        ports=[{"port": p, "protocol": proto} for p, proto in layer.ports],
-        volumes=[{"container_path": v} for v in layer.volumes],
-    )
+@dataclass
+class _Progress:
+    listed: bool = False  # the tag list succeeded: access to the repository is proven
 
 
 @metrics.timed_sync  # registry_sync_syncs_total / _sync_duration_seconds by the outcome returned
 async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> str:
-    """Sync one image. Returns SYNCED, FAILED (error recorded, backoff set), SKIPPED
-    (another worker holds it, or it was deleted) or DEFERRED (its registry host may not be
-    asked now: handed back for later). Never raises for registry errors."""
+    """Sync one image. Returns SYNCED, FAILED (error recorded, backoff set) or SKIPPED
+    (another worker holds it, it was deleted, or its registry host is busy: handed back).
+    Never raises for registry errors."""
     s = rt.settings
     run_token = f"{store.RUN_PREFIX}{rt.name}:{uuid.uuid4().hex[:12]}"
     image = await store.acquire(rt.pool, image_id, run_token, claim, s.lease_seconds)
@@ -71,21 +81,29 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
         log.info("sync.skipped", image_id=image_id, reason="leased elsewhere or gone")
         return SKIPPED
     structlog.contextvars.bind_contextvars(image=image.name, image_id=image_id)
-    started_wall = datetime.now(UTC)
+    started_wall, started = datetime.now(UTC), time.monotonic()  # for the log line only
     heartbeat = asyncio.create_task(_keep_lease(rt, image_id, run_token))
+    progress = _Progress()
     try:
         creds = _credentials(rt, image.credentials) or rt.catalog_credentials(image.host, image.owner_id)
-        target = Target(host=rt.network_host(image.host), repository=image.repository, credentials=creds)
+        target = Target(rt.network_host(image.host), image.repository, creds)
         async with rt.host_slot(image.host):
-            writes, layers, present = await _discover(rt, image_id, target)
-        await store.write_success(
-            rt.pool, image_id, run_token, started=started_wall, present=present, tags=writes,
-            layers=layers, poll=rt.poll_policy,
-        )
-        rt.known_layers.update(la.config_digest for la in layers)
+            deadline = asyncio.timeout(s.sync_deadline_seconds)
+            try:
+                async with deadline:
+                    result = await _discover(rt, image, target, progress)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise SyncDeadlineError(
+                    f"the sync did not finish within SYNC_DEADLINE_SECONDS={s.sync_deadline_seconds:g}s"
+                    " and gave up (the registry is too slow or the repository too large)"
+                ) from None
+        await store.write_success(rt.pool, image, run_token, result, poll=rt.poll_policy)
         finished = datetime.now(UTC)
-        log.info("sync.done", tags=len(present), changed=len(writes),
-                 ms=round((finished - started_wall).total_seconds() * 1000, 1),
+        log.info("sync.done", tags=len(result.present), changed=len(result.tags),
+                 problems=len(result.problems), cut_at=result.cut_at,
+                 ms=round((time.monotonic() - started) * 1000, 1),
                  started=started_wall.timestamp(), finished=finished.timestamp())
         return SYNCED
     except store.LeaseLostError:
@@ -93,15 +111,16 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
         return SKIPPED
     except HostBusyError as exc:
         await store.hand_back(rt.pool, image_id, run_token, exc.retry_after)
-        log.info("sync.deferred", reason=str(exc), retry_in=round(exc.retry_after, 1))
-        return DEFERRED
+        log.info("sync.host_busy", host=image.host, retry_in=round(exc.retry_after, 1))
+        return SKIPPED
     except RegistryError as exc:
         # bad credentials, unknown repository, a forbidden host: permanent
         permanent = not exc.transient
         retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
         delay = backoff_seconds(s, image.sync_failures, permanent=permanent, retry_after=retry_after)
         message = f"{type(exc).__name__}: {exc}"
-        await store.write_failure(rt.pool, image_id, run_token, message, delay)
+        proven = False if isinstance(exc, _REFUSED) else (True if progress.listed else None)
+        await store.write_failure(rt.pool, image, run_token, message, delay, proven=proven)
         log.warning("sync.failed", error=message, permanent=permanent, retry_in=round(delay, 1))
         return FAILED
     except BaseException:
@@ -131,14 +150,17 @@ async def _keep_lease(rt: Runtime, image_id: int, run_token: str) -> None:
 
 
 async def _discover(
-    rt: Runtime, image_id: int, target: Target
-) -> tuple[list[store.TagWrite], list[store.LayerWrite], list[str]]:
-    """Ask the registry what changed: (tags to write, new layers, names of present tags)."""
-    known = await store.known_tags(rt.pool, image_id)
-    names = await tag_policy.select(rt, image_id, target, await rt.client.list_tags(target))
-    # known_layers holds only digests read from or written to the layers table, whose rows
-    # never change or go away: the client skips the blob GET for those.
-    rt.known_layers.update(k.config_digest for k in known.values() if k.config_digest)
+    rt: Runtime, image: store.ImageToSync, target: Target, progress: _Progress
+) -> store.SyncResult:
+    """Ask the registry what changed since the tags stored for the image."""
+    known = await store.known_tags(rt.pool, image.id)
+    listed = await rt.client.list_tags(target)
+    progress.listed = True
+    names = await tag_policy.select(rt, image.id, target, listed)
+    proven = await layers.proven_configs(
+        rt.pool, image.registry_id, image.repository, rt.settings.max_tags_per_image,
+        also=store.proven_of(known),
+    )
 
     async def resolve(tag: str) -> TagResolution | None:
         k = known.get(tag)
@@ -148,28 +170,60 @@ async def _discover(
                 target, tag,
                 known_digest=resolved.manifest_digest if resolved else None,
                 known_platform_digest=resolved.platform_digest if resolved else None,
-                known_configs=rt.known_layers,
+                known_configs=proven,
             )
         except ManifestNotFoundError:
             return None  # deleted between the tag list and the HEAD: gone
 
-    results = await asyncio.gather(*(resolve(t) for t in names))
-    writes: list[store.TagWrite] = []
-    layers: dict[str, store.LayerWrite] = {}
-    present: list[str] = []
-    for res in results:
-        if res is None:
-            continue
-        present.append(res.tag)
-        if res.unchanged:
-            continue
-        config = res.config_digest
-        if res.layer is not None and config:
-            layers.setdefault(config, layer_write(config, res.layer))
-        elif config not in rt.known_layers:
-            config = None  # not an image config (an artifact): no layer to point at
-        writes.append(store.TagWrite(res.tag, res.digest, res.platform_digest, config, res.note))
-    return writes, list(layers.values()), present
+    result = store.SyncResult(cut_at=rt.settings.max_tags_per_image if listed.truncated else None)
+
+    def take(res: TagResolution | None) -> None:
+        if res is None or res.kind == METADATA:
+            return  # gone, or a signature/attestation/SBOM: not a tag
+        result.present.append(res.tag)
+        if res.problem is not None:
+            result.problems[res.tag] = res.problem[:1000]
+        elif not res.unchanged and res.digest is not None:
+            if res.layer is not None and res.config_digest:
+                result.layers.append(layers.layer_write(res.config_digest, res.layer))
+            result.tags.append(store.TagWrite(
+                res.tag, res.digest, res.platform_digest, res.config_digest, res.note, res.created))
+
+    await bounded(resolve, names, rt.settings.sync_tag_concurrency, take)
+    return result
+
+
+async def bounded(
+    work: Callable[[str], Awaitable[T]], items: Iterable[str], concurrency: int,
+    each: Callable[[T], None],
+) -> None:
+    """Run `work(item)` for every item, at most `concurrency` at a time (not one coroutine
+    per tag: a repository may have tens of thousands), and hand each result to `each` as it
+    comes. The first error cancels the rest and is raised."""
+    pending = iter(items)
+    running: set[asyncio.Task[T]] = set()
+    try:
+        for item in pending:
+            running.add(asyncio.ensure_future(work(item)))
+            while len(running) >= concurrency:
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                _hand_over(done, each)
+        while running:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            _hand_over(done, each)
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+def _hand_over(done: set[asyncio.Task[T]], each: Callable[[T], None]) -> None:
+    errors = [t.exception() for t in done]  # retrieves every error, raises the first
+    for task, error in zip(done, errors, strict=True):
+        if error is not None:
+            raise error
+        each(task.result())
 
 
 async def sync_many(rt: Runtime, image_ids: Sequence[int], claim: str | None = None) -> dict[str, int]:

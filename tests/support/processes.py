@@ -98,7 +98,7 @@ class Stack:
             svc.stop()
 
     def http(self, method: str, path: str, *, port: int | None = None, user: str = "", key: str = "",
-             body: Any = None, timeout: float = 20, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+             body: Any = None, timeout: float = 20, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
         """(status, decoded JSON body, or the text when it is not JSON) of one API request."""
         headers = {"Content-Type": "application/json", **(headers or {})}
         if user:

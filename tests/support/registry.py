@@ -69,13 +69,14 @@ class RegistryServer:
     token_cert: Path | None = None
     notifications: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    address: str = "127.0.0.1"  # "::1": an IPv6 registry, `[::1]:<port>`
     workdir: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _tmp: str | None = field(default=None, repr=False)
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:

@@ -16,6 +16,7 @@ from aiohttp import test_utils
 from api.app import create_app
 from core.settings import Settings
 from tests.support.registry import RegistryServer
+from tests.support.resolver import stub_resolver
 from worker.runtime import Runtime
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -53,7 +54,9 @@ def wh_settings(settings: Settings, wh_registry: RegistryServer) -> Settings:
 
 @pytest.fixture(scope="session")
 async def wh_client(wh_settings: Settings) -> AsyncIterator[test_utils.TestClient]:
-    server = test_utils.TestServer(create_app(wh_settings))
+    app = create_app(wh_settings)
+    stub_resolver(app)
+    server = test_utils.TestServer(app)
     c = test_utils.TestClient(server)
     await c.start_server()
     yield c

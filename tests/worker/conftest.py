@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from core.settings import Settings
-from tests.conftest import create_database
+from tests.conftest import TEST_SECRET_KEY, create_database
 from tests.support.fake_registry import FakeRegistry
 from tests.support.processes import Stack
 from tests.support.registry import RegistryServer
@@ -141,23 +141,25 @@ OpenRuntime = Callable[..., Awaitable[Runtime]]
 
 
 @pytest.fixture
-async def open_runtime(settings: Settings) -> AsyncIterator[OpenRuntime]:
-    """`await open_runtime(*hosts, **settings changes)` → a worker Runtime on this test's loop
-    reaching `hosts` over plain HTTP, with quick retries; closed after the test."""
+async def runtime(settings: Settings) -> AsyncIterator[OpenRuntime]:
+    """`await runtime(*registries)` → a worker Runtime on this test's loop that reaches the
+    given registries over plain HTTP, with quick retries. `with_settings={...}` overrides
+    settings; other keywords go to RegistryClient."""
     opened: list[Runtime] = []
 
-    async def open_(*hosts: str, **changes: Any) -> Runtime:
-        s = dataclasses.replace(settings, insecure_registries=frozenset(hosts), registry_timeout_seconds=2.0, **changes)
-        rt = await Runtime(s, name="test", backoff_base=0.01, max_retry_wait=1.0).open()
+    async def open_(*hosts: str, with_settings: dict[str, Any] | None = None, **client: Any) -> Runtime:
+        overrides: dict[str, Any] = {
+            "insecure_registries": frozenset(hosts), "registry_timeout_seconds": 0.5,
+            "sync_backoff_base_seconds": 10, "sync_backoff_max_seconds": 3600, **(with_settings or {}),
+        }
+        s = dataclasses.replace(settings, **overrides)
+        rt = await Runtime(s, name="test", backoff_base=0.01, max_retry_wait=2.0, **client).open()
         opened.append(rt)
         return rt
 
     yield open_
     for rt in opened:
         await rt.aclose()
-
-
-STACK_SECRET = "e2e-secret"
 
 
 @pytest.fixture
@@ -169,7 +171,7 @@ def stack(postgres_dsn: str, redis_server_url: str, registry: RegistryServer) ->
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
     env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": STACK_SECRET, "PORT": str(port),
+        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "PORT": str(port),
         "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1",
         "INSECURE_REGISTRIES": registry.host, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
         "BEAT_INTERVAL_SECONDS": "0.2", "LEASE_SECONDS": "4", "SYNC_INTERVAL_SECONDS": "2",

@@ -109,7 +109,7 @@ def test_a_429_pauses_the_host_for_every_worker_process(stack: Stack) -> None:
         assert stack.sql("SELECT count(*) FROM images WHERE sync_failures > 0") <= 1  # the 429's own sync, if any
         for w in workers:
             assert w.events("sync.done"), "both processes synced images"
-        logs = [e for w in workers for e in w.events("sync.deferred")]
+        logs = [e for w in workers for e in w.events("sync.host_busy")]
         assert logs, "syncs that met the pause were handed back"
 
 

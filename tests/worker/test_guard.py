@@ -1,47 +1,94 @@
-"""The SSRF guard: address policy, the DNS resolver, literal IPs and redirect hops."""
+"""The worker's SSRF guard: the DNS resolver, literal IPs and redirect hops, all refused
+before a connection is attempted, with messages that never show a resolved address. (The
+address rules themselves: tests/core/test_address_policy.py.)"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import socket
+from collections.abc import Mapping
+
 import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 
+from core.address_policy import AddressPolicy
+from core.settings import Settings
+from tests.conftest import insert_image, unique
 from tests.support.fake_registry import FakeRegistry
 from tests.support.registry import RegistryServer
 from tests.worker.conftest import ClientFactory
+from worker import sync
 from worker.registry import ForbiddenTargetError, RegistryClient, Target, make_session
-from worker.registry.guard import Guard, GuardedResolver, refusal
-
-ALWAYS_REFUSED = [
-    "169.254.169.254",  # AWS/GCP/Azure metadata
-    "169.254.1.1",  # link-local
-    "fd00:ec2::254",  # AWS IPv6 metadata
-    "100.100.100.200",  # Alibaba metadata
-    "fe80::1",
-    "0.0.0.0",  # noqa: S104 - the point of the test
-    "::",
-    "224.0.0.1",
-    "ff02::1",
-    "::ffff:169.254.169.254",  # IPv4-mapped
-    "255.255.255.255",
-]
-PRIVATE = ["127.0.0.1", "::1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "fc00::1", "100.64.0.1"]
+from worker.registry.guard import Guard, GuardedConnector, GuardedResolver
+from worker.runtime import Runtime
 
 
-@pytest.mark.parametrize("address", ALWAYS_REFUSED)
-def test_always_refused(address: str) -> None:
-    assert refusal(address, allow_private=True) is not None
-    assert refusal(address, allow_private=False) is not None
+class StubDns(AbstractResolver):
+    """aiohttp resolver answering from a mapping; unknown names do not exist."""
+
+    def __init__(self, hosts: Mapping[str, list[str]]) -> None:
+        self.hosts = hosts
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if host not in self.hosts:
+            raise OSError(f"no such host {host}")
+        return [
+            ResolveResult(hostname=host, host=a, port=port, family=socket.AF_INET6 if ":" in a else socket.AF_INET,
+                          proto=0, flags=socket.AI_NUMERICHOST)
+            for a in self.hosts[host]
+        ]
+
+    async def close(self) -> None:
+        pass
 
 
-@pytest.mark.parametrize("address", PRIVATE)
-def test_private_refused_unless_allowed(address: str) -> None:
-    assert refusal(address, allow_private=False) is not None
-    assert refusal(address, allow_private=True) is None
+DNS = {
+    "metadata.test": ["169.254.169.254"],
+    "nat64.test": ["64:ff9b::a9fe:a9fe"],
+    "compat.test": ["::a9fe:a9fe"],
+    "private.test": ["10.1.2.3"],
+    "mixed.test": ["10.1.2.3", "127.0.0.1"],
+    "corp.test": ["10.1.2.3"],
+}
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700:4700::1111", "52.1.2.3"])
-def test_public_allowed(address: str) -> None:
-    assert refusal(address, allow_private=False) is None
+@pytest.mark.parametrize(("host", "reason"), [
+    ("metadata.test", "cloud metadata"), ("nat64.test", "embeds a cloud metadata"),
+    ("compat.test", "embeds a cloud metadata"), ("private.test", "private address"),
+])
+async def test_resolver_refuses_without_showing_the_address(host: str, reason: str) -> None:
+    resolver = GuardedResolver(Guard(allow_private=False), StubDns(DNS))
+    with pytest.raises(ForbiddenTargetError, match=reason) as caught:
+        await resolver.resolve(host, 443)
+    message = str(caught.value)
+    assert message.startswith(f"refused to contact {host}: it resolves to")
+    for address in DNS[host]:
+        assert address not in message
+
+
+async def test_resolver_keeps_the_allowed_addresses() -> None:
+    policy = AddressPolicy.parse("127.0.0.0/8")
+    answers = await GuardedResolver(Guard(policy=policy), StubDns(DNS)).resolve("mixed.test", 80)
+    assert [r["host"] for r in answers] == ["127.0.0.1"]
+    by_name = GuardedResolver(Guard(policy=AddressPolicy.parse("corp.test")), StubDns(DNS))
+    assert [r["host"] for r in await by_name.resolve("corp.test", 80)] == ["10.1.2.3"]
+    with pytest.raises(ForbiddenTargetError):
+        await by_name.resolve("private.test", 80)
+
+
+async def test_a_refused_name_never_gets_a_connection(jail: list[str]) -> None:
+    """Through a whole session: the request fails in the resolver; no socket connects."""
+    connector = GuardedConnector(Guard(allow_private=True), inner=StubDns(DNS))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = RegistryClient(session, insecure_hosts=frozenset({"metadata.test", "nat64.test"}))
+        for host in ("metadata.test", "nat64.test"):
+            with pytest.raises(ForbiddenTargetError, match="metadata"):
+                await client.list_tags(Target(host, "team/app"))
+    assert jail == []
 
 
 def test_check_url() -> None:
@@ -51,18 +98,23 @@ def test_check_url() -> None:
     for url in (
         "http://169.254.169.254/latest/meta-data/",
         "http://[fd00:ec2::254]/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
         "http://127.0.0.1:5000/v2/",
         "http://2130706433/",  # 127.0.0.1 as an integer
         "http://0x7f000001/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
         "file:///etc/passwd",
         "http:///nohost",
     ):
         with pytest.raises(ForbiddenTargetError):
             guard.check_url(url)
     Guard(allow_private=True).check_url("http://127.0.0.1:5000/v2/")
+    Guard(allow_private=True).check_url("http://[::1]:5000/v2/")
 
 
-async def test_resolver_filters_after_dns() -> None:
+async def test_system_resolver_filters_after_dns() -> None:
     with pytest.raises(ForbiddenTargetError, match="localhost"):
         await GuardedResolver(Guard(allow_private=False)).resolve("localhost", 80)
     allowed = await GuardedResolver(Guard(allow_private=True)).resolve("localhost", 80)
@@ -76,8 +128,9 @@ async def test_loopback_refused_unless_allowed(
     client = registry_client(allow_private=False)
     with pytest.raises(ForbiddenTargetError):  # literal IP: aiohttp skips the resolver
         await client.list_tags(Target(registry.host, "team/app"))
-    with pytest.raises(ForbiddenTargetError):  # a name: refused by the resolver
+    with pytest.raises(ForbiddenTargetError) as caught:  # a name: refused by the resolver
         await client.list_tags(Target(fake_registry.other_host, "ok/app"))
+    assert "127.0.0.1" not in str(caught.value)
     assert sum(fake_registry.hits.values()) == 0
     # allowed by configuration
     assert await registry_client(allow_private=True).list_tags(
@@ -100,3 +153,18 @@ async def test_plain_session_gets_a_strict_guard(registry: RegistryServer) -> No
             await client.list_tags(Target(registry.host, "team/app"))
     async with make_session(allow_private=True, timeout=5) as session:
         assert RegistryClient(session).guard.allow_private is True
+    policy = AddressPolicy.parse("10.0.0.0/8")
+    async with make_session(policy=policy, timeout=5) as session:
+        assert RegistryClient(session).guard.policy is policy
+
+
+async def test_a_refused_sync_records_why_without_the_address(settings: Settings, pool, jail: list[str]) -> None:
+    """The error a caller reads in `…/sync/` names the host and the kind of address only."""
+    strict = dataclasses.replace(settings, allow_private_registries=False, allowed_registry_networks="")
+    iid = await insert_image(pool, name=f"localhost:5000/{unique('ns')}/app", owner_id=None)
+    async with contextlib.aclosing(await Runtime(strict, name="test-guard").open()) as rt:
+        assert await sync.sync_image(rt, iid) == sync.FAILED
+    error = await pool.fetchval("SELECT sync_error FROM images WHERE id = $1", iid)
+    assert "refused to contact localhost" in error and "loopback address" in error
+    assert "127.0.0.1" not in error and "::1" not in error
+    assert jail == []

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from core.artifacts import IMAGE_CONFIG_TYPES
 from worker.registry import manifests as mf
+from worker.registry import tags as tg
 from worker.registry.auth import parse_challenges, parse_token_response, pick_challenge
 from worker.registry.errors import (
     ManifestNotFoundError,
@@ -35,7 +37,7 @@ def test_docker_v2_manifest() -> None:
     assert isinstance(m, mf.ImageManifest)
     assert m.media_type == mf.DOCKER_MANIFEST
     assert m.config.digest.startswith("sha256:b5b2b2c5")
-    assert m.config.media_type in mf.IMAGE_CONFIG_TYPES
+    assert m.config.media_type in IMAGE_CONFIG_TYPES
 
 
 def test_oci_manifest_with_and_without_media_type() -> None:
@@ -201,29 +203,29 @@ def test_filter_tags() -> None:
         "v1.2.3_rc-1",
         f"{sig}.other",
     ]
-    assert mf.filter_tags(tags) == ["latest", "1.0", "v1.2.3_rc-1", f"{sig}.other"]
-    assert mf.filter_tags(None) == []
-    assert mf.parse_tags_page(b'{"name": "a/b", "tags": null}') == []
-    assert mf.parse_tags_page(b'{"name": "a/b"}') == []
+    assert tg.filter_tags(tags) == ["latest", "1.0", "v1.2.3_rc-1", f"{sig}.other"]
+    assert tg.filter_tags(None) == []
+    assert tg.parse_tags_page(b'{"name": "a/b", "tags": null}') == []
+    assert tg.parse_tags_page(b'{"name": "a/b"}') == []
     with pytest.raises(RegistryProtocolError):
-        mf.parse_tags_page(b'{"tags": "latest"}')
+        tg.parse_tags_page(b'{"tags": "latest"}')
 
 
 def test_next_link() -> None:
     base = "https://reg.example:5000/v2/team/app/tags/list?n=1000"
-    assert mf.next_link(None, base) is None
-    assert mf.next_link('<https://reg.example:5000/x>; rel="prev"', base) is None
+    assert tg.next_link(None, base) is None
+    assert tg.next_link('<https://reg.example:5000/x>; rel="prev"', base) is None
     assert (
-        mf.next_link('</v2/team/app/tags/list?n=1000&last=b>; rel="next"', base)
+        tg.next_link('</v2/team/app/tags/list?n=1000&last=b>; rel="next"', base)
         == "https://reg.example:5000/v2/team/app/tags/list?n=1000&last=b"
     )
-    assert mf.next_link("<list?last=c>; rel=next", base) == (
+    assert tg.next_link("<list?last=c>; rel=next", base) == (
         "https://reg.example:5000/v2/team/app/tags/list?last=c"
     )
     two = '<https://reg.example:5000/p>; rel="prev", <https://reg.example:5000/n>; rel="next"'
-    assert mf.next_link(two, base) == "https://reg.example:5000/n"
+    assert tg.next_link(two, base) == "https://reg.example:5000/n"
     with pytest.raises(RegistryProtocolError) as err:
-        mf.next_link('<https://evil.example/v2/x>; rel="next"', base)
+        tg.next_link('<https://evil.example/v2/x>; rel="next"', base)
     assert not err.value.transient
 
 
@@ -281,3 +283,33 @@ def test_error_mapping() -> None:
     assert not err(400, b"bad").transient
     assert describe_body(envelope % b"DENIED") == ("DENIED", "m: d")
     assert len(describe_body(b"x" * 5000)[1]) < 300
+
+
+def test_first_names_keeps_the_first_in_code_point_order_and_no_more() -> None:
+    first = tg.FirstNames(3)
+    first.update(["m", "b", "z", "b"])
+    assert first.names == ["b", "m", "z"] and not first.truncated
+    first.update(["a", "y", "B"])
+    assert first.names == ["B", "a", "b"] and first.truncated
+    first.update(["c"])
+    assert first.names == ["B", "a", "b"]
+    assert tg.FirstNames(0).names == []
+
+
+def test_artifact_fields_and_platforms() -> None:
+    body = json.dumps({
+        "schemaVersion": 2, "mediaType": mf.OCI_MANIFEST,
+        "artifactType": "application/vnd.example+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:" + "4" * 64, "size": 2},
+        "layers": [{"mediaType": "text/spdx+json", "digest": "sha256:" + "5" * 64, "size": 1}, "junk"],
+        "annotations": {"org.opencontainers.image.created": "2024-06-01T10:00:00Z"},
+    }).encode()
+    m = mf.parse_manifest(body)
+    assert isinstance(m, mf.ImageManifest)
+    assert m.artifact_type == "application/vnd.example+json" and m.layer_types == ("text/spdx+json",)
+    assert mf.parse_created(m.annotations[mf.CREATED_ANNOTATION]) == datetime(2024, 6, 1, 10, tzinfo=UTC)
+    index = mf.parse_manifest(raw("oci_index_attestation.json"))
+    assert isinstance(index, mf.Index)
+    assert mf.platforms(index) == ["linux/amd64", "linux/arm64"]
+    assert mf.platforms(mf.parse_manifest(raw("docker_list.json"))) == [  # type: ignore[arg-type]
+        "linux/arm/v6", "linux/arm/v7", "linux/arm64/v8", "linux/amd64", "windows/amd64"]

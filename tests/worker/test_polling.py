@@ -38,7 +38,7 @@ async def tag_names(pool: asyncpg.Pool, image_id: int) -> list[str]:
 
 
 async def test_catalog_images_on_docker_hub_are_polled_with_the_services_credentials(
-    token_registry: RegistryServer, token_server: TokenServer, open_runtime: OpenRuntime, pool: asyncpg.Pool,
+    token_registry: RegistryServer, token_server: TokenServer, runtime: OpenRuntime, pool: asyncpg.Pool,
     make_user: MakeUser,
 ) -> None:
     """"Docker Hub" is the real registry behind a token service that follows Docker's token
@@ -48,12 +48,12 @@ async def test_catalog_images_on_docker_hub_are_polled_with_the_services_credent
     await apush_image(token_registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"}, auth=BOB)
     hub = {"docker_hub_registry_url": token_registry.url}
     catalog = await insert_image(pool, name=repo)  # a Hub name in the shared catalog
-    anonymous = await open_runtime(**hub)
+    anonymous = await runtime(with_settings=hub)
     assert await sync.sync_image(anonymous, catalog) == sync.FAILED
     assert (await pool.fetchval("SELECT sync_error FROM images WHERE id = $1", catalog)).startswith("RegistryAuthError")
 
     token_server.requests.clear()
-    with_account = await open_runtime(**hub, docker_hub_username=BOB[0], docker_hub_token=BOB[1])
+    with_account = await runtime(with_settings={**hub, "docker_hub_username": BOB[0], "docker_hub_token": BOB[1]})
     assert with_account.limits.for_host("registry-1.docker.io").pulls == 200  # an account's pull limit
     await pool.execute("UPDATE images SET next_sync_at = now(), sync_failures = 0 WHERE id = $1", catalog)
     assert await sync.sync_image(with_account, catalog) == sync.SYNCED
@@ -103,7 +103,7 @@ async def test_tag_policy_is_an_extension_field_validated_and_shown_at_sync(
 
 
 async def test_sync_keeps_only_the_tags_the_policy_allows(
-    registry: RegistryServer, open_runtime: OpenRuntime, pool: asyncpg.Pool, make_user: MakeUser,
+    registry: RegistryServer, runtime: OpenRuntime, pool: asyncpg.Pool, make_user: MakeUser,
 ) -> None:
     user = await make_user()
     repo = f"{unique('filtered')}/app"
@@ -111,7 +111,7 @@ async def test_sync_keeps_only_the_tags_the_policy_allows(
         await apush_image(registry.url, repo, tag, {"created": "2024-01-01T00:00:00Z"}, layers=0)
     iid = await insert_image(pool, name=f"{registry.host}/{repo}", owner_id=user.account.id,
                              tag_policy={"include": ["v*", "latest"], "exclude": ["*-rc*"]})
-    rt = await open_runtime(registry.host)
+    rt = await runtime(registry.host)
     assert await sync.sync_image(rt, iid) == sync.SYNCED
     assert await tag_names(pool, iid) == ["latest", "v1.10", "v1.9"]
     # max_tags off Docker Hub: the greatest in natural order (v1.10 after v1.9)
@@ -122,7 +122,7 @@ async def test_sync_keeps_only_the_tags_the_policy_allows(
 
 
 async def test_docker_hub_images_default_to_their_most_recent_tags(
-    registry: RegistryServer, fake_hub: FakeHub, open_runtime: OpenRuntime, pool: asyncpg.Pool,
+    registry: RegistryServer, fake_hub: FakeHub, runtime: OpenRuntime, pool: asyncpg.Pool,
 ) -> None:
     """A huge Hub repository (here 12 tags, the default cap lowered to 4): only the 4 most
     recently pushed tags, as Docker Hub's tags API orders them (a page of 3 at a time here)."""
@@ -137,7 +137,7 @@ async def test_docker_hub_images_default_to_their_most_recent_tags(
     fake_hub.tags[repo].update({t: f"2024-06-{30 - i:02d}T00:00:00Z" for i, t in enumerate(recency)})
     iid = await insert_image(pool, name=name)
     hub = {"docker_hub_registry_url": registry.url, "docker_hub_api_url": fake_hub.url, "hub_default_max_tags": 4}
-    rt = await open_runtime(**hub)
+    rt = await runtime(with_settings=hub)
     assert await sync.sync_image(rt, iid) == sync.SYNCED
     assert await tag_names(pool, iid) == sorted(recency)
     assert any(f"/v2/repositories/{repo}/tags?ordering=last_updated" in r for r in fake_hub.requests)
@@ -157,7 +157,7 @@ async def due_in(pool: asyncpg.Pool, image_id: int) -> float:
 
 
 async def test_an_image_that_changes_is_polled_more_often_than_one_that_does_not(
-    registry: RegistryServer, open_runtime: OpenRuntime, pool: asyncpg.Pool, make_user: MakeUser,
+    registry: RegistryServer, runtime: OpenRuntime, pool: asyncpg.Pool, make_user: MakeUser,
 ) -> None:
     user = await make_user()
     busy, calm = f"{unique('busy')}/app", f"{unique('calm')}/app"
@@ -165,8 +165,8 @@ async def test_an_image_that_changes_is_polled_more_often_than_one_that_does_not
         await apush_image(registry.url, repo, "v0", {"created": "2024-01-01T00:00:00Z"}, layers=0)
     ids = {repo: await insert_image(pool, name=f"{registry.host}/{repo}", owner_id=user.account.id)
            for repo in (busy, calm)}
-    rt = await open_runtime(registry.host, sync_interval_seconds=300.0, sync_interval_min=60.0,
-                            sync_interval_max=3600.0)
+    rt = await runtime(registry.host, with_settings={
+        "sync_interval_seconds": 300.0, "sync_interval_min": 60.0, "sync_interval_max": 3600.0})
     intervals: dict[str, list[float]] = {busy: [], calm: []}
     for i in range(1, 8):
         await apush_image(registry.url, busy, f"v{i}", {"created": f"2024-01-0{min(i, 9)}T00:00:00Z"}, layers=0)
@@ -187,7 +187,7 @@ async def test_an_image_that_changes_is_polled_more_often_than_one_that_does_not
 
 
 async def test_webhook_fed_and_unread_catalog_images_are_polled_rarely(
-    client: TestClient, registry: RegistryServer, open_runtime: OpenRuntime, pool: asyncpg.Pool,
+    client: TestClient, registry: RegistryServer, runtime: OpenRuntime, pool: asyncpg.Pool,
     make_user: MakeUser,
 ) -> None:
     user = await make_user()
@@ -200,7 +200,7 @@ async def test_webhook_fed_and_unread_catalog_images_are_polled_rarely(
         " VALUES ('registry', $1, 'push', $2, $3, 'v1', now(), '{}', 'done')", unique("ev"), registry.host, fed)
     unread_id = await insert_image(pool, name=f"{registry.host}/{unread}",
                                    created_at=await pool.fetchval("SELECT now() - interval '30 days'"))
-    rt = await open_runtime(registry.host, sync_interval_max=3600.0, sync_interval_idle=86400.0)
+    rt = await runtime(registry.host, with_settings={"sync_interval_max": 3600.0, "sync_interval_idle": 86400.0})
     for iid in (fed_id, unread_id):
         assert await sync.sync_image(rt, iid) == sync.SYNCED
     assert 0.89 * 3600 <= await due_in(pool, fed_id) <= 1.11 * 3600  # webhooks feed it: SYNC_INTERVAL_MAX

@@ -21,6 +21,7 @@ from tests.support.registry import RegistryServer, apush_image, apush_index, del
 from tests.support.token_server import TokenServer
 from tests.worker.conftest import ALICE, BOB, ClientFactory
 from worker.registry import (
+    Layer,
     ManifestNotFoundError,
     RateLimitedError,
     RegistryAuthError,
@@ -29,6 +30,7 @@ from worker.registry import (
     RepositoryNotFoundError,
     Target,
 )
+from worker.registry.resolve import ConfigCache
 
 _n = itertools.count()
 
@@ -129,7 +131,9 @@ async def test_multi_arch_platform_choice(registry: RegistryServer, registry_cli
     assert arm.platform_digest == idx.manifests["linux/arm/v7"].digest
     none = await registry_client(platform="linux/s390x").resolve_tag(target, "multi")
     assert none.config_digest is None and none.layer is None and not none.unchanged
-    assert none.note == "no manifest for linux/s390x in the index"
+    assert none.note == (
+        "no manifest for linux/s390x in the index; it has linux/amd64, linux/arm64, linux/arm/v7"
+    )
 
 
 async def test_missing_tag_and_repository(registry: RegistryServer, registry_client):
@@ -253,10 +257,12 @@ async def test_garbage_json(fake_registry: FakeRegistry, registry_client):
     client = registry_client(max_attempts=2)
     with pytest.raises(RegistryProtocolError):
         await client.list_tags(fake_target(fake_registry, "garbage"))
-    with pytest.raises(RegistryProtocolError):
-        await client.resolve_tag(fake_target(fake_registry, "garbage"), "a")
     # transient for the caller's next sync, but a 200 with garbage is not asked again at once
     assert client.requests[("GET", "tags")] == 1
+    # a tag whose manifest is garbage is a problem of that tag, not an error of the image
+    res = await client.resolve_tag(fake_target(fake_registry, "garbage"), "a")
+    assert res.problem is not None and "manifest" in res.problem and "not valid JSON" in res.problem
+    assert res.digest is not None and res.config_digest is None and res.layer is None
 
 
 async def test_link_pagination(fake_registry: FakeRegistry, registry_client):
@@ -269,8 +275,12 @@ async def test_link_pagination(fake_registry: FakeRegistry, registry_client):
         "t4",
     ]
     assert client.requests[("GET", "tags")] == 3
-    with pytest.raises(RegistryProtocolError):
+    with pytest.raises(RegistryProtocolError, match="more than 2 pages"):
         await registry_client(max_tag_pages=2).list_tags(fake_target(fake_registry, "paged"))
+    # beyond the cap, the first names in name order are kept, and the list says it was cut
+    cut = await registry_client(max_tags=3).list_tags(fake_target(fake_registry, "paged"))
+    assert cut == ["t0", "t1", "t2"] and cut.truncated
+    assert not (await client.list_tags(fake_target(fake_registry, "paged"))).truncated
     with pytest.raises(RegistryProtocolError, match="another host"):
         await client.list_tags(fake_target(fake_registry, "offhost"))
 
@@ -378,3 +388,15 @@ async def test_token_cache_is_per_password(
     # same user name, wrong password: must not borrow the cached token
     with pytest.raises(RegistryAuthError):
         await client.list_tags(Target(token_registry.host, name, Credentials("bob", "guess")))
+
+
+def test_the_config_caches_are_bounded() -> None:
+    cache = ConfigCache(max_bytes=100, max_confirmed=2)
+    for i in range(5):
+        cache.put(f"sha256:{i}", Layer(author=str(i)), 40)
+    assert cache.size[:2] == (2, 80)  # the two most recent, within 100 bytes
+    assert cache.layer("sha256:0") is None and cache.layer("sha256:4") == Layer(author="4")
+    for key in [("h", "r", "a"), ("h", "r", "b"), ("h", "r", "c")]:
+        cache.confirm(key)
+    assert not cache.is_confirmed(("h", "r", "a")) and cache.is_confirmed(("h", "r", "c"))
+    assert cache.size[2] == 2

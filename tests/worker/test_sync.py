@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,10 +15,11 @@ from aiohttp.test_utils import TestClient
 
 from core.crypto import CredentialBox, Credentials
 from core.settings import Settings
-from tests.conftest import MakeUser, User, insert_image, unique
+from tests.conftest import MakeUser, insert_image, unique
 from tests.support.fake_registry import FakeRegistry
 from tests.support.registry import RegistryServer, apush_image, apush_index, delete_tag
-from tests.worker.conftest import ALICE, BOB
+from tests.worker.conftest import ALICE, BOB, OpenRuntime
+from tests.worker.helpers import get, register
 from worker import sync
 from worker.runtime import Runtime
 from worker.schedule import PollPolicy
@@ -35,49 +36,6 @@ FULL_CONFIG: dict[str, Any] = {
         "Cmd": ["echo", "hello world"],
     },
 }
-
-OpenRuntime = Callable[..., Awaitable[Runtime]]
-
-
-@pytest.fixture
-async def runtime(settings: Settings) -> AsyncIterator[OpenRuntime]:
-    """`await runtime(*registries)` → a worker Runtime on this test's loop that reaches the
-    given registries over plain HTTP, with quick retries."""
-    opened: list[Runtime] = []
-
-    async def open_(*hosts: str, **client: Any) -> Runtime:
-        s = dataclasses.replace(
-            settings, insecure_registries=frozenset(hosts), registry_timeout_seconds=0.5,
-            sync_backoff_base_seconds=10, sync_backoff_max_seconds=3600,
-        )
-        rt = await Runtime(s, name="test", backoff_base=0.01, max_retry_wait=2.0, **client).open()
-        opened.append(rt)
-        return rt
-
-    yield open_
-    for rt in opened:
-        await rt.aclose()
-
-
-async def register(client: TestClient, user: User, name: str, **body: str) -> int:
-    resp = await client.post("/api/v1/image/", json={"name": name, **body}, headers=user.headers)
-    assert resp.status == 201, await resp.text()
-    return await image_id(client.server.app, name, user)
-
-
-async def image_id(app: Any, name: str, user: User) -> int:
-    from api.keys import POOL
-
-    return int(await app[POOL].fetchval(
-        "SELECT id FROM images WHERE name = $1 AND owner_id = $2", name, user.account.id))
-
-
-async def get(client: TestClient, user: User, path: str) -> dict[str, Any]:
-    resp = await client.get(path, headers=user.headers)
-    assert resp.status == 200, await resp.text()
-    body: dict[str, Any] = await resp.json()
-    return body
-
 
 async def test_first_sync_fills_tags_layers_dates_and_state(
     client: TestClient, make_user: MakeUser, registry: RegistryServer, runtime: OpenRuntime
@@ -350,24 +308,22 @@ async def test_a_run_whose_lease_was_taken_over_writes_nothing(
     assert image is not None
     await pool.execute("UPDATE images SET lease_until = now() - interval '1 second' WHERE id = $1", iid)
     assert await store.acquire(pool, iid, "run:new", None, 60) is not None
+    result = store.SyncResult(present=["x"], tags=[store.TagWrite("x", "sha256:" + "a" * 64, None, None, None)])
     with pytest.raises(store.LeaseLostError):
-        await store.write_success(
-            pool, iid, "run:old", started=datetime.now(UTC), present=["x"],
-            tags=[store.TagWrite("x", "sha256:" + "a" * 64, None, None, None)], layers=[],
-            poll=PollPolicy.from_settings(Settings()),
-        )
+        await store.write_success(pool, image, "run:old", result, poll=PollPolicy.from_settings(Settings()))
     assert await pool.fetchval("SELECT count(*) FROM tags WHERE image_id = $1", iid) == 0
 
 
 def test_credentials_at_rest_are_not_clear_text() -> None:
-    box = CredentialBox("k1")
+    k1, k2 = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    box = CredentialBox(k1)
     sealed = box.seal(Credentials("alice", "s3cret-pw"))
     assert b"s3cret-pw" not in sealed and b"alice" not in sealed
     assert box.open(sealed) == Credentials("alice", "s3cret-pw")
     assert "s3cret" not in repr(box.open(sealed))
     with pytest.raises(ValueError, match="SECRET_KEY"):
-        CredentialBox("other").open(sealed)
-    assert CredentialBox("k2", old_keys=("k1",)).open(sealed).password == "s3cret-pw"
+        CredentialBox(k2).open(sealed)
+    assert CredentialBox(k2, old_keys=(k1,)).open(sealed).password == "s3cret-pw"
 
 
 async def test_artifact_tag_is_kept_without_a_layer(

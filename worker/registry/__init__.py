@@ -1,8 +1,10 @@
 """Registry I/O: the async client for the registry HTTP API V2 / OCI distribution."""
 
-from worker.registry.client import RegistryClient, TagResolution, Target
+from worker.registry.client import RegistryClient, TagList, Target
 from worker.registry.errors import (
+    BlobNotFoundError,
     ForbiddenTargetError,
+    HostBusyError,
     ManifestNotFoundError,
     RateLimitedError,
     RegistryAuthError,
@@ -13,10 +15,13 @@ from worker.registry.errors import (
 )
 from worker.registry.guard import Guard, make_session
 from worker.registry.manifests import Layer
+from worker.registry.resolve import TagResolution
 
 __all__ = [
+    "BlobNotFoundError",
     "ForbiddenTargetError",
     "Guard",
+    "HostBusyError",
     "Layer",
     "ManifestNotFoundError",
     "RateLimitedError",
@@ -26,6 +31,7 @@ __all__ = [
     "RegistryProtocolError",
     "RegistryUnavailableError",
     "RepositoryNotFoundError",
+    "TagList",
     "TagResolution",
     "Target",
     "make_session",

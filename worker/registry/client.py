@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import os
 import random
-from collections import OrderedDict
 from collections.abc import Container
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -21,7 +20,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from yarl import URL
 
 from core.crypto import Credentials
+from core.names import canonical_host
 from worker.registry import manifests as mf
+from worker.registry import resolve, tags
 from worker.registry.auth import (
     Challenge,
     TokenCache,
@@ -38,11 +39,13 @@ from worker.registry.errors import (
     error_for_response,
 )
 from worker.registry.guard import Guard
+from worker.registry.resolve import ConfigCache, TagResolution
 from worker.registry.transport import Reply, Transport, where
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit
-MAX_CONFIG_BYTES = 8 * 1024 * 1024
-CONFIG_CACHE_SIZE = 4096
+MAX_TAGS_PAGE_BYTES = 8 * 1024 * 1024
+MAX_TAG_PAGES = 500
+MAX_TAGS = 10_000
 _FINGERPRINT_KEY = os.urandom(32)  # per process: fingerprints never leave memory
 
 
@@ -53,18 +56,11 @@ class Target:
     credentials: Credentials | None = None
 
 
-@dataclass(frozen=True)
-class TagResolution:
-    """What a tag points at. When `unchanged`, only the HEAD was sent: `platform_digest`
-    echoes the caller's known_platform_digest, and config_digest and layer are None."""
+class TagList(list[str]):
+    """Tag names in code-point order (as the API lists them); `truncated` when the registry
+    listed more than the cap and only the first ones by name were kept."""
 
-    tag: str
-    digest: str
-    platform_digest: str | None
-    config_digest: str | None
-    layer: mf.Layer | None  # None when unchanged, known, not fetched, or not an image
-    unchanged: bool
-    note: str | None = None
+    truncated: bool = False
 
 
 class RegistryClient:
@@ -78,9 +74,11 @@ class RegistryClient:
         insecure_hosts: frozenset[str] = frozenset(),
         max_attempts: int = 4,
         max_retry_wait: float = 30.0,
-        max_tag_pages: int = 100,
+        max_tag_pages: int = MAX_TAG_PAGES,
+        max_tags: int = MAX_TAGS,
         backoff_base: float = 1.0,
         guard: Guard | None = None,
+        configs: ConfigCache | None = None,
     ) -> None:
         """`guard` defaults to the one of a make_session() session, else to a guard that
         refuses private and loopback addresses."""
@@ -95,46 +93,50 @@ class RegistryClient:
         self.platform = platform
         self.timeout = timeout
         self.per_host_limit = per_host_limit
-        self.insecure_hosts = frozenset(h.lower() for h in insecure_hosts)
+        self.insecure_hosts = frozenset(canonical_host(h) for h in insecure_hosts)
         self.max_attempts = max(1, max_attempts)
         self.max_retry_wait = max_retry_wait
         self.max_tag_pages = max_tag_pages
+        self.max_tags = max_tags
         self.backoff_base = backoff_base
+        self.configs = configs or ConfigCache()
         self._tokens = TokenCache()
         self._challenges: dict[str, Challenge | None] = {}
         self._ping_locks: dict[str, asyncio.Lock] = {}
-        self._configs: OrderedDict[str, mf.Layer] = OrderedDict()
-        self._config_locks: dict[str, asyncio.Lock] = {}
 
     async def close(self) -> None:
         """Forget cached state; the session belongs to the caller, who closes it."""
-        self._configs.clear()
+        self.configs.clear()
         self._challenges.clear()
 
     def base_url(self, host: str) -> str:
-        scheme = "http" if host.lower() in self.insecure_hosts else "https"
+        scheme = "http" if canonical_host(host) in self.insecure_hosts else "https"
         return f"{scheme}://{host}"
 
     # ---------------------------------------------------------------- public API
 
-    async def list_tags(self, target: Target) -> list[str]:
-        """All tags in registry order, deduplicated and filtered (manifests.filter_tags).
-        Follows Link pagination up to max_tag_pages (then RegistryProtocolError: a partial
-        list would make the sync delete tags); stops on a Link that loops back.
-        Raises RepositoryNotFoundError for an unknown repository."""
+    async def list_tags(self, target: Target) -> TagList:
+        """The repository's tags (tags.filter_tags), read page by page while holding at
+        most `max_tags` of them: beyond that the first ones in code-point order are kept and
+        the list is marked truncated. Follows Link pagination for up to max_tag_pages (then
+        RegistryProtocolError: a partial list would make the sync delete tags); stops on a
+        Link that loops back. Raises RepositoryNotFoundError for an unknown repository."""
         url = f"{self.base_url(target.host)}/v2/{target.repository}/tags/list?n=1000"
-        tags: dict[str, None] = {}
+        first = tags.FirstNames(self.max_tags)
         seen: set[str] = set()
         for _ in range(self.max_tag_pages):
             seen.add(url)
-            reply = await self._call(target, "GET", url, "tags", limit=MAX_CONFIG_BYTES)
-            tags.update(dict.fromkeys(mf.parse_tags_page(reply.body)))
-            nxt = mf.next_link(reply.headers.get("Link"), url)
+            reply = await self._call(target, "GET", url, "tags", limit=MAX_TAGS_PAGE_BYTES)
+            first.update(tags.parse_tags_page(reply.body))
+            nxt = tags.next_link(reply.headers.get("Link"), url)
             if nxt is None or nxt in seen:
-                return list(tags)
+                names = TagList(first.names)
+                names.truncated = first.truncated
+                return names
             url = nxt
         raise RegistryProtocolError(
-            f"{target.host}/{target.repository}: more than {self.max_tag_pages} pages of tags",
+            f"{target.host}/{target.repository}: the tag list goes on for more than "
+            f"{self.max_tag_pages} pages (Link after Link); gave up",
             transient=False,
         )
 
@@ -147,93 +149,30 @@ class RegistryClient:
         known_platform_digest: str | None = None,
         known_configs: Container[str] = (),
     ) -> TagResolution:
-        """With a `known_digest`, HEAD the tag first and stop there when it is unchanged;
-        otherwise GET the manifest (by digest after a HEAD, by tag when there is nothing to
-        compare: its Docker-Content-Digest names it, so a HEAD would only add a request),
-        pick the platform child of an index, and read the config blob unless its digest is
-        in `known_configs`. Raises ManifestNotFoundError when the tag is gone. A missing
-        platform is a TagResolution with config_digest None and a note, not an error.
-        known_platform_digest is only echoed back on an unchanged answer."""
-        base = f"{self.base_url(target.host)}/v2/{target.repository}/manifests/"
-        digest = None
-        if known_digest is not None:
-            head = await self._call(target, "HEAD", base + tag, "manifest")
-            digest = head.headers.get("Docker-Content-Digest")
-            if digest and digest == known_digest:
-                return TagResolution(tag, digest, known_platform_digest, None, None, unchanged=True)
-        if digest:
-            reply = await self._call(target, "GET", base + digest, "manifest")
-        else:
-            reply = await self._call(target, "GET", base + tag, "manifest")
-            digest = reply.headers.get("Docker-Content-Digest") or mf.sha256_digest(reply.body)
-            if digest == known_digest:
-                return TagResolution(tag, digest, known_platform_digest, None, None, True)
-        manifest = self._parse_manifest(reply, digest)
-        platform_digest: str | None = None
-        if isinstance(manifest, mf.Index):
-            entry = mf.choose_platform(manifest, self.platform)
-            if entry is None:
-                note = f"no manifest for {self.platform} in the index"
-                return TagResolution(tag, digest, None, None, None, False, note)
-            platform_digest = entry.digest
-            child = await self._call(target, "GET", base + entry.digest, "manifest")
-            manifest = self._parse_manifest(child, entry.digest)
-            if isinstance(manifest, mf.Index):
-                note = "the index entry for the platform is itself an index"
-                return TagResolution(tag, digest, platform_digest, None, None, False, note)
-        if isinstance(manifest, mf.Schema1Manifest):
-            config_digest = manifest.config_digest
-            layer = None if config_digest in known_configs else manifest.layer()
-            return TagResolution(tag, digest, platform_digest, config_digest, layer, False)
-        config = manifest.config
-        if config.media_type and config.media_type not in mf.IMAGE_CONFIG_TYPES:
-            note = f"not a container image (config type {config.media_type})"
-            return TagResolution(tag, digest, platform_digest, config.digest, None, False, note)
-        layer = None
-        if config.digest not in known_configs:
-            layer = await self._config_layer(target, config.digest)
-        return TagResolution(tag, digest, platform_digest, config.digest, layer, False)
+        """Resolve `tag` (or a digest) to its manifest, platform manifest and config: the one
+        entry point of both the polling and the webhook path (worker/registry/resolve.py).
 
-    # ---------------------------------------------------------------- manifests and blobs
+        With a `known_digest`, HEAD the tag first and stop there when it is unchanged;
+        otherwise GET the manifest, apply the content rule (core.artifacts), pick the
+        platform child of an index, and read the config blob — proven to be in this
+        repository (GET, or HEAD of content cached from another repository) unless its
+        digest is in `known_configs`, the configs this repository is already known to hold.
 
-    @staticmethod
-    def _parse_manifest(reply: Reply, digest: str) -> mf.Manifest:
-        manifest = mf.parse_manifest(reply.body, reply.headers.get("Content-Type"))
-        # schema 1 digests cover the payload without signatures: trust the header there
-        if not isinstance(manifest, mf.Schema1Manifest) and digest.startswith("sha256:"):
-            if mf.sha256_digest(reply.body) != digest:
-                raise RegistryProtocolError(
-                    f"{where('GET', reply.url)}: manifest content does not match {digest}"
-                )
-        return manifest
+        Raises ManifestNotFoundError when the tag itself is gone, and the RegistryError of a
+        whole-image failure (unavailable, rate limited, bad credentials). Everything wrong
+        with this one tag's content is a TagResolution with a `problem`; a missing platform
+        or a non-image artifact is one with a `note`; signatures, attestations, SBOMs and
+        sigstore bundles have kind METADATA."""
+        return await resolve.resolve_tag(
+            self, target, tag, known_digest=known_digest,
+            known_platform_digest=known_platform_digest, known_configs=known_configs,
+        )
 
-    async def _config_layer(self, target: Target, digest: str) -> mf.Layer:
-        """The parsed config blob; fetched at most once per digest (content-addressed) while
-        it stays in the LRU cache, even when many coroutines ask at once."""
-        cached = self._configs.get(digest)
-        if cached is not None:
-            self._configs.move_to_end(digest)
-            return cached
-        lock = self._config_locks.setdefault(digest, asyncio.Lock())
-        try:
-            async with lock:
-                cached = self._configs.get(digest)
-                if cached is not None:
-                    return cached
-                url = f"{self.base_url(target.host)}/v2/{target.repository}/blobs/{digest}"
-                reply = await self._call(target, "GET", url, "blob", limit=MAX_CONFIG_BYTES)
-                if digest.startswith("sha256:") and mf.sha256_digest(reply.body) != digest:
-                    raise RegistryProtocolError(
-                        f"{where('GET', url)}: config blob does not match its digest"
-                    )
-                layer = mf.parse_config_blob(reply.body)
-                self._configs[digest] = layer
-                while len(self._configs) > CONFIG_CACHE_SIZE:
-                    self._configs.popitem(last=False)
-                return layer
-        finally:
-            if not lock.locked():
-                self._config_locks.pop(digest, None)
+    async def call(
+        self, target: Target, method: str, url: str, kind: str, *, limit: int = MAX_MANIFEST_BYTES
+    ) -> Reply:
+        """An authenticated request with retries of transient errors (for resolve.py)."""
+        return await self._call(target, method, url, kind, limit=limit)
 
     # ---------------------------------------------------------------- retries and auth
 
@@ -263,9 +202,15 @@ class RegistryClient:
             wait=self._wait,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._call_once(target, method, url, kind, limit)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._call_once(target, method, url, kind, limit)
+        except RegistryError as exc:
+            # The retry state keeps the error in a reference cycle, and the error's traceback
+            # keeps every frame under this one alive with it, up to the 4 MB being read when a
+            # size cap was hit: dropped here, or it stays until the cyclic GC runs.
+            raise exc.with_traceback(None) from exc.__cause__
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _call_once(
@@ -347,7 +292,7 @@ class RegistryClient:
         url = str(URL(realm).update_query(query))
         headers: dict[str, str] = {}
         if target.credentials is not None:
-            insecure_ok = {parts.netloc.lower(), target.host.lower()} & self.insecure_hosts
+            insecure_ok = {canonical_host(parts.netloc), canonical_host(target.host)} & self.insecure_hosts
             if parts.scheme != "https" and not insecure_ok:
                 raise RegistryAuthError(
                     f"{target.host}: refused to send credentials to the plain-http token "

@@ -93,6 +93,13 @@ class HostBusyError(RegistryError):
         self.retry_after = retry_after
 
 
+class BlobNotFoundError(RegistryProtocolError):
+    """404 for a blob: this repository does not hold it (a manifest naming a config blob its
+    registry never had, or a blob deleted since). A fact about one tag, not worth retrying."""
+
+    transient = False
+
+
 class ForbiddenTargetError(RegistryError):
     """The SSRF guard refused the address (link-local, metadata, private when not allowed)."""
 
@@ -173,8 +180,7 @@ def error_for_response(
     if status >= 500 or code == "UNAVAILABLE":
         return RegistryUnavailableError(message, **kw)
     if status == 404 and kind == "blob":
-        # a manifest that names a missing config blob: the registry is inconsistent right now
-        return RegistryProtocolError(message, **kw)
+        return BlobNotFoundError(message, **kw)
     if status == 404 and kind == "ping":
         return RegistryProtocolError(
             f"{where}: answered 404, this host does not serve the registry API /v2/",

@@ -1,4 +1,4 @@
-"""Pure parsing of registry documents: manifests, indexes, image configs, tag lists, Link.
+"""Pure parsing of registry documents: manifests, indexes, image configs (tag lists: tags.py).
 
 No I/O here; every function is tested on JSON fixtures (tests/worker/fixtures).
 """
@@ -11,12 +11,10 @@ import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import orjson
 
-from core.artifacts import is_metadata_tag
-from core.names import TAG_RE, is_digest
+from core.names import is_digest
 from worker.registry.errors import RegistryProtocolError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -33,14 +31,11 @@ MANIFEST_ACCEPT = ", ".join(
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 SCHEMA1_TYPES = frozenset({DOCKER_V1_SIGNED, DOCKER_V1})
-IMAGE_CONFIG_TYPES = frozenset(
-    {"application/vnd.docker.container.image.v1+json", "application/vnd.oci.image.config.v1+json"}
-)
+CREATED_ANNOTATION = "org.opencontainers.image.created"
 
 # Reproducible builds stamp these instead of a build time: anything up to the last one is
 # "unknown" (no container image was built before 1980).
 _PLACEHOLDER_LIMIT = datetime(1980, 1, 1, 0, 0, 1, tzinfo=UTC)
-_LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;[^,]*?\brel\s*=\s*"?next"?', re.IGNORECASE)
 _FRACTION_RE = re.compile(r"(\.\d{6})\d+")
 
 
@@ -66,6 +61,15 @@ class Descriptor:
     architecture: str | None = None
     variant: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
+    artifact_type: str | None = None
+
+    @property
+    def platform(self) -> str:
+        """"os/arch[/variant]" as in PLATFORM; an entry without a platform is linux/amd64."""
+        if self.os is None and self.architecture is None:
+            return "linux/amd64"
+        parts = [self.os or "unknown", self.architecture or "unknown"]
+        return "/".join([*parts, self.variant] if self.variant else parts)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class Index:
 
     media_type: str
     manifests: list[Descriptor]
+    artifact_type: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,9 @@ class ImageManifest:
 
     media_type: str
     config: Descriptor
+    layer_types: tuple[str, ...] = ()
+    artifact_type: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,7 @@ def sha256_digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def _load_object(body: bytes, what: str) -> dict[str, Any]:
+def load_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -122,6 +131,17 @@ def _load_object(body: bytes, what: str) -> dict[str, Any]:
     return data
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _annotations(raw: dict[str, Any]) -> dict[str, str]:
+    annotations = raw.get("annotations")
+    if not isinstance(annotations, dict):
+        return {}
+    return {str(k): str(v) for k, v in annotations.items()}
+
+
 def _descriptor(raw: Any, what: str) -> Descriptor:
     if not isinstance(raw, dict) or not isinstance(raw.get("digest"), str):
         raise RegistryProtocolError(f"{what} has no digest")
@@ -129,26 +149,28 @@ def _descriptor(raw: Any, what: str) -> Descriptor:
         raise RegistryProtocolError(f"{what} has a malformed digest")
     platform = raw.get("platform")
     platform = platform if isinstance(platform, dict) else {}
-    annotations = raw.get("annotations")
-    annotations = annotations if isinstance(annotations, dict) else {}
-
-    def text(value: Any) -> str | None:
-        return value if isinstance(value, str) and value else None
-
     return Descriptor(
         media_type=str(raw.get("mediaType") or ""),
         digest=raw["digest"],
-        os=text(platform.get("os")),
-        architecture=text(platform.get("architecture")),
-        variant=text(platform.get("variant")),
-        annotations={str(k): str(v) for k, v in annotations.items()},
+        os=_text(platform.get("os")),
+        architecture=_text(platform.get("architecture")),
+        variant=_text(platform.get("variant")),
+        annotations=_annotations(raw),
+        artifact_type=_text(raw.get("artifactType")),
     )
+
+
+def _layer_types(data: dict[str, Any]) -> tuple[str, ...]:
+    layers = data.get("layers")
+    if not isinstance(layers, list):
+        return ()
+    return tuple(str(la.get("mediaType") or "") for la in layers if isinstance(la, dict))
 
 
 def parse_manifest(body: bytes, content_type: str | None = None) -> Manifest:
     """Parse any supported manifest. The media type comes from the body's `mediaType`, else
     the Content-Type header, else the document's shape. Raises RegistryProtocolError."""
-    data = _load_object(body, "manifest")
+    data = load_object(body, "manifest")
     media = data.get("mediaType")
     if not isinstance(media, str) or not media:
         media = (content_type or "").split(";")[0].strip()
@@ -167,9 +189,15 @@ def parse_manifest(body: bytes, content_type: str | None = None) -> Manifest:
             entries = []
         if not isinstance(entries, list):
             raise RegistryProtocolError("index `manifests` is not a list")
-        return Index(media, [_descriptor(e, "index entry") for e in entries])
+        return Index(
+            media, [_descriptor(e, "index entry") for e in entries],
+            artifact_type=_text(data.get("artifactType")), annotations=_annotations(data),
+        )
     if media in IMAGE_TYPES:
-        return ImageManifest(media, _descriptor(data.get("config"), "manifest config"))
+        return ImageManifest(
+            media, _descriptor(data.get("config"), "manifest config"), _layer_types(data),
+            artifact_type=_text(data.get("artifactType")), annotations=_annotations(data),
+        )
     history = data.get("history")
     if not isinstance(history, list) or not history or not isinstance(history[0], dict):
         raise RegistryProtocolError("schema 1 manifest has no history")
@@ -217,6 +245,11 @@ def choose_platform(index: Index, platform: str = "linux/amd64") -> Descriptor |
         if best is None or rank < best[0]:
             best = (rank, entry)
     return best[1] if best else None
+
+
+def platforms(index: Index) -> list[str]:
+    """The platforms an index offers, in index order, without attestation entries."""
+    return list(dict.fromkeys(e.platform for e in index.manifests if not is_attestation(e)))
 
 
 def parse_created(value: Any) -> datetime | None:
@@ -294,47 +327,4 @@ def parse_config(data: dict[str, Any]) -> Layer:
 
 
 def parse_config_blob(body: bytes) -> Layer:
-    return parse_config(_load_object(body, "image config"))
-
-
-def filter_tags(tags: Any) -> list[str]:
-    """Tags in registry order, deduplicated, without empty/null entries, digest-shaped
-    entries, metadata tags (core.artifacts: cosign sha256-<hex>.sig|.att|.sbom, the referrers
-    fallback sha256-<hex>) and invalid names."""
-    if not isinstance(tags, list):
-        return []
-    kept: dict[str, None] = {}
-    for tag in tags:
-        if not isinstance(tag, str) or not tag or is_digest(tag):
-            continue
-        if is_metadata_tag(tag) or not TAG_RE.fullmatch(tag):
-            continue
-        kept[tag] = None
-    return list(kept)
-
-
-def parse_tags_page(body: bytes) -> list[str]:
-    """The raw `tags` of a tags/list page (filtered); a null or missing list is []."""
-    data = _load_object(body, "tags list")
-    tags = data.get("tags")
-    if tags is not None and not isinstance(tags, list):
-        raise RegistryProtocolError("tags list `tags` is not a list")
-    return filter_tags(tags)
-
-
-def next_link(header: str | None, request_url: str) -> str | None:
-    """The absolute URL of the `rel="next"` Link, resolved against the request URL.
-    Raises RegistryProtocolError (permanent) when it points at another host."""
-    if not header:
-        return None
-    match = _LINK_NEXT_RE.search(header)
-    if not match:
-        return None
-    target = urljoin(request_url, match.group(1).strip())
-    here, there = urlsplit(request_url), urlsplit(target)
-    if (here.scheme, here.netloc.lower()) != (there.scheme, there.netloc.lower()):
-        raise RegistryProtocolError(
-            f"tags list pagination points at another host ({there.netloc}); refused",
-            transient=False,
-        )
-    return target
+    return parse_config(load_object(body, "image config"))

@@ -147,8 +147,13 @@ class Transport:
             except aiohttp.ClientError as exc:
                 self.last_failure[host] = time.monotonic()
                 metrics.registry_request(host, "connection_error")
+                hint = ""
+                if isinstance(exc, aiohttp.ClientSSLError) and urlsplit(url).scheme == "https":
+                    # what a registry that serves plain HTTP looks like over TLS
+                    hint = (f": TLS failed; if {host} serves plain HTTP, add it to INSECURE_REGISTRIES"
+                            f" (registry-sync dev --insecure-registry {host})")
                 raise RegistryUnavailableError(
-                    f"{where(method, url)}: connection failed ({type(exc).__name__})"
+                    f"{where(method, url)}: connection failed ({type(exc).__name__}){hint}"
                 ) from exc
         raise RegistryProtocolError(
             f"{where(method, url)}: more than {MAX_REDIRECTS} redirects", transient=False

@@ -17,7 +17,6 @@ requests (api/events.py), with a poll as a fallback for a missed notification.
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 
 import asyncpg
 import structlog
@@ -26,11 +25,12 @@ from aiohttp import web
 from api import queries
 from api.errors import UnavailableError
 from api.events import EVENT_HUB
-from api.keys import CELERY, POOL, PUBLISHER, SETTINGS
+from api.keys import POOL, SETTINGS
+from api.publish import send_tasks
 from core.names import ImageName
-from core.queue import INSPECT_HUB_IMAGE_TASK, PRIORITY_QUEUE
+from core.queue import INSPECT_HUB_IMAGE_TASK
 
-log = structlog.get_logger("api.inspect")
+log = structlog.get_logger("api.hub_lookup")
 
 MISSING_TTL = 300.0  # a name the hub does not have is looked up again after this long
 FAILED_TTL = 5.0  # after a failed lookup, GETs within this long answer 503 without asking
@@ -58,19 +58,13 @@ UPDATE hub_inspections SET outcome = 'failed', finished_at = now(), error = $2
 
 
 async def _send(app: web.Application, name: str) -> None:
-    send = partial(
-        app[CELERY].send_task, INSPECT_HUB_IMAGE_TASK, args=[name], queue=PRIORITY_QUEUE, retry=False
-    )
-    loop = asyncio.get_running_loop()
-    try:
-        await asyncio.wait_for(loop.run_in_executor(app[PUBLISHER], send), timeout=3.0)
-    except Exception as exc:  # any broker failure: nobody will answer this lookup
-        log.warning("inspect.queue_failed", image=name, error=type(exc).__name__)
+    if not await send_tasks(app, INSPECT_HUB_IMAGE_TASK, [[name]]):
+        # nobody will answer this lookup
         await app[POOL].execute(QUEUE_FAILED_SQL, name, "the task queue is unavailable")
         raise UnavailableError(
             "cannot look the image up on Docker Hub right now (the task queue is unavailable)",
             headers={"Retry-After": "5"},
-        ) from None
+        )
 
 
 async def inspect_hub_image(app: web.Application, account_id: int, name: ImageName) -> asyncpg.Record | None:

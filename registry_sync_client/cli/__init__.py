@@ -1,0 +1,1 @@
+"""The `tutum` command line tool, built on registry_sync_client."""
