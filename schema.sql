@@ -61,6 +61,12 @@ CREATE TABLE IF NOT EXISTS images (
     sync_error          text,
     sync_error_at       timestamptz,
     sync_failures       integer     NOT NULL DEFAULT 0,
+    -- adaptive schedule (worker/schedule.py): this image's poll interval in seconds (NULL:
+    -- SYNC_INTERVAL_SECONDS), and the last time the API served it (written in batches)
+    sync_interval       double precision,
+    read_at             timestamptz,
+    -- which tags are synced (core/tag_policy.py): {"include", "exclude", "max_tags"}; NULL: default
+    tag_policy          jsonb,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     -- proof of access (SPEC §1): the image's own credentials (or anonymous access) were
@@ -87,7 +93,8 @@ CREATE TABLE IF NOT EXISTS layers (
     labels         jsonb       NOT NULL DEFAULT '[]',
     ports          jsonb       NOT NULL DEFAULT '[]',
     volumes        jsonb       NOT NULL DEFAULT '[]',
-    fetched_at     timestamptz NOT NULL DEFAULT now()
+    fetched_at     timestamptz NOT NULL DEFAULT now(),
+    orphaned_at    timestamptz  -- since when no tag points at it (worker/retention.py)
 );
 
 CREATE TABLE IF NOT EXISTS tags (
@@ -345,4 +352,36 @@ CREATE OR REPLACE TRIGGER tags_events_delete AFTER DELETE ON tags
     FOR EACH STATEMENT EXECUTE FUNCTION tags_notify_events();
 -- ============================================================================================
 -- End of the freshness section.
+-- ============================================================================================
+
+-- ============================================================================================
+-- Polling at scale (worker/schedule.py, worker/tag_policy.py, worker/retention.py,
+-- api/read_marks.py). Columns of existing tables come with migrations/0005_polling.sql.
+-- ============================================================================================
+CREATE INDEX IF NOT EXISTS layers_orphaned_idx ON layers (orphaned_at) WHERE orphaned_at IS NOT NULL;
+-- "fed by webhooks": the last applied event of a repository
+CREATE INDEX IF NOT EXISTS webhook_events_applied_idx ON webhook_events (host, repository, received_at)
+    WHERE status = 'done';
+CREATE INDEX IF NOT EXISTS hub_inspections_finished_idx ON hub_inspections (finished_at);
+
+-- A layer pointed at again is no longer an orphan: retention measures its grace period from
+-- the last time it lost its last tag, not from the first.
+CREATE OR REPLACE FUNCTION tags_unorphan_layers() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE layers SET orphaned_at = NULL
+     WHERE orphaned_at IS NOT NULL
+       AND config_digest IN (SELECT config_digest FROM changed_tags WHERE config_digest IS NOT NULL);
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER tags_unorphan_insert AFTER INSERT ON tags
+    REFERENCING NEW TABLE AS changed_tags
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_unorphan_layers();
+CREATE OR REPLACE TRIGGER tags_unorphan_update AFTER UPDATE ON tags
+    REFERENCING NEW TABLE AS changed_tags
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_unorphan_layers();
+-- ============================================================================================
+-- End of the polling section.
 -- ============================================================================================

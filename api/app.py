@@ -7,7 +7,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api import events, health, images, metrics, openapi, outage, publish, resources, targets, throttle, webhooks
+from api import (
+    events,
+    health,
+    images,
+    metrics,
+    openapi,
+    outage,
+    publish,
+    read_marks,
+    resources,
+    targets,
+    throttle,
+    webhooks,
+)
 from api.auth import AUTH_CACHE, AuthCache, auth_middleware
 from api.errors import error_middleware
 from api.etag import etag_middleware
@@ -40,7 +53,9 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
     app[targets.ADDRESS_POLICY] = AddressPolicy.from_settings(settings)
     app[targets.RESOLVER] = targets.SystemResolver()
-    app.cleanup_ctx.extend([_database, outage.watch_ctx, publish.broker, events.listen, health.redis_client])
+    app.cleanup_ctx.extend(
+        [_database, outage.watch_ctx, publish.broker, events.listen, health.redis_client, read_marks.keep]
+    )
     throttle.configure(app, settings)
     # Open event streams must end before the server waits for its handlers to finish.
     app.on_shutdown.append(events.close_streams)

@@ -6,7 +6,8 @@
   anything failed: while the queue has a backlog the event's message is most likely still
   in it, and re-sending it every few seconds would only breed duplicates.
 - An event that failed MAX_ATTEMPTS times is marked `failed` (kept, for an operator).
-- Processed events are deleted after WEBHOOK_EVENT_RETENTION_SECONDS: they are the dedupe window,
+- Processed events are deleted by worker/retention.py after WEBHOOK_EVENT_RETENTION_SECONDS:
+  they are the dedupe window,
   the delete tombstones and the first sight of build ids, so keep them longer than any
   sender's redelivery and any build.
 - Builds that never finished end after BUILD_TIMEOUT_SECONDS (worker/builds.py).
@@ -30,7 +31,7 @@ log = structlog.get_logger("worker.sweep")
 SWEEP_AFTER_SECONDS = 5.0
 SWEEP_MAX_WAIT_SECONDS = 300.0
 SWEEP_INTERVAL_SECONDS = 1.0
-HOUSEKEEPING_INTERVAL_SECONDS = 30.0  # purge and build timeouts
+HOUSEKEEPING_INTERVAL_SECONDS = 30.0  # build timeouts (processed events: worker/retention.py)
 SWEEP_BATCH = 500
 MAX_ATTEMPTS = 20
 
@@ -49,12 +50,6 @@ RETURNING e.id
 GIVE_UP_SQL = """
 UPDATE webhook_events SET status = 'failed', processed_at = now()
  WHERE status = 'pending' AND attempts >= $1
-"""
-PURGE_SQL = """
-DELETE FROM webhook_events WHERE id IN (
-    SELECT id FROM webhook_events
-     WHERE status IN ('done', 'ignored') AND processed_at < now() - make_interval(secs => $1)
-     LIMIT 1000)
 """
 
 Send = Callable[[str, list], None]
@@ -85,14 +80,9 @@ async def sweep_events(
     return sent
 
 
-async def purge_events(pool: asyncpg.Pool, retention_seconds: float) -> int:
-    """Delete up to 1000 processed events older than the retention; how many."""
-    return int((await pool.execute(PURGE_SQL, retention_seconds)).split()[-1])
-
-
 class EventSweeper:
-    """Called on every scheduler tick: sweeps at most every `interval` seconds, purges and
-    ends stale builds at most every HOUSEKEEPING_INTERVAL_SECONDS."""
+    """Called on every scheduler tick: sweeps at most every `interval` seconds and ends stale
+    builds at most every HOUSEKEEPING_INTERVAL_SECONDS."""
 
     def __init__(self, settings: Settings, interval: float = SWEEP_INTERVAL_SECONDS,
                  after: float = SWEEP_AFTER_SECONDS) -> None:
@@ -110,7 +100,6 @@ class EventSweeper:
         try:
             if now >= self._next_housekeeping:
                 self._next_housekeeping = now + HOUSEKEEPING_INTERVAL_SECONDS
-                await purge_events(pool, self.settings.webhook_event_retention_seconds)
                 await builds.end_stale_builds(pool, self.settings.build_timeout_seconds)
             return await sweep_events(pool, send, after=self.after)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -65,19 +65,3 @@ async def test_a_backlog_in_the_queue_does_not_breed_duplicates(
     assert await pool.fetchval(
         "SELECT max(sweeps) FROM webhook_events WHERE id = ANY ($1::bigint[])", list(ours)) <= bound
     await pool.execute("UPDATE webhook_events SET status = 'done' WHERE id = ANY ($1::bigint[])", list(ours))
-
-
-async def test_processed_events_are_purged_after_the_retention(pool: asyncpg.Pool) -> None:
-    name = f"registry.example.com/{unique('purge')}/app".split("/", 1)[1]
-    old, recent = await store_events(pool, [
-        wh.WebhookEvent(wh.REGISTRY, unique("purge"), wh.DELETE_TAG, "registry.example.com", name, "a"),
-        wh.WebhookEvent(wh.REGISTRY, unique("purge"), wh.DELETE_TAG, "registry.example.com", name, "b"),
-    ])
-    await pool.execute("UPDATE webhook_events SET status = 'done', processed_at = now() - interval '8 days'"
-                       " WHERE id = $1", old)
-    await pool.execute("UPDATE webhook_events SET status = 'done', processed_at = now() - interval '6 days'"
-                       " WHERE id = $1", recent)
-    while await sweep.purge_events(pool, 7 * 86400):
-        pass
-    left = await pool.fetch("SELECT id FROM webhook_events WHERE id = ANY ($1::bigint[])", [old, recent])
-    assert [r["id"] for r in left] == [recent]
