@@ -21,7 +21,8 @@ import structlog
 
 from core.names import HUB_HOST, InvalidNameError, parse_image_name
 from core.registries import ensure_registry
-from worker import sync
+from core.tag_policy import effective
+from worker import sync, tag_policy
 from worker.registry import RegistryAuthError, RegistryError, RepositoryNotFoundError, Target
 from worker.runtime import Runtime
 
@@ -114,7 +115,7 @@ async def inspect_hub_image(rt: Runtime, raw_name: str) -> tuple[str, int | None
     target = Target(host=rt.network_host(HUB_HOST), repository=name.repository)
     try:
         async with asyncio.timeout(rt.settings.inspect_timeout_seconds):
-            tags = await rt.client.list_tags(target)
+            listed = await rt.client.list_tags(target)
     except (RepositoryNotFoundError, RegistryAuthError) as exc:
         await _finish(rt.pool, name.name, MISSING, str(exc))
         log.info("inspect.missing", image=name.name)
@@ -124,7 +125,13 @@ async def inspect_hub_image(rt: Runtime, raw_name: str) -> tuple[str, int | None
         await _finish(rt.pool, name.name, FAILED, message)
         log.warning("inspect.failed", image=name.name, error=message)
         return FAILED, None
-    meta = await hub_metadata(rt.session, rt.settings.docker_hub_api_url, name.repository)
+    # A new catalog image has no policy of its own: Docker Hub's default (its most recent
+    # tags) applies from the first listing, as it will at every sync.
+    policy = effective(None, is_hub=True, hub_default_max_tags=rt.settings.hub_default_max_tags)
+    meta, tags = await asyncio.gather(
+        hub_metadata(rt.session, rt.settings.docker_hub_api_url, name.repository),
+        tag_policy.apply(rt, policy, name.repository, listed),
+    )
     async with rt.pool.acquire() as conn, conn.transaction():
         registry_id = await ensure_registry(conn, HUB_HOST, rt.settings)
         # Two inspections of one name may run at once: the unique (owner NULL, name)

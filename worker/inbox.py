@@ -47,9 +47,10 @@ import structlog
 from core import metrics
 from core import webhooks as wh
 from core.artifacts import is_metadata_tag
-from core.names import InvalidNameError, parse_image_name
+from core.names import HUB_HOST, InvalidNameError, parse_image_name
 from core.registries import ensure_registry
 from core.settings import Settings
+from core.tag_policy import TagPolicy, effective
 from worker import builds, enrich, sync
 from worker.runtime import Runtime
 
@@ -99,7 +100,7 @@ CLAIM_ONE_SQL = "SELECT * FROM webhook_events WHERE id = $1 AND status = 'pendin
 # The images of the events' (host, repository) pairs, locked in id order (worker/locks.py):
 # one statement, so the flags read are those of the locked rows.
 MATCH_IMAGES_SQL = """
-SELECT i.id, r.host, i.repository, i.access_proven
+SELECT i.id, r.host, i.repository, i.access_proven, i.tag_policy
   FROM images AS i JOIN registries AS r ON r.id = i.registry_id
   JOIN unnest($1::text[], $2::text[]) AS w (host, repository)
     ON r.host = w.host AND i.repository = w.repository
@@ -230,9 +231,11 @@ async def _apply(conn: asyncpg.Connection, settings: Settings, events: list[asyn
     places = sorted({(e["host"], e["repository"]) for e in events})
     matched = await conn.fetch(MATCH_IMAGES_SQL, [p[0] for p in places], [p[1] for p in places])
     images: dict[tuple[str, str], list[int]] = {}
+    policies: dict[int, TagPolicy] = {}
     for m in matched:
         if m["access_proven"]:
             images.setdefault((m["host"], m["repository"]), []).append(m["id"])
+            policies[m["id"]] = effective(m["tag_policy"], is_hub=m["host"] == HUB_HOST, hub_default_max_tags=0)
     own_notes = await _create_on_own_registry(conn, settings, events, images)
     unproven = [m["id"] for m in matched if not m["access_proven"]]
     to_sync = [r["id"] for r in await conn.fetch(REQUEST_PROOF_SQL, unproven)] if unproven else []
@@ -255,6 +258,12 @@ async def _apply(conn: asyncpg.Connection, settings: Settings, events: list[asyn
         elif not ids:
             note = own_notes.get((ev["host"], ev["repository"])) or (
                 f"no image with proven access to {ev['host']}/{ev['repository']} is registered")
+        elif kind in (wh.PUSH, wh.BUILD_STATE) and ev["tag"]:
+            # the image's tag policy (include/exclude) decides here as in the sync; its
+            # max_tags needs the whole tag list and is left to the sync
+            ids = [i for i in ids if policies.get(i, TagPolicy()).allows(ev["tag"])]
+            if not ids:
+                note = f"the tag policy of every image of the repository excludes {ev['tag']}"
         if note is not None:
             out.append(Applied(ev["id"], IGNORED, kind, note=note))
             continue

@@ -63,3 +63,16 @@ async def test_a_name_that_is_not_on_the_hub_is_missing(hub_runtime: Runtime, po
 async def test_unreachable_hub_metadata_gives_defaults(hub_runtime: Runtime) -> None:
     meta = await hub_lookup.hub_metadata(hub_runtime.session, "http://127.0.0.1:9", "library/x")
     assert meta == hub_lookup.HubMetadata("", 0)
+
+
+async def test_a_new_catalog_image_starts_with_the_hub_default_tag_policy(
+    hub_runtime: Runtime, pool: asyncpg.Pool
+) -> None:
+    # the fake's ok/* repositories list tags a and b; Docker Hub's tags API does not answer
+    # here, so the most recent tag is the greatest in natural order
+    rt = hub_runtime
+    rt.settings = dataclasses.replace(rt.settings, hub_default_max_tags=1)
+    name = f"ok/{unique('x')}"
+    outcome, image_id = await hub_lookup.inspect_hub_image(rt, name)
+    assert outcome == hub_lookup.FOUND and image_id is not None
+    assert [r["name"] for r in await pool.fetch("SELECT name FROM tags WHERE image_id = $1", image_id)] == ["b"]

@@ -217,3 +217,18 @@ async def test_sweep_requeues_only_events_pending_too_long(pool: asyncpg.Pool) -
     await pool.execute("UPDATE webhook_events SET queued_at = now() - interval '1 minute' WHERE id = $1", old)
     await sweep.sweep_events(pool, broken)  # logged; the event stays pending
     assert await pool.fetchval("SELECT status FROM webhook_events WHERE id = $1", old) == "pending"
+
+
+async def test_a_push_or_build_of_a_tag_the_policy_excludes_is_ignored(
+    pool: asyncpg.Pool, settings: Settings,
+) -> None:
+    name = f"registry.example.com/{unique('pol')}/app"
+    kept = await insert_image(pool, name=name, access_proven=True)
+    policy = {"include": ["v*"], "exclude": ["*-rc*"], "max_tags": None}
+    await pool.execute("UPDATE images SET tag_policy = $2 WHERE id = $1", kept, policy)
+    assert await apply(pool, settings,
+                       ev(wh.PUSH, name, tag="v2-rc1", digest=DIGEST_A),
+                       ev(wh.PUSH, name, tag="nightly", digest=DIGEST_A),
+                       ev(wh.BUILD_STATE, name, tag="nightly", state="Building"),
+                       ev(wh.PUSH, name, tag="v2", digest=DIGEST_B)) == ["ignored", "ignored", "ignored", "done"]
+    assert list(await tags(pool, kept)) == ["v2"]
