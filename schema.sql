@@ -61,6 +61,12 @@ CREATE TABLE IF NOT EXISTS images (
     sync_error          text,
     sync_error_at       timestamptz,
     sync_failures       integer     NOT NULL DEFAULT 0,
+    -- adaptive schedule (worker/schedule.py): this image's poll interval in seconds (NULL:
+    -- SYNC_INTERVAL_SECONDS), and the last time the API served it (written in batches)
+    sync_interval       double precision,
+    read_at             timestamptz,
+    -- which tags are synced (core/tag_policy.py): {"include", "exclude", "max_tags"}; NULL: default
+    tag_policy          jsonb,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     -- proof of access (SPEC §1): the image's own credentials (or anonymous access) were
@@ -87,7 +93,8 @@ CREATE TABLE IF NOT EXISTS layers (
     labels         jsonb       NOT NULL DEFAULT '[]',
     ports          jsonb       NOT NULL DEFAULT '[]',
     volumes        jsonb       NOT NULL DEFAULT '[]',
-    fetched_at     timestamptz NOT NULL DEFAULT now()
+    fetched_at     timestamptz NOT NULL DEFAULT now(),
+    orphaned_at    timestamptz  -- since when no tag points at it (worker/retention.py)
 );
 
 CREATE TABLE IF NOT EXISTS tags (
@@ -104,6 +111,10 @@ CREATE TABLE IF NOT EXISTS tags (
     state_at         timestamptz, -- time of the event that set `state`: older events never win
     sync_note        text,        -- e.g. no manifest for the configured platform
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- the build whose events set `state` (a sender's build id; NULL: none), and when the
+    -- database received the build event that set it (BUILD_TIMEOUT_SECONDS counts from there)
+    build_id         text,
+    build_event_at   timestamptz,
     -- why the last sync could not read the tag's manifest or config; its other columns
     -- keep the last good data
     sync_error       text,
@@ -145,7 +156,14 @@ CREATE INDEX IF NOT EXISTS image_categories_category_idx ON image_categories (ca
 --   Building if any tag is Building; else Failed if any tag is Failed; else Success if any
 --   tag is Success; else Empty. last_build_date: newest successful build date of its tags.
 CREATE OR REPLACE FUNCTION refresh_image_state(image_ids bigint[]) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The one lock order of every writer of tags: the image rows, by id. Every write path
+    -- takes these locks itself before it writes tags (so this passes at once); a writer that
+    -- did not still cannot compute from a state older than the writers it waits for here.
+    PERFORM 1 FROM images WHERE id = ANY (image_ids) ORDER BY id FOR UPDATE;
+    -- A new statement, so under READ COMMITTED a new snapshot: it sees every tag committed
+    -- by the transactions the lock above waited for.
     UPDATE images AS i
        SET state = agg.state, last_build_date = agg.last_build_date, updated_at = now()
       FROM (
@@ -162,6 +180,7 @@ LANGUAGE sql AS $$
       ) AS agg
      WHERE i.id = agg.id
        AND (i.state, i.last_build_date) IS DISTINCT FROM (agg.state, agg.last_build_date);
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION tags_refresh_image_state() RETURNS trigger
@@ -184,9 +203,9 @@ CREATE OR REPLACE TRIGGER tags_after_delete AFTER DELETE ON tags
     FOR EACH STATEMENT EXECUTE FUNCTION tags_refresh_image_state();
 
 -- ======================================================================================
--- Push webhooks (issue 4): the durable inbox. Owned by api/webhooks.py (writes, before it
--- answers the sender) and worker/events.py (applies, sweeps). An event is one change named by
--- a sender (core/webhooks.py normalizes every sender's format to these columns).
+-- Push webhooks: the durable inbox. Written by api/webhooks.py (before it answers the sender),
+-- applied by worker/inbox.py, re-queued and purged by worker/sweep.py. An event is one change
+-- named by a sender (core/webhooks.py normalizes every sender's format to these columns).
 -- ======================================================================================
 CREATE TABLE IF NOT EXISTS webhook_events (
     id            bigserial   PRIMARY KEY,
@@ -206,6 +225,8 @@ CREATE TABLE IF NOT EXISTS webhook_events (
     received_at   timestamptz NOT NULL DEFAULT now(),
     queued_at     timestamptz NOT NULL DEFAULT now(),  -- last time it was sent to the queue
     processed_at  timestamptz,
+    build_id      text,                  -- the sender's build id (Quay, the generic build event)
+    sweeps        integer     NOT NULL DEFAULT 0,  -- times the sweep sent it again: each waits twice as long
     CONSTRAINT webhook_events_dedupe_key_key UNIQUE (dedupe_key),
     CONSTRAINT webhook_events_source_check
         CHECK (source IN ('registry', 'dockerhub', 'harbor', 'quay', 'build', 'github')),
@@ -222,16 +243,19 @@ CREATE INDEX IF NOT EXISTS webhook_events_pending_idx ON webhook_events (queued_
 -- deletes are tombstones: a push older than a processed delete must not resurrect its tag
 CREATE INDEX IF NOT EXISTS webhook_events_deletes_idx ON webhook_events (repository, host, occurred_at)
     WHERE kind IN ('delete_tag', 'delete_manifest', 'delete_repository');
+-- builds are ordered by when the first event of their id arrived
+CREATE INDEX IF NOT EXISTS webhook_events_builds_idx ON webhook_events (repository, host, build_id, received_at)
+    WHERE build_id IS NOT NULL;
 -- retention of processed events
 CREATE INDEX IF NOT EXISTS webhook_events_processed_idx ON webhook_events (processed_at)
     WHERE status IN ('done', 'ignored');
 -- events name (registry host, repository): find the images they are about
 CREATE INDEX IF NOT EXISTS images_repository_idx ON images (repository);
--- ============================================================ end of push webhooks (issue 4)
+-- ======================================================================== end of push webhooks
 
 -- ============================================================================================
 -- Freshness (issue 5): Docker Hub inspections and the events stream. Owner: api/events.py,
--- api/inspect.py, worker/inspect.py.
+-- api/inspect.py, worker/hub_lookup.py.
 -- ============================================================================================
 
 -- The last lookup of a Docker Hub name that was not in the catalog (GET of an unknown Hub
@@ -293,7 +317,8 @@ CREATE OR REPLACE TRIGGER images_events_delete AFTER DELETE ON images
 
 -- A statement that changes more than 100 tags of one image (the sync of a big image) sends
 -- one image update for it instead: subscribers re-read its tags. `image_state` lets the
--- stream fold several smaller statements into one image update too (api/stream.py).
+-- stream fold several smaller statements into one image update too (api/stream.py); it is
+-- the new state: triggers of one event fire in name order, tags_after_* before these.
 CREATE OR REPLACE FUNCTION tags_notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -665,4 +690,36 @@ HAVING NOT EXISTS (SELECT 1 FROM tag_counts)
 ON CONFLICT DO NOTHING;
 -- ============================================================================================
 -- End of the lists section.
+-- ============================================================================================
+
+-- ============================================================================================
+-- Polling at scale (worker/schedule.py, worker/tag_policy.py, worker/retention.py,
+-- api/read_marks.py). Columns of existing tables come with migrations/0005_polling.sql.
+-- ============================================================================================
+CREATE INDEX IF NOT EXISTS layers_orphaned_idx ON layers (orphaned_at) WHERE orphaned_at IS NOT NULL;
+-- "fed by webhooks": the last applied event of a repository
+CREATE INDEX IF NOT EXISTS webhook_events_applied_idx ON webhook_events (host, repository, received_at)
+    WHERE status = 'done';
+CREATE INDEX IF NOT EXISTS hub_inspections_finished_idx ON hub_inspections (finished_at);
+
+-- A layer pointed at again is no longer an orphan: retention measures its grace period from
+-- the last time it lost its last tag, not from the first.
+CREATE OR REPLACE FUNCTION tags_unorphan_layers() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE layers SET orphaned_at = NULL
+     WHERE orphaned_at IS NOT NULL
+       AND config_digest IN (SELECT config_digest FROM changed_tags WHERE config_digest IS NOT NULL);
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER tags_unorphan_insert AFTER INSERT ON tags
+    REFERENCING NEW TABLE AS changed_tags
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_unorphan_layers();
+CREATE OR REPLACE TRIGGER tags_unorphan_update AFTER UPDATE ON tags
+    REFERENCING NEW TABLE AS changed_tags
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_unorphan_layers();
+-- ============================================================================================
+-- End of the polling section.
 -- ============================================================================================

@@ -13,8 +13,6 @@ from api import (
     list_upkeep,
     metrics,
     openapi,
-    outage,
-    publish,
     resources,
     stream,
     stream_app,
@@ -58,8 +56,9 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
     app[targets.ADDRESS_POLICY] = AddressPolicy.from_settings(settings)
     app[targets.RESOLVER] = targets.SystemResolver()
-    app.cleanup_ctx.extend([_database, outage.watch_ctx, publish.broker, stream.listen, health.redis_client,
-                           list_upkeep.bucket_upkeep])
+    health,
+    images,
+    list_upkeep,
     throttle.configure(app, settings)
     # Open event streams must end before the server waits for its handlers to finish.
     app.on_shutdown.append(stream.close_streams)

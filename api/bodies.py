@@ -9,6 +9,7 @@ from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from api.errors import BadRequestError, UnsupportedMediaTypeError
+from core import tag_policy
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,6 +30,19 @@ class ImagePatch(_Body):
     username: str | None = Field(default=None, max_length=255)
     password: str | None = Field(default=None, max_length=4096)
     description: str | None = Field(default=None, max_length=4096)
+    # Our extension (Tutum clients never send it): which tags are synced; `null` in a PATCH
+    # goes back to the default. Never part of the image's wire format; shown at …/sync/.
+    tag_policy: dict[str, Any] | None = None
+
+    @field_validator("tag_policy", mode="after")
+    @classmethod
+    def _tag_policy(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else tag_policy.parse(value).to_json()
+
+    @property
+    def sets_tag_policy(self) -> bool:
+        """The body names `tag_policy` (possibly as null: back to the default)."""
+        return "tag_policy" in self.model_fields_set
 
 
 class ImageCreate(ImagePatch):
@@ -63,6 +77,8 @@ def _describe(exc: ValidationError) -> tuple[str, str]:
         return field, f"field '{field}' must be a string"
     if kind == "string_too_long":
         return field, f"field '{field}' is too long"
+    if kind == "dict_type":
+        return field, f"field '{field}' must be an object"
     if kind == "value_error":
         return field, f"field '{field}' " + str(err["msg"]).removeprefix("Value error, ")
     return field, f"field '{field}': {err['msg']}"

@@ -9,7 +9,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from api import hub_lookup, pages, paths, queries, serializers, targets
+from api import hub_lookup, pages, paths, queries, read_marks, serializers, targets
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -23,9 +23,10 @@ from api.errors import (
 from api.keys import CREDENTIAL_BOX, POOL, SETTINGS
 from api.params import parse_image_filters, parse_paging, reject_unknown
 from api.publish import FALLBACK_SECONDS, queue_priority_sync
+from core import tag_policy
 from core.accounts import Account
 from core.crypto import CredentialBox, Credentials
-from core.names import InvalidNameError, parse_image_name
+from core.names import HUB_HOST, InvalidNameError, parse_image_name
 from core.registries import ensure_registry
 
 log = structlog.get_logger("api.images")
@@ -63,6 +64,8 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image)
     if image is None:
         raise NotFoundError(f"image '{target.image.name}' not found")
+    if method == "GET":
+        read_marks.mark(request.app, image)  # catalog images nobody reads are polled rarely
     if target.kind == paths.IMAGE:
         if method == "GET":
             reject_unknown(request.query, ())
@@ -131,7 +134,7 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
             conn, name=name.name, owner_id=account.id, registry_id=registry_id,
             repository=name.repository, description=body.description or "",
             is_private=sealed is not None or not name.is_hub, public_url=name.public_url,
-            credentials=sealed, first_sync_in=FALLBACK_SECONDS,
+            credentials=sealed, first_sync_in=FALLBACK_SECONDS, tag_policy=body.tag_policy,
         )
         if image_id is None:
             raise ConflictError(f"you have already registered '{name.name}'", field="name")
@@ -161,10 +164,14 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
         new_creds = pair is not None
         sealed = box.seal(Credentials(*pair)) if pair else None
         await queries.update_image(
-            conn, image["id"], description=body.description, set_credentials=new_creds, credentials=sealed
+            conn, image["id"], description=body.description, set_credentials=new_creds, credentials=sealed,
+            set_tag_policy=body.sets_tag_policy, tag_policy=body.tag_policy,
         )
     if new_creds:
         log.info("image.credentials_changed", image=image["name"])
+    if body.sets_tag_policy:
+        log.info("image.tag_policy_changed", image=image["name"])
+    if new_creds or body.sets_tag_policy:
         await queue_priority_sync(request.app, image["id"])
     updated = await queries.get_image(pool, request_account(request).id, image["name"])
     if updated is None:  # deleted by a concurrent request after our update
@@ -212,6 +219,11 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
     row = await queries.sync_status(pool, image["id"])
     issues, issue_count = await queries.tag_issues(pool, image["id"], TAG_ISSUES_LISTED)
     cut_at = row["tags_cut_at"]
+    policy = tag_policy.effective(
+        row["tag_policy"], is_hub=image["registry_host"] == HUB_HOST,
+        hub_default_max_tags=request.app[SETTINGS].hub_default_max_tags,
+    )
+    interval = row["sync_interval"] or request.app[SETTINGS].sync_interval_seconds
     return json_response({
         "image": serializers.image_uri(image["name"]),
         "state": image["state"],
@@ -231,4 +243,6 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
             f"the registry lists more than {cut_at} tags: only the first {cut_at} by name are kept"
             if cut_at is not None else None
         ),
+        "poll_interval_seconds": round(interval, 1),
+        "tag_policy": {**policy.to_json(), "default": row["tag_policy"] is None},
     })

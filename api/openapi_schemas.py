@@ -50,6 +50,14 @@ RFC2822: Schema = {
                r" [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} \+0000$",
 }
 KEY_VALUE = obj({"key": STR, "value": STR})
+# our extension: which tags of an image are synced (core/tag_policy.py)
+_TAG_POLICY_FIELDS: dict[str, Schema] = {
+    "include": {"type": "array", "items": STR, "maxItems": 50, "description": "glob patterns; none: every tag"},
+    "exclude": {"type": "array", "items": STR, "maxItems": 50, "description": "glob patterns"},
+    "max_tags": nullable({"type": "integer", "minimum": 1, "maximum": 10000}),
+}
+TAG_POLICY_IN = nullable(obj(_TAG_POLICY_FIELDS, optional=tuple(_TAG_POLICY_FIELDS),
+                             description="An extension Tutum clients never send; null: the default"))
 
 
 def _list(item: str) -> Schema:
@@ -127,22 +135,26 @@ SCHEMAS: dict[str, Schema] = {
         "tag_issue_count": INT,
         "tags_truncated": BOOL,
         "tags_note": nullable(STR),
+        "poll_interval_seconds": {"type": "number"},
+        "tag_policy": obj({**_TAG_POLICY_FIELDS, "default": BOOL}),
     }, description="An extension: the image's last sync, its error and the next run; the tags"
                    " whose content could not be read (`error`, their last good data kept) or"
                    " has no layer (`note`), the first 100 by name; whether the tag list was"
-                   " cut to MAX_TAGS_PER_IMAGE"),
+                   " cut to MAX_TAGS_PER_IMAGE; the adaptive poll interval and the tag policy"),
     "ImagePatch": obj({
         "description": {"type": "string", "maxLength": 4096},
         "username": {"type": "string", "maxLength": 255},
         "password": {"type": "string", "maxLength": 4096, "writeOnly": True},
-    }, optional=("description", "username", "password"),
+        "tag_policy": TAG_POLICY_IN,
+    }, optional=("description", "username", "password", "tag_policy"),
         description="username and password go together; they are encrypted and never returned"),
     "ImageCreate": obj({
         "name": STR,
         "description": {"type": "string", "maxLength": 4096},
         "username": {"type": "string", "maxLength": 255},
         "password": {"type": "string", "maxLength": 4096, "writeOnly": True},
-    }, optional=("description", "username", "password")),
+        "tag_policy": TAG_POLICY_IN,
+    }, optional=("description", "username", "password", "tag_policy")),
     "Health": obj({"status": {"const": "ok"}}),
     "Ready": obj({"status": {"const": "ok"},
                   "checks": obj({"postgres": STR, "redis": STR})}),

@@ -110,8 +110,8 @@ async def get_layer(conn: Conn, account_id: int, config_digest: str) -> asyncpg.
 
 INSERT_IMAGE_SQL = """
 INSERT INTO images (name, owner_id, registry_id, repository, description, is_private_image,
-                    public_url, credentials, next_sync_at, sync_requested_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), now())
+                    public_url, credentials, next_sync_at, sync_requested_at, tag_policy)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), now(), $10)
 ON CONFLICT ON CONSTRAINT images_owner_name_key DO NOTHING
 RETURNING id
 """
@@ -120,12 +120,12 @@ RETURNING id
 async def insert_image(
     conn: Conn, *, name: str, owner_id: int | None, registry_id: int, repository: str,
     description: str, is_private: bool, public_url: str, credentials: bytes | None,
-    first_sync_in: float,
+    first_sync_in: float, tag_policy: dict[str, Any] | None = None,
 ) -> int | None:
     """The new image's id, or None when this owner already has the name."""
     return await conn.fetchval(
         INSERT_IMAGE_SQL, name, owner_id, registry_id, repository, description, is_private,
-        public_url, credentials, first_sync_in,
+        public_url, credentials, first_sync_in, tag_policy,
     )
 
 
@@ -133,8 +133,9 @@ UPDATE_IMAGE_SQL = """
 UPDATE images
    SET description = COALESCE($2, description),
        credentials = CASE WHEN $3::boolean THEN $4 ELSE credentials END,
-       sync_requested_at = CASE WHEN $3::boolean THEN now() ELSE sync_requested_at END,
+       sync_requested_at = CASE WHEN $3::boolean OR $5::boolean THEN now() ELSE sync_requested_at END,
        sync_failures = CASE WHEN $3::boolean THEN 0 ELSE sync_failures END,
+       tag_policy = CASE WHEN $5::boolean THEN $6::jsonb ELSE tag_policy END,
        access_proven = access_proven AND NOT $3::boolean,
        updated_at = now()
  WHERE id = $1
@@ -143,9 +144,11 @@ UPDATE images
 
 async def update_image(
     conn: Conn, image_id: int, *, description: str | None, set_credentials: bool,
-    credentials: bytes | None,
+    credentials: bytes | None, set_tag_policy: bool = False, tag_policy: dict[str, Any] | None = None,
 ) -> None:
-    await conn.execute(UPDATE_IMAGE_SQL, image_id, description, set_credentials, credentials)
+    await conn.execute(
+        UPDATE_IMAGE_SQL, image_id, description, set_credentials, credentials, set_tag_policy, tag_policy
+    )
 
 
 LOCK_CREDENTIALS_SQL = "SELECT credentials FROM images WHERE id = $1 FOR UPDATE"
@@ -175,7 +178,7 @@ async def request_sync(conn: Conn, image_id: int, *, fallback_in: float) -> None
 
 SYNC_STATUS_SQL = """
 SELECT last_synced_at, next_sync_at, sync_error, sync_error_at, sync_failures, tags_cut_at,
-       lease_until > now() AS syncing
+       lease_until > now() AS syncing, tag_policy, sync_interval
   FROM images WHERE id = $1
 """
 

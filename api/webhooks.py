@@ -5,7 +5,10 @@ Each receiver: authenticate the sender (constant-time) → parse its format into
 skipped by their dedupe key → answer 202 (200 when nothing new) → send
 `process_webhook_event(id)` to the priority queue. The send happens after the commit and
 after the answer; when it fails (Redis down) the event is still pending in Postgres and the
-scheduler's sweep (worker/events.py) queues it again, so nothing is lost (api/publish.py).
+scheduler's sweep (worker/sweep.py) queues it again, so nothing is lost (api/publish.py).
+The worker applies every pending event from one message (worker/inbox.py), so in a burst a
+message waits NOTICE_DELAY_SECONDS and the events stored meanwhile need none of their own:
+it leaves after they committed. A burst of pushes costs a few messages, not one per event.
 
 A wrong secret is counted like a wrong API key (api/throttle.py, scope `webhook`, keyed by
 receiver and client address): past the limit, wrong attempts get 429; a correct secret is
@@ -15,7 +18,9 @@ labels never show it (api/request_log.py, api/metrics.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import asyncpg
 import orjson
@@ -33,16 +38,57 @@ from core.queue import PROCESS_EVENT_TASK
 
 log = structlog.get_logger("api.webhooks")
 
+
+@dataclass
+class InboxNotice:
+    """Per app: whether a `process_webhook_event` message is due (scheduled, not sent yet),
+    and when the last events were stored (the loop's clock)."""
+
+    due: bool = False
+    last_stored: float = float("-inf")
+
+
+INBOX_NOTICE = web.AppKey("inbox_notice", InboxNotice)
+# Within a burst (events less than BURST_GAP_SECONDS apart) a message goes this long after
+# the event that needs it: the events stored meanwhile share it, and the worker's
+# transaction and enrichment. Outside a burst it goes at once.
+NOTICE_DELAY_SECONDS = 0.02
+BURST_GAP_SECONDS = 0.02
+
+
+def _notify_worker(app: web.Application, ids: list[int]) -> None:
+    """After the answer: a message for these committed events, unless one is due already:
+    it leaves after their commit, and the worker applies every pending event from one
+    message (worker/inbox.py). The message names the newest id."""
+    notice = app[INBOX_NOTICE]
+    if not ids:
+        return
+    loop = asyncio.get_running_loop()
+    burst = loop.time() - notice.last_stored < BURST_GAP_SECONDS
+    notice.last_stored = loop.time()
+    if notice.due:
+        return
+    notice.due = True
+
+    def send() -> None:
+        # events committed from now on need a message of their own
+        notice.due = False
+        send_tasks_later(app, PROCESS_EVENT_TASK, [[max(ids)]])
+
+    loop.call_later(NOTICE_DELAY_SECONDS if burst else 0, send)
+
+
 # One statement: all events of a delivery are stored, or none. RETURNING yields only the
 # rows that were new, so a duplicate delivery queues nothing.
 INSERT_EVENTS_SQL = """
 INSERT INTO webhook_events (source, dedupe_key, kind, host, repository, tag, digest, build_state,
-                            occurred_at, payload)
+                            occurred_at, payload, build_id)
 SELECT e.source, e.dedupe_key, e.kind, e.host, e.repository, e.tag, e.digest, e.build_state,
-       COALESCE(e.occurred_at, now()), e.payload::jsonb
+       COALESCE(e.occurred_at, now()), e.payload::jsonb, e.build_id
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-              $7::text[], $8::text[], $9::timestamptz[], $10::text[])
-       AS e (source, dedupe_key, kind, host, repository, tag, digest, build_state, occurred_at, payload)
+              $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::text[])
+       AS e (source, dedupe_key, kind, host, repository, tag, digest, build_state, occurred_at, payload,
+             build_id)
 ON CONFLICT ON CONSTRAINT webhook_events_dedupe_key_key DO NOTHING
 RETURNING id
 """
@@ -52,11 +98,11 @@ async def store_events(conn: asyncpg.Pool | asyncpg.Connection, events: list[wh.
     """Insert events into the inbox; the ids of those not seen before."""
     if not events:
         return []
-    cols: list[list[object]] = [[] for _ in range(10)]
+    cols: list[list[object]] = [[] for _ in range(11)]
     for ev in events:
         row = (
             ev.source, ev.dedupe_key, ev.kind, ev.host, ev.repository, ev.tag, ev.digest,
-            ev.build_state, ev.occurred_at, orjson.dumps(ev.payload).decode(),
+            ev.build_state, ev.occurred_at, orjson.dumps(ev.payload).decode(), ev.build_id,
         )
         for col, value in zip(cols, row, strict=True):
             col.append(value)
@@ -100,7 +146,7 @@ async def _accept(request: web.Request, receiver: str, parse: Parser, body: byte
     log.info("webhook.received", receiver=receiver, events=len(events), new=len(ids))
     metrics.WEBHOOK_EVENTS.labels(source=receiver, outcome="accepted").inc(len(ids))
     metrics.WEBHOOK_EVENTS.labels(source=receiver, outcome="duplicate").inc(len(events) - len(ids))
-    send_tasks_later(request.app, PROCESS_EVENT_TASK, [[event_id] for event_id in ids])
+    _notify_worker(request.app, ids)
     return json_response(
         {"accepted": len(ids), "duplicates": len(events) - len(ids)}, status=202 if ids else 200
     )
@@ -173,6 +219,7 @@ async def receive_github(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register the receivers (called by create_app; no I/O)."""
+    app[INBOX_NOTICE] = InboxNotice()
     slash = "{slash:/?}"
     base = "/api/v1/webhooks"
     app.router.add_post(f"{base}/registry{slash}", receive_registry)

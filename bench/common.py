@@ -1,8 +1,9 @@
-"""What every benchmark needs: the local Postgres server and fresh databases on it, the wrk
-driver, and the processes a run starts."""
+"""What every benchmark needs: the local Postgres server and fresh databases on it, child
+processes, polling, the wrk driver, and the processes and figures of the read benchmarks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -12,11 +13,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import redis
 
 from core.db import apply_schema
 
@@ -110,7 +113,126 @@ def run_wrk(base: str, script: Path, paths: Path, *, duration: float, concurrenc
     return Result(int(n), usec / 1e6, p50 / 1000, p99 / 1000, int(sum(errs)))
 
 
-# --- processes the benchmarks start ---------------------------------------------------------
+# --- child processes, polling and a synchronous database handle (sync_bench.py) --------------
+
+
+class Procs:
+    """Child processes, each in its own session with its output in a file of `tmp`."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.running: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(self, name: str, args: Sequence[str], env: dict[str, str], *,
+              module: str = "cli.main") -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{name}.{len(self.running)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args], env={**os.environ, **env},
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.running.append((name, proc, log))
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc, log in self.running:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log)}")
+
+    def dump(self) -> None:
+        for name, _, log in self.running:
+            print(f"--- {name} output:\n{tail(log)}", file=sys.stderr)
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        for _, proc, _ in self.running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _, proc, _ in self.running:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the process group is ours alone
+                proc.wait(5)
+        self.running.clear()
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02,
+             check: Callable[[], None] | None = None) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if check is not None:
+            check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Db:
+    """A synchronous handle on one connection (the bench's own loop)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.conn: asyncpg.Connection = self.loop.run_until_complete(asyncpg.connect(dsn))
+
+    def val(self, query: str, *args: Any) -> Any:
+        return self.loop.run_until_complete(self.conn.fetchval(query, *args))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
+
+
+def own_tcp_ports() -> set[int]:
+    """Local ports of this process's TCP sockets (Linux /proc)."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[9] in inodes:
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def foreign_redis_clients(redis_url: str) -> list[str]:
+    """Other connections to our Redis database (before our workers start there must be none:
+    another bench or test using the same database number would take our messages)."""
+    with redis.Redis.from_url(redis_url) as r:
+        db = r.connection_pool.connection_kwargs.get("db", 0)
+        clients = [c for c in r.client_list() if int(c.get("db", -1)) == db]
+        mine = own_tcp_ports()
+        return [f"{c['addr']} cmd={c.get('cmd')} age={c.get('age')}s" for c in clients
+                if int(c["addr"].rsplit(":", 1)[1]) not in mine]
+
+
+def flush_redis(redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as r:
+        r.flushdb()
+
+
+# --- the servers of the read benchmarks (api_bench.py, stream_bench.py) ---------------------
 
 def free_port() -> int:
     with socket.socket() as s:

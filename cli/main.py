@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stream)
     p = sub.add_parser("worker", help="run the sync workers (one consumer process per queue)")
     p.add_argument("--queues", default="priority,routine", help="comma-separated: priority, routine")
-    p.add_argument("--concurrency", type=int, default=None, help="threads per consumer process")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="syncs in flight per consumer process (default: WORKER_CONCURRENCY)")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("worker-health", help="exit 0 if this host's worker consumers answer a ping (liveness)")
     p.add_argument("--queues", default="priority,routine", help="the queues the worker was started with")

@@ -32,6 +32,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     start_http_server,
@@ -85,12 +86,72 @@ LEASE_EXPIRIES = Counter(
     "overran LEASE_SECONDS)",
 )
 
+# The registry budget (worker/registry/budget.py) and the worker's execution model.
+BUDGET_WAIT = Histogram(
+    "registry_sync_budget_wait_seconds",
+    "Time a registry request waited for its host's fleet-wide budget (rate, concurrency, a "
+    "short pause) before it was sent, by registry",
+    ["registry"],
+    buckets=_BUCKETS,
+)
+BUDGET_BUSY = Counter(
+    "registry_sync_budget_busy_total",
+    "Syncs handed back for later because their registry host could not be asked now, by "
+    "registry and reason: paused, concurrency, rate, pulls (fleet budget) or share (the host "
+    "holds its share of a worker process)",
+    ["registry", "reason"],
+)
+BUDGET_PAUSES = Counter(
+    "registry_sync_budget_pauses_total",
+    "Pauses of a registry host for the whole fleet, by registry and cause: 429 (Retry-After) "
+    "or ratelimit (Docker Hub's ratelimit-remaining at its floor)",
+    ["registry", "cause"],
+)
+BUDGET_IN_FLIGHT = Gauge(
+    "registry_sync_budget_in_flight",
+    "Registry requests in flight now, by registry (summed over a host's worker processes)",
+    ["registry"],
+    multiprocess_mode="livesum",
+)
+BUDGET_PULLS_REMAINING = Gauge(
+    "registry_sync_budget_pulls_remaining",
+    "Pulls left in the registry's own window as it last reported them (Docker Hub's "
+    "ratelimit-remaining), by registry",
+    ["registry"],
+    multiprocess_mode="livemostrecent",
+)
+BUDGET_FALLBACKS = Counter(
+    "registry_sync_budget_fallbacks_total",
+    "Times a worker process found Redis unreachable and applied the registry limits on its own",
+)
+WORKER_IN_FLIGHT = Gauge(
+    "registry_sync_worker_in_flight",
+    "Syncs and webhook events in flight in the worker's consumer processes, by queue",
+    ["queue"],
+    multiprocess_mode="livesum",
+)
+WORKER_CAPACITY = Gauge(
+    "registry_sync_worker_capacity",
+    "How many syncs and events the worker's consumer processes may run at once, by queue",
+    ["queue"],
+    multiprocess_mode="livesum",
+)
+BEAT_QUEUE_FULL = Counter(
+    "registry_sync_beat_queue_full_total",
+    "Scheduler ticks that claimed nothing because the routine queue held BEAT_QUEUE_MAX messages",
+)
+RETENTION_DELETED = Counter(
+    "registry_sync_retention_deleted_total",
+    "Rows deleted by the scheduler's retention, by table",
+    ["table"],
+)
+
 P = ParamSpec("P")
 
 
 def webhook_event(source: str, outcome: str) -> None:
     """Count one webhook event. For the receivers (api/webhooks.py) and the event processor
-    (worker/events.py); keep `source` and `outcome` to a few fixed words."""
+    (worker/inbox.py); keep `source` and `outcome` to a few fixed words."""
     WEBHOOK_EVENTS.labels(source=source, outcome=outcome).inc()
 
 

@@ -90,11 +90,35 @@ class Settings:
     auth_failure_limit: int = 20
     auth_failure_window_seconds: float = 60.0
     trusted_proxies: str = ""
+    webhook_event_retention_seconds: float = 7 * 86400.0  # processed events: dedupe, tombstones, build order
+    build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
     # lists (issue 14): name buckets that let a deep `offset` skip only one bucket's rows
     list_bucket_size: int = 1000
     list_upkeep_seconds: float = 60.0
     data_dir: str = ".data"
     metrics_port: int = 0  # worker parent and beat serve /metrics here; 0: not served
+    # polling at scale: execution model, fleet-wide registry budgets, fair sharing
+    worker_concurrency: int = 100  # syncs/events in flight per consumer process
+    worker_drain_seconds: float = 60.0  # SIGTERM: how long in-flight work may finish
+    registry_limits: str = ""  # JSON {host: {concurrency, rate, burst, pulls, pull_window}}
+    registry_wait_max_seconds: float = 2.0  # longer budget waits hand the image back
+    host_share: float = 0.25  # most of a process's in-flight syncs one registry host may hold
+    slow_host_share: float = 0.25  # most all recently timing-out hosts may hold together
+    docker_hub_username: str = ""
+    docker_hub_token: str = field(default="", repr=False, metadata=SECRET)
+    hub_default_max_tags: int = 10  # Docker Hub images without a tag policy: most recent N
+    # adaptive schedules (SYNC_INTERVAL_SECONDS is where an image starts)
+    sync_interval_min: float = 60.0
+    sync_interval_max: float = 3600.0
+    sync_interval_idle: float = 86400.0  # catalog images nobody has read for CATALOG_IDLE_SECONDS
+    catalog_idle_seconds: float = 7 * 86400.0
+    read_mark_flush_seconds: float = 5.0  # the API writes "read" marks at most this often
+    # the scheduler's queue bound and retention
+    beat_queue_max: int = 50  # routine messages waiting in Redis beyond which beat claims nothing
+    retention_interval_seconds: float = 600.0
+    retention_batch: int = 1000
+    hub_inspection_retention_seconds: float = 86400.0
+    layer_retention_seconds: float = 86400.0  # unreferenced this long: deleted
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:

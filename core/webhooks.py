@@ -1,5 +1,5 @@
 """Push webhooks: sender formats → normalized events (sender authentication is in
-core/webhook_auth.py).
+core/webhook_auth.py, the readers of single fields in core/payload_fields.py).
 
 Pure functions shared by the API (which authenticates, parses and stores events) and the
 worker (which applies them). Each parser takes the decoded JSON body and returns the
@@ -12,7 +12,6 @@ a sentence for the sender's operator.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,9 +19,18 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-
-from core.names import HUB_ALIASES, HUB_HOST, InvalidNameError, is_digest, is_valid_tag, parse_image_name
+from core.names import HUB_HOST, InvalidNameError, is_digest, parse_image_name
+from core.payload_fields import MalformedPayloadError as MalformedPayloadError
+from core.payload_fields import build_id as _build_id
+from core.payload_fields import content_key as _content_key
+from core.payload_fields import digest as _digest
+from core.payload_fields import listed as _list
+from core.payload_fields import load_json as load_json
+from core.payload_fields import normalize_target as normalize_target
+from core.payload_fields import obj as _obj
+from core.payload_fields import parse_time as parse_time
+from core.payload_fields import tag as _tag
+from core.payload_fields import text as _str
 
 # Receivers (also the `source` column of webhook_events).
 REGISTRY, DOCKERHUB, HARBOR, QUAY, BUILD = "registry", "dockerhub", "harbor", "quay", "build"
@@ -60,13 +68,6 @@ MANIFEST_TYPES = frozenset({
 QUAY_DEDUPE_WINDOW_SECONDS = 60
 SIGNATURE_HEADERS = ("X-Signature-256", "X-Hub-Signature-256")
 
-_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?")
-
-
-class MalformedPayloadError(ValueError):
-    """The body is not in the sender's documented format; the message says what is wrong."""
-
-
 @dataclass(frozen=True)
 class WebhookEvent:
     source: str
@@ -77,103 +78,9 @@ class WebhookEvent:
     tag: str | None = None
     digest: str | None = None
     build_state: str | None = None
-    occurred_at: datetime | None = None  # the sender's time; None: the time we received it
+    occurred_at: datetime | None = None  # the sender's time; None: when the database stores it
     payload: Mapping[str, Any] = field(default_factory=dict)  # the sender's event, for the record
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def load_json(body: bytes) -> Any:
-    if not body.strip():
-        raise MalformedPayloadError("the body is empty; send the event as JSON")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise MalformedPayloadError("the body is not valid JSON") from None
-
-
-def _content_key(prefix: str, *parts: Any) -> str:
-    blob = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS, default=str)
-    return f"{prefix}:{hashlib.sha256(blob).hexdigest()}"
-
-
-def _obj(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise MalformedPayloadError(f"{what} must be a JSON object")
-    return value
-
-
-def _str(obj: Mapping[str, Any], key: str, what: str, *, required: bool = True) -> str | None:
-    value = obj.get(key)
-    label = key if what == "the body" else f"{what}.{key}"
-    if value is None or value == "":
-        if required:
-            raise MalformedPayloadError(f"{label} is missing")
-        return None
-    if not isinstance(value, str):
-        raise MalformedPayloadError(f"{label} must be a string")
-    return value
-
-
-def parse_time(value: Any, what: str) -> datetime | None:
-    """RFC 3339 text (nanoseconds allowed) or epoch seconds (int or float) → aware UTC."""
-    if value is None or value == "":
-        return None
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, int | float):
-            seconds = float(value)
-            if seconds > 1e11:  # milliseconds
-                seconds /= 1000
-            return datetime.fromtimestamp(seconds, UTC)
-        if isinstance(value, str):
-            parsed = datetime.fromisoformat(value.strip().replace("z", "Z"))
-            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except (ValueError, OverflowError, OSError):
-        pass
-    raise MalformedPayloadError(f"{what} is not a time (RFC 3339 text or epoch seconds)")
-
-
-def normalize_target(host: str, repository: str, what: str) -> tuple[str, str]:
-    """(host, repository) as stored on images: Docker Hub aliases become HUB_HOST and a
-    one-component Hub name becomes library/<name>."""
-    host = host.strip().lower()
-    if host.startswith(("http://", "https://")):
-        host = urlsplit(host).netloc
-    if not _HOST.fullmatch(host):
-        raise MalformedPayloadError(f"{what}: {host!r} is not a registry host")
-    repository = repository.strip().strip("/")
-    try:
-        if host in HUB_ALIASES:
-            return HUB_HOST, parse_image_name(repository).repository
-        parse_image_name(f"localhost/{repository}")  # the path grammar, whatever the host
-    except InvalidNameError as exc:
-        raise MalformedPayloadError(f"{what}: repository {repository!r} is invalid: {exc}") from None
-    return host, repository
-
-
-def _tag(value: str | None, what: str) -> str | None:
-    if value is None:
-        return None
-    if not is_valid_tag(value):
-        raise MalformedPayloadError(f"{what}: {value!r} is not a valid tag")
-    return value
-
-
-def _digest(value: str | None, what: str) -> str | None:
-    if value is None:
-        return None
-    if not is_digest(value):
-        raise MalformedPayloadError(f"{what}: {value!r} is not a digest (algorithm:hex)")
-    return value
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise MalformedPayloadError(f"{what} must be a list")
-    return value
+    build_id: str | None = None  # the sender's build id: events of one build only move forward
 
 
 # ------------------------------------------------------------------ CNCF distribution
@@ -256,8 +163,9 @@ _HARBOR_TYPES = {
 
 
 def parse_harbor(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
-    """Harbor v2, default format or CloudEvents (`specversion`). Other event types (scans,
-    quotas, replication) are not changes of tags and yield nothing."""
+    """Harbor v2, default format or CloudEvents (`specversion`). A deleted artifact is a
+    delete of its digest (Harbor names only the artifact's first tag). Other event types
+    (scans, quotas, replication) are not changes of tags and yield nothing."""
     doc = _obj(body, "the body")
     cloud = "specversion" in doc
     event_type = _str(doc, "type", "the body")
@@ -294,14 +202,14 @@ def parse_harbor(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
         where, repo = normalize_target(where, full, "event_data.repository.repo_full_name")
         if kind == PUSH and tag is None:
             continue  # pushed by digest: not a tag
-        ev_kind = DELETE_TAG if kind == DELETE_MANIFEST and tag is not None else kind
         key = (
             f"{HARBOR}:{event_id}:{i}" if event_id
             else _content_key(HARBOR, event_type, doc.get("occur_at"), where, repo, digest, tag)
         )
+        # A deleted artifact names only its first tag: every tag at its digest is gone.
         out.append(WebhookEvent(
-            HARBOR, key, ev_kind, where, repo, tag,
-            None if ev_kind == DELETE_TAG else digest, occurred_at=occurred, payload=doc,
+            HARBOR, key, kind, where, repo, tag if kind == PUSH else None, digest,
+            occurred_at=occurred, payload=doc,
         ))
     return out
 
@@ -322,7 +230,7 @@ def parse_quay(
     docker_url = _str(doc, "docker_url", "the body", required=False) or ""
     where = host or (docker_url.split("/", 1)[0] if "/" in docker_url else "quay.io")
     where, repo = normalize_target(where, repo_name, "repository")
-    build_id = doc.get("build_id")
+    build_id = _build_id(doc.get("build_id"), "build_id")
     if event not in (None, "", "repo_push") and event not in QUAY_BUILD_EVENTS:
         raise MalformedPayloadError(f"unknown Quay event {event!r}")
     if build_id is None:
@@ -346,9 +254,10 @@ def parse_quay(
             raise MalformedPayloadError("docker_tags must be a list of tags")
         tag = _tag(t, "docker_tags")
         key = f"{QUAY}:build:{build_id}:{phase}:{tag}"
+        # No time in the body: the database's receipt time orders it (occurred_at None).
         out.append(WebhookEvent(
             QUAY, key, BUILD_STATE, where, repo, tag, None, QUAY_BUILD_EVENTS[phase],
-            occurred_at=now or datetime.now(UTC), payload=doc,
+            payload=doc, build_id=build_id,
         ))
     return out
 
@@ -369,7 +278,9 @@ def _quay_phase(doc: Mapping[str, Any], event: str | None) -> str:
 
 
 def parse_build(body: Any) -> list[WebhookEvent]:
-    """`{"image", "tag", "status": "building"|"success"|"failed", "timestamp"}`."""
+    """`{"image", "tag", "status": "building"|"success"|"failed", "timestamp", "build_id"?}`.
+    With a `build_id`, the events of one build only move forward and a build first seen
+    later wins; without one, the newest timestamp wins."""
     doc = _obj(body, "the body")
     image = _str(doc, "image", "the body")
     try:
@@ -383,10 +294,11 @@ def parse_build(body: Any) -> list[WebhookEvent]:
     occurred = parse_time(doc.get("timestamp"), "timestamp")
     if occurred is None:
         raise MalformedPayloadError("timestamp is missing")
-    key = _content_key(BUILD, name.host, name.repository, tag, status, occurred.isoformat())
+    build_id = _build_id(doc.get("build_id"), "build_id")
+    key = _content_key(BUILD, name.host, name.repository, tag, status, occurred.isoformat(), build_id)
     return [WebhookEvent(
         BUILD, key, BUILD_STATE, name.host, name.repository, tag, None, GENERIC_STATUSES[status],
-        occurred_at=occurred, payload=doc,
+        occurred_at=occurred, payload=doc, build_id=build_id,
     )]
 
 

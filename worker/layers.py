@@ -66,11 +66,13 @@ async def record(
 ) -> None:
     """Store new layers, and that this registry repository holds the `proven` configs (every
     config digest a tag of this repository is about to point at). In the caller's
-    transaction, before the tags."""
+    transaction, after it locked its images and before the tags (worker/locks.py). Rows go in
+    digest order: two writers inserting the same new configs never wait for each other
+    crosswise."""
     rows = [
         (la.config_digest, la.author, la.created, la.entrypoint, la.run_command, la.envvars,
          la.labels, la.ports, la.volumes)
-        for la in layers
+        for la in sorted(layers, key=lambda la: la.config_digest)
     ]
     if rows:
         await conn.executemany(INSERT_LAYERS_SQL, rows)

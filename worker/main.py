@@ -1,10 +1,11 @@
 """`registry-sync worker`: Celery consumers for the two queues.
 
 Each `worker` runs one consumer process per queue, so routine polling never delays priority
-work (registrations, webhooks, user-requested syncs): they do not share threads or prefetch.
-The parent restarts a consumer that exits (see run_worker).
-Each consumer process keeps one Runtime (loop, pool, session, caches) for all its tasks and
-runs tasks in threads, so one process syncs many images at once.
+work (registrations, webhooks, user-requested syncs): they share no capacity, thread or
+prefetch. The parent restarts a consumer that exits (see run_worker).
+Each consumer process keeps one Runtime (loop, pool, session, caches, registry budgets) for
+all its tasks. Its few Celery threads only hand work to the event loop (worker/dispatch.py),
+which runs up to WORKER_CONCURRENCY syncs at once; on SIGTERM it drains them.
 """
 
 from __future__ import annotations
@@ -20,18 +21,21 @@ import time
 from collections.abc import Sequence
 
 import structlog
+from celery.signals import worker_shutting_down
 
 from core import metrics
 from core.logs import configure_logging
 from core.queue import PRIORITY_QUEUE, ROUTINE_QUEUE, make_celery
 from core.settings import Settings
+from worker.dispatch import Dispatcher
+from worker.registry.limits import parse_limits
 from worker.runtime import LoopThread, Runtime
 from worker.tasks import register_tasks
 
 log = structlog.get_logger("worker")
 
-# queue -> Celery threads in its consumer process
-DEFAULT_CONCURRENCY = {PRIORITY_QUEUE: 8, ROUTINE_QUEUE: 4}
+# Celery threads per consumer: they only hand messages to the event loop (or wait for room)
+HANDOFF_THREADS = 4
 
 
 def _die_with_parent() -> None:
@@ -43,20 +47,26 @@ def _die_with_parent() -> None:
 
 
 def run_consumer(settings: Settings, queue: str, concurrency: int) -> None:
-    """One Celery consumer of `queue`, until SIGTERM (warm shutdown: running tasks finish)."""
+    """One Celery consumer of `queue` running up to `concurrency` syncs at once, until SIGTERM:
+    then it takes no new message, lets its syncs finish for WORKER_DRAIN_SECONDS and hands
+    back the images of those still running."""
     _die_with_parent()
     configure_logging(settings.log_level, settings.log_format)
     app = make_celery(settings)
     loop = LoopThread().start()
-    runtime = loop.run(Runtime(settings, name=queue).open())
-    register_tasks(app, runtime, loop)
+    runtime = loop.run(Runtime(settings, name=queue, capacity=concurrency).open())
+    dispatcher = Dispatcher(loop, concurrency, queue)
+    register_tasks(app, runtime, dispatcher)
+    # Celery's warm shutdown waits for its task threads: wake the ones waiting for room
+    worker_shutting_down.connect(lambda **_: dispatcher.close(), weak=False)
     try:
         app.worker_main([
-            "worker", "--queues", queue, "--pool", "threads", "--concurrency", str(concurrency),
+            "worker", "--queues", queue, "--pool", "threads", "--concurrency", str(HANDOFF_THREADS),
             "--hostname", f"{queue}@{socket.gethostname()}.{os.getpid()}",
             "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle",
         ])
     finally:
+        dispatcher.drain(settings.worker_drain_seconds)
         loop.run(runtime.aclose())
         loop.stop()
 
@@ -73,13 +83,14 @@ def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUT
     broker (`broker_connection_retry=False` in core/queue.py), because Celery's threads-pool
     consumer can stay connected yet stop consuming after a Redis reconnect (celery#8030,
     #9054 and later reports); a fresh process has no such state."""
+    parse_limits(settings.registry_limits)  # a malformed REGISTRY_LIMITS stops here, named
     ctx = multiprocessing.get_context("spawn")
     # before the spawn: the consumers write their metrics where this process can sum them
     metrics_dir, made_dir = metrics.prepare_multiprocess_dir()
 
     def spawn(queue: str) -> multiprocessing.process.BaseProcess:
         p = ctx.Process(target=run_consumer, name=f"worker-{queue}",
-                        args=(settings, queue, concurrency or DEFAULT_CONCURRENCY[queue]))
+                        args=(settings, queue, concurrency or settings.worker_concurrency))
         p.start()
         return p
 

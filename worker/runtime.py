@@ -1,8 +1,9 @@
-"""What a worker process keeps across tasks: one asyncpg pool, one HTTP session and one
-registry client (token, ping and config caches), all on one event loop.
+"""What a worker process keeps across tasks: one asyncpg pool, one HTTP session, one
+registry client (token, ping and config caches), the fleet-wide budget of every registry
+host and this process's fair share between hosts, all on one event loop.
 
-Celery runs tasks in threads; `LoopThread` runs the process's loop and each task hands its
-coroutine to it and waits. Tests open a Runtime on their own loop instead.
+Celery's task threads hand their coroutines to `LoopThread`'s loop and return
+(worker/dispatch.py). Tests open a Runtime on their own loop instead.
 """
 
 from __future__ import annotations
@@ -22,23 +23,31 @@ import asyncpg
 import structlog
 
 from core.address_policy import AddressPolicy
-from core.crypto import CredentialBox
+from core.crypto import CredentialBox, Credentials
 from core.db import create_pool
 from core.names import HUB_HOST
 from core.settings import Settings
 from worker.registry import RegistryClient, make_session
+from worker.registry.budget import Budget
+from worker.registry.limits import parse_limits
+from worker.schedule import PollPolicy
+from worker.shares import HostShares
 
 T = TypeVar("T")
 log = structlog.get_logger("worker.runtime")
 
-
 class Runtime:
     pool: asyncpg.Pool
     client: RegistryClient
+    budget: Budget
+    shares: HostShares
 
-    def __init__(self, settings: Settings, name: str = "worker", **client_options: Any) -> None:
-        """`client_options` go to RegistryClient (tests shorten its retries)."""
+    def __init__(self, settings: Settings, name: str = "worker", *, capacity: int | None = None,
+                 **client_options: Any) -> None:
+        """`capacity`: syncs this process runs at once (default WORKER_CONCURRENCY), the base of
+        each host's share. `client_options` go to RegistryClient (tests shorten its retries)."""
         self.settings = settings
+        self.capacity = capacity or settings.worker_concurrency
         self._client_options = client_options
         self.name = f"{name}@{socket.gethostname()}:{os.getpid()}"
         self.box = CredentialBox(settings.secret_key, settings.secret_keys_old)
@@ -48,6 +57,12 @@ class Runtime:
         if hub.scheme == "http":
             insecure.add(hub.netloc)
         self.insecure_hosts = frozenset(insecure)
+        self.hub_credentials = (
+            Credentials(settings.docker_hub_username, settings.docker_hub_token)
+            if settings.docker_hub_username and settings.docker_hub_token else None
+        )
+        self.limits = parse_limits(settings.registry_limits, hub_authenticated=self.hub_credentials is not None)
+        self.poll_policy = PollPolicy.from_settings(settings)
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> Runtime:
@@ -61,7 +76,18 @@ class Runtime:
             per_host_limit=s.registry_concurrency, insecure_hosts=self.insecure_hosts,
             max_tags=s.max_tags_per_image, max_tag_pages=s.max_tag_pages, **self._client_options,
         )
-        log.info("runtime.started", name=self.name)
+        self.budget = Budget(
+            self.limits, s.redis_url or None, wait_max=s.registry_wait_max_seconds,
+            hold_seconds=s.registry_timeout_seconds + 5.0,
+        )
+        self.client.transport.budget = self.budget
+        self.shares = HostShares(
+            self.capacity, share=s.host_share, per_host_max=2 * s.registry_concurrency,
+            slow_share=s.slow_host_share,
+            last_failure=self.client.transport.last_failure, paused_for=self.budget.paused_for,
+            wait_max=s.registry_wait_max_seconds,
+        )
+        log.info("runtime.started", name=self.name, capacity=self.capacity)
         return self
 
     async def aclose(self) -> None:
@@ -69,6 +95,7 @@ class Runtime:
             return
         await self.client.close()
         await self._session.close()
+        await self.budget.aclose()
         await self.pool.close()
         self._session = None
 
@@ -79,33 +106,39 @@ class Runtime:
         return self._session
 
     def host_slot(self, host: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """Held around the registry work of one sync of an image on `host` (fair sharing
-        between hosts). May raise HostBusyError instead of waiting long: the caller hands
-        the image back for later. The default admits every sync at once."""
-        return contextlib.nullcontext()
+        """Held around the registry work of one sync of an image on `host` (as in image
+        names): this process's fair share between hosts (worker/shares.py). Raises
+        HostBusyError instead of waiting long: the caller hands the image back for later."""
+        return self.shares.slot(self.network_host(host))
 
     def network_host(self, host: str) -> str:
         """Where to reach a registry: Docker Hub's API host is configured, others are as named."""
         return self.hub_host if host == HUB_HOST else host
+
+    def catalog_credentials(self, host: str, owner_id: int | None) -> Credentials | None:
+        """The service's Docker Hub credentials (DOCKER_HUB_USERNAME / DOCKER_HUB_TOKEN) for a
+        shared-catalog image on Docker Hub that has none of its own; None otherwise. Never for
+        an account's image: its access must be proven by its own credentials (SPEC §1)."""
+        return self.hub_credentials if owner_id is None and host == HUB_HOST else None
 
 
 class LoopThread:
     """An event loop running in a daemon thread; `run` waits for a coroutine from any thread."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="sync-loop", daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="sync-loop", daemon=True)
 
     def start(self) -> LoopThread:
         self._thread.start()
         return self
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.submit(coro).result()
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)

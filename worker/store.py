@@ -19,6 +19,7 @@ import asyncpg
 
 from worker import layers
 from worker.layers import LayerWrite
+from worker.schedule import PollPolicy
 
 CLAIM_PREFIX = "claim:"
 RUN_PREFIX = "run:"
@@ -34,6 +35,7 @@ class ImageToSync:
     credentials: bytes | None
     sync_failures: int
     started_at: datetime  # the database's now() when the lease was taken
+    owner_id: int | None = None  # None: the shared catalog
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ UPDATE images AS i
    AND (i.lease_until IS NULL OR i.lease_until < now() OR i.lease_owner = $4
         OR ($4::text IS NULL AND i.lease_owner LIKE 'claim:%'))
 RETURNING i.id, i.name, r.host, i.registry_id, i.repository, i.credentials, i.sync_failures,
-          now() AS started_at
+          now() AS started_at, i.owner_id
 """
 
 
@@ -125,7 +127,17 @@ class SyncResult:
     cut_at: int | None = None  # the tag list was cut to this many names
 
 
-LOCK_FOR_WRITE_SQL = "SELECT 1 FROM images WHERE id = $1 AND lease_owner = $2 FOR UPDATE"
+# Also what the adaptive schedule needs (worker/schedule.py): the image's interval, whether
+# it is a catalog image and when it was last read, when its repository last sent a webhook.
+LOCK_FOR_WRITE_SQL = """
+SELECT now() AS now, i.sync_interval, i.owner_id IS NULL AS catalog,
+       COALESCE(i.read_at, i.created_at) AS read_at,
+       (SELECT max(e.received_at) FROM webhook_events AS e
+         WHERE e.host = r.host AND e.repository = i.repository AND e.status = 'done') AS webhook_at
+  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
+ WHERE i.id = $1 AND i.lease_owner = $2
+   FOR UPDATE OF i
+"""
 
 # A tag whose digest changed was pushed again: Success, dated by its config's `created` (an
 # artifact: its manifest's created annotation), or by the push time a webhook reported for
@@ -187,7 +199,7 @@ UPDATE images
    SET lease_owner = NULL, lease_until = NULL, last_synced_at = now(),
        sync_error = NULL, sync_error_at = NULL, sync_failures = 0,
        access_proven = access_proven OR credentials IS NOT DISTINCT FROM $5,
-       tags_cut_at = $6,
+       tags_cut_at = $6, sync_interval = $7,
        next_sync_at = CASE WHEN sync_requested_at > $3 THEN now()
                            ELSE now() + make_interval(secs => $4) END
  WHERE id = $1 AND lease_owner = $2
@@ -199,11 +211,13 @@ class LeaseLostError(Exception):
 
 
 async def write_success(
-    pool: asyncpg.Pool, image: ImageToSync, run_token: str, result: SyncResult, *, next_in: float,
+    pool: asyncpg.Pool, image: ImageToSync, run_token: str, result: SyncResult, *, poll: PollPolicy,
 ) -> None:
-    """Write one sync's result in one transaction (the state trigger fires within it)."""
+    """Write one sync's result in one transaction (the state trigger fires within it); the
+    next sync is due as `poll` says from whether this one changed anything."""
     async with pool.acquire() as conn, conn.transaction():
-        if await conn.fetchval(LOCK_FOR_WRITE_SQL, image.id, run_token) is None:
+        row = await conn.fetchrow(LOCK_FOR_WRITE_SQL, image.id, run_token)
+        if row is None:
             raise LeaseLostError(f"lease on image {image.id} lost")
         proven = [t.config_digest for t in result.tags if t.config_digest]
         await layers.record(conn, image.registry_id, image.repository, result.layers, proven)
@@ -217,10 +231,14 @@ async def write_success(
         if result.problems:
             names = sorted(result.problems)
             await conn.execute(RECORD_PROBLEMS_SQL, image.id, names, [result.problems[n] for n in names])
-        await conn.execute(DELETE_GONE_TAGS_SQL, image.id, result.present, image.started_at)
+        deleted = await conn.execute(DELETE_GONE_TAGS_SQL, image.id, result.present, image.started_at)
+        interval, next_in = poll.next(
+            row["sync_interval"], changed=bool(tags) or deleted != "DELETE 0", now=row["now"],
+            catalog=row["catalog"], read_at=row["read_at"], webhook_at=row["webhook_at"],
+        )
         await conn.execute(
             FINISH_OK_SQL, image.id, run_token, image.started_at, next_in, image.credentials,
-            result.cut_at,
+            result.cut_at, interval,
         )
 
 

@@ -25,7 +25,7 @@ from core import metrics
 from core.artifacts import METADATA
 from core.crypto import Credentials
 from core.settings import Settings
-from worker import layers, store
+from worker import layers, store, tag_policy
 from worker.registry import TagResolution, Target
 from worker.registry.errors import (
     ForbiddenTargetError,
@@ -64,11 +64,6 @@ def backoff_seconds(settings: Settings, failures: int, *, permanent: bool = Fals
     return max(delay, retry_after or 0.0)
 
 
-def next_poll_seconds(settings: Settings) -> float:
-    """The routine interval with ±10 % jitter, so images registered together spread out."""
-    return settings.sync_interval_seconds * random.uniform(0.9, 1.1)  # noqa: S311
-
-
 @dataclass
 class _Progress:
     listed: bool = False  # the tag list succeeded: access to the repository is proven
@@ -90,7 +85,8 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
     heartbeat = asyncio.create_task(_keep_lease(rt, image_id, run_token))
     progress = _Progress()
     try:
-        target = Target(rt.network_host(image.host), image.repository, _credentials(rt, image.credentials))
+        creds = _credentials(rt, image.credentials) or rt.catalog_credentials(image.host, image.owner_id)
+        target = Target(rt.network_host(image.host), image.repository, creds)
         async with rt.host_slot(image.host):
             deadline = asyncio.timeout(s.sync_deadline_seconds)
             try:
@@ -103,7 +99,7 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
                     f"the sync did not finish within SYNC_DEADLINE_SECONDS={s.sync_deadline_seconds:g}s"
                     " and gave up (the registry is too slow or the repository too large)"
                 ) from None
-        await store.write_success(rt.pool, image, run_token, result, next_in=next_poll_seconds(s))
+        await store.write_success(rt.pool, image, run_token, result, poll=rt.poll_policy)
         finished = datetime.now(UTC)
         log.info("sync.done", tags=len(result.present), changed=len(result.tags),
                  problems=len(result.problems), cut_at=result.cut_at,
@@ -158,8 +154,9 @@ async def _discover(
 ) -> store.SyncResult:
     """Ask the registry what changed since the tags stored for the image."""
     known = await store.known_tags(rt.pool, image.id)
-    names = await rt.client.list_tags(target)
+    listed = await rt.client.list_tags(target)
     progress.listed = True
+    names = await tag_policy.select(rt, image.id, target, listed)
     proven = await layers.proven_configs(
         rt.pool, image.registry_id, image.repository, rt.settings.max_tags_per_image,
         also=store.proven_of(known),
@@ -178,7 +175,7 @@ async def _discover(
         except ManifestNotFoundError:
             return None  # deleted between the tag list and the HEAD: gone
 
-    result = store.SyncResult(cut_at=rt.settings.max_tags_per_image if names.truncated else None)
+    result = store.SyncResult(cut_at=rt.settings.max_tags_per_image if listed.truncated else None)
 
     def take(res: TagResolution | None) -> None:
         if res is None or res.kind == METADATA:

@@ -1,19 +1,25 @@
-"""Thin Celery tasks: take ids, run the sync service on the process's runtime."""
+"""Thin Celery tasks: take ids, hand the service coroutine to the process's event loop
+(worker/dispatch.py) and return; the message is acknowledged once the work has started."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import structlog
 from celery import Celery, Task
+from celery.exceptions import Reject
 
 from core.queue import INSPECT_HUB_IMAGE_TASK, PROCESS_EVENT_TASK, SYNC_BATCH_TASK, SYNC_IMAGE_TASK
-from worker import events, inspect, sync
-from worker.runtime import LoopThread, Runtime
+from worker import hub_lookup, inbox, sync
+from worker.dispatch import Dispatcher, Release, ShuttingDownError
+from worker.runtime import Runtime
 
 T = TypeVar("T")
 log = structlog.get_logger("worker.tasks")
+
+STARTED = "started"  # what a task returns: its work runs on after the message is acknowledged
 
 
 async def _with_task_id(task_id: str | None, work: Awaitable[T]) -> T:
@@ -24,27 +30,65 @@ async def _with_task_id(task_id: str | None, work: Awaitable[T]) -> T:
     return await work
 
 
-def register_tasks(app: Celery, runtime: Runtime, loop: LoopThread) -> None:
-    """Bind the task implementations to `app`, all sharing this process's runtime. Every log
-    line of a task's work carries its `task_id`."""
+RELEASE_CLAIMS_SQL = """
+UPDATE images SET lease_owner = NULL, lease_until = NULL WHERE id = ANY ($1::bigint[]) AND lease_owner = $2
+"""
 
-    def run(task: Task, work: Awaitable[T]) -> T:
-        return loop.run(_with_task_id(task.request.id, work))
+
+async def sync_batch(rt: Runtime, image_ids: Sequence[int], claim: str, release: Release) -> dict[str, int]:
+    """Sync a routine batch concurrently, giving back one unit of the process's capacity as
+    each image's sync ends. Cancelled (SIGTERM past the drain time): the claims of the images
+    not started yet are released, so they are due again at once. Counts by outcome."""
+
+    async def one(image_id: int) -> str:
+        try:
+            return await sync.sync_image(rt, image_id, claim)
+        finally:
+            release()
+
+    try:
+        outcomes = await asyncio.gather(*(one(i) for i in image_ids), return_exceptions=True)
+    except asyncio.CancelledError:
+        await asyncio.shield(rt.pool.execute(RELEASE_CLAIMS_SQL, list(image_ids), claim))
+        raise
+    counts: dict[str, int] = {}
+    for image_id, o in zip(image_ids, outcomes, strict=True):
+        if isinstance(o, asyncio.CancelledError):
+            raise o
+        if isinstance(o, BaseException):
+            log.error("sync.crashed", image_id=image_id, exc_info=o)
+            o = "crashed"
+        counts[o] = counts.get(o, 0) + 1
+    log.info("batch.done", images=len(image_ids), **counts)
+    return counts
+
+
+def register_tasks(app: Celery, runtime: Runtime, dispatcher: Dispatcher) -> None:
+    """Bind the task implementations to `app`, all sharing this process's runtime and
+    capacity. Every log line of a task's work carries its `task_id`."""
+
+    def start(task: Task, units: int, work: Callable[[Release], Awaitable[object]]) -> str:
+        task_id = task.request.id
+        try:
+            dispatcher.start(units, lambda release: _with_task_id(task_id, work(release)))
+        except ShuttingDownError:
+            raise Reject("the worker is shutting down", requeue=True) from None
+        return STARTED
 
     @app.task(name=SYNC_IMAGE_TASK, bind=True)
     def sync_image(task: Task, image_id: int) -> str:
-        return run(task, sync.sync_image(runtime, int(image_id)))
+        return start(task, 1, lambda _: sync.sync_image(runtime, int(image_id)))
 
     @app.task(name=SYNC_BATCH_TASK, bind=True)
-    def sync_images(task: Task, image_ids: list[int], claim: str) -> dict[str, int]:
-        counts = run(task, sync.sync_many(runtime, [int(i) for i in image_ids], claim))
-        log.info("batch.done", task_id=task.request.id, images=len(image_ids), **counts)
-        return counts
+    def sync_images(task: Task, image_ids: list[int], claim: str) -> str:
+        ids = [int(i) for i in image_ids]
+        return start(task, len(ids), lambda release: sync_batch(runtime, ids, str(claim), release))
 
     @app.task(name=PROCESS_EVENT_TASK, bind=True)
     def process_webhook_event(task: Task, event_id: int) -> str:
-        return run(task, events.process_event(runtime, int(event_id)))
+        return start(task, 1, lambda _: inbox.process_event(runtime, int(event_id)))
 
     @app.task(name=INSPECT_HUB_IMAGE_TASK, bind=True)
     def inspect_hub_image(task: Task, name: str) -> str:
-        return run(task, inspect.inspect_and_sync(runtime, str(name)))
+        return start(task, 1, lambda _: hub_lookup.inspect_and_sync(runtime, str(name)))
+

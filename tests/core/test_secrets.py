@@ -88,7 +88,7 @@ def test_settings_never_print_a_secret() -> None:
     secret_fields = {f.name for f in fields(Settings) if f.metadata.get("secret")}
     receivers = ("registry", "dockerhub", "harbor", "quay", "build", "github")
     assert secret_fields == {"secret_key", "secret_key_old", "webhook_secret", "webhook_secrets",
-                             *(f"webhook_secret_{r}" for r in receivers)}
+                             "docker_hub_token", *(f"webhook_secret_{r}" for r in receivers)}
     assert all(f.type == "str" for f in fields(Settings) if f.name in secret_fields)
     for text in (repr(s), str(s), f"{s}", repr([s])):
         for leaked in (NEW, OLD, "older-key-value", "hook-value-123", "quay-value-456", "reg-value-789",

@@ -45,6 +45,8 @@ async def test_inspecting_an_unknown_hub_name_creates_it_once_with_its_tags(
     assert image["public_url"] == f"https://hub.docker.com/r/{repo}/"
     assert image["registry"] == "/api/v1/registry/registry.hub.docker.com/"
     assert (image["description"], image["star_count"]) == ("An app on the hub", 42)
+    # the hub listed its tags anonymously: webhook events may apply to it before any sync
+    assert await pool.fetchval("SELECT access_proven FROM images WHERE name = $1 AND owner_id IS NULL", repo)
 
     # A second inspect (another account, the shared catalog) finds it: no duplicate, no new lookup.
     again = await _get(hub_client, bob, f"/api/v1/image/{repo}/")

@@ -14,7 +14,7 @@ import pytest
 from core.settings import Settings
 from tests.conftest import unique
 from tests.support.fake_registry import FakeRegistry
-from worker import inspect
+from worker import hub_lookup
 from worker.runtime import Runtime
 
 
@@ -44,22 +44,35 @@ async def _recorded(pool: asyncpg.Pool, name: str) -> tuple[str, int]:
 
 async def test_an_auth_error_from_the_hub_means_missing(hub_runtime: Runtime, pool: asyncpg.Pool) -> None:
     name = f"expired/{unique('x')}"
-    assert await inspect.inspect_hub_image(hub_runtime, name) == (inspect.MISSING, None)
+    assert await hub_lookup.inspect_hub_image(hub_runtime, name) == (hub_lookup.MISSING, None)
     assert await _recorded(pool, name) == ("missing", 0)
 
 
 async def test_a_failing_hub_is_failed_not_missing(hub_runtime: Runtime, pool: asyncpg.Pool) -> None:
     name = f"down/{unique('x')}"
-    assert await inspect.inspect_hub_image(hub_runtime, name) == (inspect.FAILED, None)
+    assert await hub_lookup.inspect_hub_image(hub_runtime, name) == (hub_lookup.FAILED, None)
     outcome, images = await _recorded(pool, name)
     assert (outcome, images) == ("failed", 0)
 
 
 async def test_a_name_that_is_not_on_the_hub_is_missing(hub_runtime: Runtime, pool: asyncpg.Pool) -> None:
     name = f"example.com/{unique('x')}/app"
-    assert await inspect.inspect_hub_image(hub_runtime, name) == (inspect.MISSING, None)
+    assert await hub_lookup.inspect_hub_image(hub_runtime, name) == (hub_lookup.MISSING, None)
 
 
 async def test_unreachable_hub_metadata_gives_defaults(hub_runtime: Runtime) -> None:
-    meta = await inspect.hub_metadata(hub_runtime.session, "http://127.0.0.1:9", "library/x")
-    assert meta == inspect.HubMetadata("", 0)
+    meta = await hub_lookup.hub_metadata(hub_runtime.session, "http://127.0.0.1:9", "library/x")
+    assert meta == hub_lookup.HubMetadata("", 0)
+
+
+async def test_a_new_catalog_image_starts_with_the_hub_default_tag_policy(
+    hub_runtime: Runtime, pool: asyncpg.Pool
+) -> None:
+    # the fake's ok/* repositories list tags a and b; Docker Hub's tags API does not answer
+    # here, so the most recent tag is the greatest in natural order
+    rt = hub_runtime
+    rt.settings = dataclasses.replace(rt.settings, hub_default_max_tags=1)
+    name = f"ok/{unique('x')}"
+    outcome, image_id = await hub_lookup.inspect_hub_image(rt, name)
+    assert outcome == hub_lookup.FOUND and image_id is not None
+    assert [r["name"] for r in await pool.fetch("SELECT name FROM tags WHERE image_id = $1", image_id)] == ["b"]

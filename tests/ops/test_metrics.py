@@ -4,8 +4,11 @@ webhook and requests; live gauges read Redis and Postgres; readiness names what 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -131,3 +134,32 @@ async def test_readyz_names_the_dependency_that_is_down(settings: Settings) -> N
         scraped = await scrape(c)  # a scrape still answers, saying what is down
         assert value(scraped, "registry_sync_dependency_up", dependency="redis") == 0
         assert (await c.get("/healthz")).status == 200  # liveness does not depend on it
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "registry-sync.json"
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+async def test_the_grafana_dashboard_loads_and_uses_only_metrics_that_exist(
+    ops_client: test_utils.TestClient,
+) -> None:
+    """Every series a panel queries is one the API or a worker exports (the worker's budget
+    metrics are registered in this process by importing worker code; the API's live gauges
+    come from a real scrape)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert dashboard["uid"] and len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    resp = await ops_client.get("/metrics")
+    families = list(text_string_to_metric_families(await resp.text()))
+    exported = {f"{f.name}{suffix}" for f in families for suffix in _SUFFIXES.get(f.type, ("",))}
+    used: set[str] = set()
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}"
+        for target in panel["targets"]:
+            used |= set(re.findall(r"\bregistry_sync_[a-z_]+", target["expr"]))
+    assert used - exported == set(), "the dashboard queries metrics nobody exports"
+    # and it shows the budget, the queues, the sync rate and the errors by host
+    for name in ("registry_sync_queue_depth", "registry_sync_syncs_total", "registry_sync_budget_in_flight",
+                 "registry_sync_budget_busy_total", "registry_sync_registry_requests_total"):
+        assert name in used

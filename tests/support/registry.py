@@ -59,7 +59,7 @@ class RegistryServer:
       tests/support/token_server.py; `TokenServer.write_cert` gives the cert file).
     - `notifications=[{"url": ..., "headers": {"Authorization": "Bearer s"}}]`: webhook
       endpoints; header values may be strings or lists; name/timeout/threshold/backoff
-      default to quick test values.
+      default to quick test values; `"ignore": {"actions": ["pull"]}` passes through.
     """
 
     htpasswd: dict[str, str] | None = None
@@ -131,6 +131,8 @@ class RegistryServer:
                         "ignoredmediatypes": ep.get(
                             "ignoredmediatypes", ["application/octet-stream"]
                         ),
+                        # e.g. {"actions": ["pull"]}: the registry does not send those at all
+                        **({"ignore": ep["ignore"]} if "ignore" in ep else {}),
                     }
                 )
             cfg["notifications"] = {"endpoints": endpoints}

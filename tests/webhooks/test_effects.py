@@ -1,4 +1,5 @@
-"""Applying stored events (worker/events.py) against the real Postgres and registry."""
+"""Applying stored events (worker/inbox.py, worker/enrich.py, worker/sweep.py) against the
+real Postgres and registry."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from core.names import parse_image_name
 from core.settings import Settings
 from tests.conftest import MakeUser, insert_image, unique
 from tests.support.registry import RegistryServer, apush_image, apush_index
-from worker import events
+from worker import enrich, inbox, sweep
 from worker.runtime import Runtime
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -30,8 +31,12 @@ def ev(kind: str, name: str, *, tag: str | None = None, digest: str | None = Non
 
 
 async def apply(pool: asyncpg.Pool, settings: Settings, *evs: wh.WebhookEvent) -> list[str]:
+    """Store the events and apply them as the worker does (in batches); their statuses."""
     ids = await store_events(pool, list(evs))
-    return [(await events.apply_event(pool, settings, i)).status for i in ids]
+    for i in ids:
+        await inbox.apply_pending(pool, settings, i)
+    rows = await pool.fetch("SELECT status FROM webhook_events WHERE id = ANY ($1::bigint[]) ORDER BY id", ids)
+    return [r["status"] for r in rows]
 
 
 async def tags(pool: asyncpg.Pool, image_id: int) -> dict[str, asyncpg.Record]:
@@ -51,24 +56,26 @@ async def test_push_makes_the_tag_visible_then_enrichment_completes_it(
     pushed = await apush_image(wh_registry.url, repo, "v1", {
         "created": "2024-01-01T00:00:00Z", "author": "me", "config": {"Cmd": ["sh"]}})
     name = f"{wh_registry.host}/{repo}"
-    image_id = await insert_image(pool, name=name)
+    image_id = await insert_image(pool, name=name, access_proven=True)
     [event_id] = await store_events(pool, [ev(wh.PUSH, name, tag="v1", digest=pushed.digest)])
 
-    applied = await events.apply_event(pool, runtime.settings, event_id)
-    assert applied.status == events.DONE
+    batch = await inbox.apply_pending(pool, runtime.settings, event_id)
+    [applied] = [a for a in batch.applied if a.event_id == event_id]
+    assert applied.status == inbox.DONE
     tag = (await tags(pool, image_id))["v1"]
     assert (tag["state"], tag["manifest_digest"], tag["build_date"]) == ("Success", pushed.digest, T0)
     assert tag["config_digest"] is None
     assert await image_state(pool, image_id) == ("Success", T0)
 
-    assert await events.enrich_push(runtime, applied.image_ids, "v1", pushed.digest) == 1
+    done = await enrich.enrich_pushes(runtime, [enrich.Pushed(applied.image_ids, "v1", pushed.digest)])
+    assert done == enrich.Enriched(completed=1)
     tag = (await tags(pool, image_id))["v1"]
     assert tag["config_digest"] == pushed.config_digest
     assert tag["build_date"] == T0  # the push is later than the config's created
     layer = await pool.fetchrow("SELECT * FROM layers WHERE config_digest = $1", pushed.config_digest)
     assert layer["author"] == "me" and layer["run_command"] == "sh"
     # a second message for the same event changes nothing
-    assert (await events.apply_event(pool, runtime.settings, event_id)).status == events.SKIPPED
+    assert (await inbox.apply_pending(pool, runtime.settings, event_id)).applied == []
 
 
 async def test_multiarch_push_is_one_tag_with_the_platform_resolved(
@@ -77,9 +84,9 @@ async def test_multiarch_push_is_one_tag_with_the_platform_resolved(
     repo = f"{unique('fx')}/multi"
     idx = await apush_index(wh_registry.url, repo, "1.0")
     name = f"{wh_registry.host}/{repo}"
-    image_id = await insert_image(pool, name=name)
-    assert await events.process_event(runtime, (await store_events(pool, [
-        ev(wh.PUSH, name, tag="1.0", digest=idx.digest)]))[0]) == events.DONE
+    image_id = await insert_image(pool, name=name, access_proven=True)
+    assert await inbox.process_event(runtime, (await store_events(pool, [
+        ev(wh.PUSH, name, tag="1.0", digest=idx.digest)]))[0]) == inbox.DONE
     [tag] = (await tags(pool, image_id)).values()
     assert (tag["name"], tag["manifest_digest"]) == ("1.0", idx.digest)
     assert tag["platform_digest"] == idx.manifests["linux/amd64"].digest
@@ -91,8 +98,8 @@ async def test_push_moves_a_tag_and_every_registration_of_the_repository_follows
 ) -> None:
     name = f"registry.example.com/{unique('fx')}/app"
     alice, bob = await make_user(), await make_user()
-    first = await insert_image(pool, name=name, owner_id=alice.account.id)
-    second = await insert_image(pool, name=name, owner_id=bob.account.id)
+    first = await insert_image(pool, name=name, owner_id=alice.account.id, access_proven=True)
+    second = await insert_image(pool, name=name, owner_id=bob.account.id, access_proven=True)
     assert await apply(pool, wh_settings, ev(wh.PUSH, name, tag="v1", digest=DIGEST_A)) == ["done"]
     later = T0 + timedelta(hours=1)
     assert await apply(pool, wh_settings, ev(wh.PUSH, name, tag="v1", digest=DIGEST_B, at=later)) == ["done"]
@@ -106,7 +113,7 @@ async def test_push_moves_a_tag_and_every_registration_of_the_repository_follows
 
 async def test_duplicate_keys_have_one_effect(pool: asyncpg.Pool, wh_settings: Settings) -> None:
     name = f"registry.example.com/{unique('fx')}/app"
-    image_id = await insert_image(pool, name=name)
+    image_id = await insert_image(pool, name=name, access_proven=True)
     key = unique("dup")
     assert await apply(pool, wh_settings, ev(wh.PUSH, name, tag="v1", digest=DIGEST_A, key=key)) == ["done"]
     await pool.execute("DELETE FROM tags WHERE image_id = $1", image_id)
@@ -117,7 +124,7 @@ async def test_duplicate_keys_have_one_effect(pool: asyncpg.Pool, wh_settings: S
 
 async def test_deletes_by_tag_by_digest_and_tombstones(pool: asyncpg.Pool, wh_settings: Settings) -> None:
     name = f"registry.example.com/{unique('fx')}/app"
-    image_id = await insert_image(pool, name=name)
+    image_id = await insert_image(pool, name=name, access_proven=True)
     await apply(pool, wh_settings,
                 ev(wh.PUSH, name, tag="a", digest=DIGEST_A), ev(wh.PUSH, name, tag="b", digest=DIGEST_A),
                 ev(wh.PUSH, name, tag="c", digest=DIGEST_B))
@@ -139,7 +146,7 @@ async def test_build_events_out_of_order_leave_the_newest_state(
     pool: asyncpg.Pool, wh_settings: Settings,
 ) -> None:
     name = f"registry.example.com/{unique('fx')}/app"
-    image_id = await insert_image(pool, name=name, tags=["stable"])
+    image_id = await insert_image(pool, name=name, tags=["stable"], access_proven=True)
     t = [T0 + timedelta(minutes=i) for i in range(4)]
     await apply(pool, wh_settings, ev(wh.BUILD_STATE, name, tag="v1", state="Building", at=t[1]))
     assert (await image_state(pool, image_id))[0] == "Building"
@@ -172,9 +179,10 @@ async def test_push_to_the_own_registry_creates_the_image_for_the_account(
     name = f"{own}/{user.account.username}/app"
     assert await apply(pool, wh_settings, ev(wh.PUSH, name, tag="v1", digest=DIGEST_A)) == ["done"]
     row = await pool.fetchrow(
-        "SELECT i.id, i.owner_id, i.is_private_image, r.is_tutum_registry FROM images AS i"
+        "SELECT i.id, i.owner_id, i.is_private_image, i.access_proven, r.is_tutum_registry FROM images AS i"
         " JOIN registries AS r ON r.id = i.registry_id WHERE i.name = $1", name)
     assert row["owner_id"] == user.account.id and row["is_private_image"] and row["is_tutum_registry"]
+    assert row["access_proven"]  # the service runs that registry
     assert set(await tags(pool, row["id"])) == {"v1"}
     stranger = f"{own}/{unique('nouser')}/app"
     assert await apply(pool, wh_settings, ev(wh.PUSH, stranger, tag="v1", digest=DIGEST_A)) == ["ignored"]
@@ -183,11 +191,11 @@ async def test_push_to_the_own_registry_creates_the_image_for_the_account(
 
 async def test_pushes_without_digest_request_a_sync(pool: asyncpg.Pool, wh_settings: Settings) -> None:
     name = f"quay.io/{unique('fx')}/app"
-    image_id = await insert_image(pool, name=name, next_sync_at=T0 + timedelta(days=3650))
+    image_id = await insert_image(pool, name=name, next_sync_at=T0 + timedelta(days=3650), access_proven=True)
     assert await apply(pool, wh_settings, ev(wh.SYNC, name)) == ["done"]
     row = await pool.fetchrow("SELECT sync_requested_at, next_sync_at FROM images WHERE id = $1", image_id)
     assert row["sync_requested_at"] is not None
-    assert row["next_sync_at"] < datetime.now(UTC) + timedelta(seconds=events.SYNC_FALLBACK_SECONDS + 1)
+    assert row["next_sync_at"] < datetime.now(UTC) + timedelta(seconds=inbox.SYNC_FALLBACK_SECONDS + 1)
 
 
 async def test_sweep_requeues_only_events_pending_too_long(pool: asyncpg.Pool) -> None:
@@ -196,16 +204,31 @@ async def test_sweep_requeues_only_events_pending_too_long(pool: asyncpg.Pool) -
                                            ev(wh.PUSH, name, tag="b", digest=DIGEST_A)])
     await pool.execute("UPDATE webhook_events SET queued_at = now() - interval '1 minute' WHERE id = $1", old)
     sent: list[tuple[str, list]] = []
-    assert await events.sweep_events(pool, lambda task, args: sent.append((task, args))) >= 1
+    assert await sweep.sweep_events(pool, lambda task, args: sent.append((task, args))) >= 1
     assert ("process_webhook_event", [old]) in sent and ("process_webhook_event", [fresh]) not in sent
     # just re-queued: not again before the wait has passed
     sent.clear()
-    await events.sweep_events(pool, lambda task, args: sent.append((task, args)))
+    await sweep.sweep_events(pool, lambda task, args: sent.append((task, args)))
     assert ("process_webhook_event", [old]) not in sent
 
     def broken(task: str, args: list) -> None:
         raise ConnectionError("redis is down")
 
     await pool.execute("UPDATE webhook_events SET queued_at = now() - interval '1 minute' WHERE id = $1", old)
-    await events.sweep_events(pool, broken)  # logged; the event stays pending
+    await sweep.sweep_events(pool, broken)  # logged; the event stays pending
     assert await pool.fetchval("SELECT status FROM webhook_events WHERE id = $1", old) == "pending"
+
+
+async def test_a_push_or_build_of_a_tag_the_policy_excludes_is_ignored(
+    pool: asyncpg.Pool, settings: Settings,
+) -> None:
+    name = f"registry.example.com/{unique('pol')}/app"
+    kept = await insert_image(pool, name=name, access_proven=True)
+    policy = {"include": ["v*"], "exclude": ["*-rc*"], "max_tags": None}
+    await pool.execute("UPDATE images SET tag_policy = $2 WHERE id = $1", kept, policy)
+    assert await apply(pool, settings,
+                       ev(wh.PUSH, name, tag="v2-rc1", digest=DIGEST_A),
+                       ev(wh.PUSH, name, tag="nightly", digest=DIGEST_A),
+                       ev(wh.BUILD_STATE, name, tag="nightly", state="Building"),
+                       ev(wh.PUSH, name, tag="v2", digest=DIGEST_B)) == ["ignored", "ignored", "ignored", "done"]
+    assert list(await tags(pool, kept)) == ["v2"]

@@ -57,6 +57,11 @@ def test_harbor_default_cloudevents_digest_tag_and_delete() -> None:
     assert wh.parse_harbor(fixture("harbor_push_by_digest.json")) == []  # tag == digest: no tag
     [gone] = wh.parse_harbor(fixture("harbor_delete.json"))
     assert (gone.kind, gone.digest) == (wh.DELETE_MANIFEST, push.digest)
+    # a deleted artifact names its first tag only: still a delete of the whole digest
+    named = fixture("harbor_delete.json")
+    named["event_data"]["resources"][0]["tag"] = "h3"
+    [artifact] = wh.parse_harbor(named)
+    assert (artifact.kind, artifact.tag, artifact.digest) == (wh.DELETE_MANIFEST, None, push.digest)
 
 
 def test_quay_repo_push_list_and_old_map() -> None:
@@ -72,6 +77,7 @@ def test_quay_build_events() -> None:
     start = wh.parse_quay(fixture("quay_build_start.json"), event="build_start")
     assert [(e.kind, e.tag, e.build_state) for e in start] == [
         (wh.BUILD_STATE, "latest", wh.BUILDING), (wh.BUILD_STATE, "1.2", wh.BUILDING)]
+    assert {(e.build_id, e.occurred_at) for e in start} == {("296ec063-5f86-4706-a469-f0a400bf9df2", None)}
     failed = wh.parse_quay(fixture("quay_build_failure.json"))  # error_message says failure
     assert {e.build_state for e in failed} == {wh.FAILED}
     with pytest.raises(wh.MalformedPayloadError, match="event"):
@@ -83,7 +89,12 @@ def test_generic_build_event() -> None:
     assert (ev.host, ev.repository, ev.tag, ev.build_state) == (
         "registry.example.com", "acme/app", "v1", wh.SUCCESS)
     hub = wh.parse_build({"image": "ubuntu", "tag": "x", "status": "building", "timestamp": 1714564800})
-    assert (hub[0].host, hub[0].repository) == (HUB_HOST, "library/ubuntu")
+    assert (hub[0].host, hub[0].repository, hub[0].build_id) == (HUB_HOST, "library/ubuntu", None)
+    body = {"image": "a/b", "tag": "v1", "status": "success", "timestamp": 1714564800}
+    [numbered] = wh.parse_build({**body, "build_id": 1234})
+    [named] = wh.parse_build({**body, "build_id": "pipeline-9"})
+    assert (numbered.build_id, named.build_id) == ("1234", "pipeline-9")
+    assert len({numbered.dedupe_key, named.dedupe_key, wh.parse_build(body)[0].dedupe_key}) == 3
 
 
 @pytest.mark.parametrize("parse, body, words", [
@@ -96,6 +107,8 @@ def test_generic_build_event() -> None:
     (wh.parse_build, {"image": "a/b", "tag": "v1", "status": "done", "timestamp": 1}, "status"),
     (wh.parse_build, {"image": "a/b", "tag": "v1", "status": "success"}, "timestamp"),
     (wh.parse_build, {"image": "a/b", "tag": "bad tag", "status": "success", "timestamp": 1}, "tag"),
+    (wh.parse_build, {"image": "a/b", "tag": "v1", "status": "success", "timestamp": 1, "build_id": []}, "build_id"),
+    (wh.parse_build, {"image": "a/b", "tag": "v1", "status": "success", "timestamp": 1, "build_id": True}, "build_id"),
 ])
 def test_malformed_bodies_say_what_is_wrong(parse, body, words) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(wh.MalformedPayloadError, match=words):

@@ -15,7 +15,7 @@ from core import webhook_auth as whauth
 from core import webhooks as wh
 from tests.conftest import insert_image, unique
 from tests.webhooks.conftest import SECRET, fixture
-from worker import events
+from worker import inbox
 
 URL = "/api/v1/webhooks/github/"
 DIGEST = "sha256:" + "c" * 64
@@ -126,8 +126,8 @@ async def test_the_push_moves_the_tag_of_a_registered_ghcr_image(
     assert resp.status == 202
     event_id = await pool.fetchval("SELECT id FROM webhook_events WHERE repository = $1",
                                    f"{owner}/hello-world-npm")
-    result = await events.apply_event(pool, wh_settings, event_id)
-    assert result.status == events.DONE
+    batch = await inbox.apply_pending(pool, wh_settings, event_id)
+    assert [a.status for a in batch.applied if a.event_id == event_id] == [inbox.DONE]
     row = await pool.fetchrow("SELECT state, manifest_digest FROM tags WHERE image_id = $1 AND name = 'v1'",
                               image_id)
     assert tuple(row) == ("Success", DIGEST)

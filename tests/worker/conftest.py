@@ -1,9 +1,11 @@
 """Registry fixtures: the real docker-registry (anonymous, htpasswd, token), the fake one for
-failure injection, and a factory of RegistryClients whose sessions are closed after the test.
+failure injection, a factory of RegistryClients whose sessions are closed after the test, a
+factory of worker Runtimes, and the environment of end-to-end process stacks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -12,10 +14,14 @@ from typing import Any, Protocol
 
 import aiohttp
 import pytest
+import redis
 
 from core.settings import Settings
+from tests.conftest import TEST_SECRET_KEY, create_database
 from tests.support.fake_registry import FakeRegistry
+from tests.support.processes import Stack
 from tests.support.registry import RegistryServer
+from tests.support.services import free_port, redis_db, worker_index
 from tests.support.token_server import TokenServer
 from worker.registry import RegistryClient, make_session
 from worker.runtime import Runtime
@@ -154,3 +160,22 @@ async def runtime(settings: Settings) -> AsyncIterator[OpenRuntime]:
     yield open_
     for rt in opened:
         await rt.aclose()
+
+
+@pytest.fixture
+def stack(postgres_dsn: str, redis_server_url: str, registry: RegistryServer) -> Iterator[Stack]:
+    """Real `registry-sync` processes: a database and a Redis database of their own, and the
+    environment of the processes (the test adds to `stack.env` before starting them)."""
+    dsn = asyncio.run(create_database(postgres_dsn, f"rs_e2e_{worker_index()}"))
+    redis_url = f"{redis_server_url}/{redis_db('e2e')}"
+    redis.Redis.from_url(redis_url).flushdb()
+    port = free_port()
+    env = {
+        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "PORT": str(port),
+        "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1",
+        "INSECURE_REGISTRIES": registry.host, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+        "BEAT_INTERVAL_SECONDS": "0.2", "LEASE_SECONDS": "4", "SYNC_INTERVAL_SECONDS": "2",
+    }
+    st = Stack(env, port)
+    yield st
+    st.stop_all()

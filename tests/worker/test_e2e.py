@@ -3,41 +3,17 @@ and `beat` against the real registry, each end-to-end scenario in a database of 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import re
 import signal
-from collections.abc import Iterator
 
-import pytest
 import redis
 
-from tests.conftest import TEST_SECRET_KEY, create_database, unique
+from tests.conftest import unique
 from tests.support.fake_registry import FakeRegistry
 from tests.support.processes import Service, Stack, wait_for
 from tests.support.registry import RegistryServer, delete_tag, push_image
-from tests.support.services import free_port, redis_db, worker_index
-
-SECRET = TEST_SECRET_KEY
-
-
-@pytest.fixture
-def stack(postgres_dsn: str, redis_server_url: str, registry: RegistryServer) -> Iterator[Stack]:
-    """A database and a Redis database of its own, and the environment of the processes."""
-    dsn = asyncio.run(create_database(postgres_dsn, f"rs_e2e_{worker_index()}"))
-    redis_url = f"{redis_server_url}/{redis_db('e2e')}"
-    redis.Redis.from_url(redis_url).flushdb()
-    port = free_port()
-    env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": SECRET, "PORT": str(port),
-        "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1",
-        "INSECURE_REGISTRIES": registry.host, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
-        "BEAT_INTERVAL_SECONDS": "0.2", "LEASE_SECONDS": "4", "SYNC_INTERVAL_SECONDS": "2",
-    }
-    st = Stack(env, port)
-    yield st
-    st.stop_all()
 
 
 def test_register_then_polling_follows_pushes_and_deletes(stack: Stack, registry: RegistryServer) -> None:

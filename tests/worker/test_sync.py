@@ -22,6 +22,7 @@ from tests.worker.conftest import ALICE, BOB, OpenRuntime
 from tests.worker.helpers import get, register
 from worker import sync
 from worker.runtime import Runtime
+from worker.schedule import PollPolicy
 
 FULL_CONFIG: dict[str, Any] = {
     "created": "2013-11-08T00:22:26.123456789Z",
@@ -138,9 +139,10 @@ async def test_pushed_and_deleted_tags_show_on_the_next_sync(
     image = await get(client, user, f"/api/v1/image/{name}/")
     assert image["tags"] == [f"/api/v1/image/{name}/tag/new/"]
     assert image["last_build_date"] == "Wed, 1 Jun 2022 10:00:00 +0000"
-    # and the next poll is scheduled about SYNC_INTERVAL_SECONDS ahead, with jitter
+    # and the next poll is scheduled: the first sync set the interval to SYNC_INTERVAL_SECONDS
+    # (300 s), this one changed the image, which halves it (worker/schedule.py), with jitter
     due = await pool.fetchval("SELECT next_sync_at - now() FROM images WHERE id = $1", iid)
-    assert timedelta(seconds=250) < due < timedelta(seconds=340)
+    assert timedelta(seconds=130) < due < timedelta(seconds=170)
 
 
 async def test_basic_auth_registry_with_credentials(
@@ -308,7 +310,7 @@ async def test_a_run_whose_lease_was_taken_over_writes_nothing(
     assert await store.acquire(pool, iid, "run:new", None, 60) is not None
     result = store.SyncResult(present=["x"], tags=[store.TagWrite("x", "sha256:" + "a" * 64, None, None, None)])
     with pytest.raises(store.LeaseLostError):
-        await store.write_success(pool, image, "run:old", result, next_in=60)
+        await store.write_success(pool, image, "run:old", result, poll=PollPolicy.from_settings(Settings()))
     assert await pool.fetchval("SELECT count(*) FROM tags WHERE image_id = $1", iid) == 0
 
 

@@ -1,5 +1,7 @@
-"""One HTTP exchange with a registry host: guard, per-host concurrency, timeout, manual
-redirects, size limits, Docker Hub rate-limit headers. No auth and no retries (client.py)."""
+"""One HTTP exchange with a registry host: guard, per-host concurrency in this process, the
+fleet-wide budget of the host (budget.py, when the worker's Runtime sets one), timeout,
+manual redirects, size limits, 429 pauses and Docker Hub rate-limit headers. No auth and no
+retries (client.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from core import metrics
-from worker.registry.errors import RegistryProtocolError, RegistryUnavailableError
+from worker.registry.budget import DEFAULT_PAUSE, Budget
+from worker.registry.errors import RegistryProtocolError, RegistryUnavailableError, parse_retry_after
 from worker.registry.guard import Guard
 
 MAX_REDIRECTS = 5
@@ -58,6 +61,12 @@ class Transport:
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._slow_until: dict[str, float] = {}
+        # Set by the worker's Runtime: the fleet-wide budget of each host. None: this
+        # process's per-host semaphore is the only limit (a client used on its own).
+        self.budget: Budget | None = None
+        # host -> monotonic time of its last timeout or connection failure (fair sharing
+        # gives recently failing hosts a smaller share: worker/shares.py)
+        self.last_failure: dict[str, float] = {}
 
     def _semaphore(self, host: str) -> asyncio.Semaphore:
         sem = self._semaphores.get(host)
@@ -91,48 +100,76 @@ class Transport:
         delay = self._slow_until.get(host, 0.0) - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+        async with self._semaphore(host):
+            # HostBusyError from here: the host may not be asked now (not retried)
+            pull = method == "GET" and kind == "manifest"  # what Docker Hub counts as a pull
+            permit = await self.budget.acquire(host, pull=pull) if self.budget else None
+            try:
+                return await self._exchange(method, url, kind, headers, host, limit)
+            finally:
+                if permit is not None:
+                    await permit.release()
+
+    async def _exchange(
+        self, method: str, url: str, kind: str, headers: dict[str, str], host: str, limit: int
+    ) -> Reply:
         origin = urlsplit(url)[:2]
         hop_headers = dict(headers)
-        async with self._semaphore(host):
-            for _ in range(MAX_REDIRECTS + 1):
-                self.guard.check_url(url)
-                self.requests[(method, kind)] += 1
-                try:
-                    async with self._session.request(
-                        method,
-                        URL(url, encoded=True),
-                        headers=hop_headers,
-                        allow_redirects=False,
-                        timeout=self._client_timeout,
-                    ) as resp:
-                        metrics.registry_request(host, resp.status)
-                        location = resp.headers.get("Location")
-                        if resp.status in _REDIRECTS and location:
-                            url = urljoin(url, location)
-                            if urlsplit(url)[:2] != origin:
-                                hop_headers.pop("Authorization", None)
-                            continue
-                        body = b"" if method == "HEAD" else await _read(resp, limit, url)
-                        self._note_ratelimit(host, resp.headers)
-                        return Reply(resp.status, resp.headers, body, url)
-                except TimeoutError as exc:
-                    metrics.registry_request(host, "timeout")
-                    raise RegistryUnavailableError(
-                        f"{where(method, url)}: no answer within {self.timeout:g}s"
-                    ) from exc
-                except aiohttp.ClientError as exc:
-                    metrics.registry_request(host, "connection_error")
-                    hint = ""
-                    if isinstance(exc, aiohttp.ClientSSLError) and urlsplit(url).scheme == "https":
-                        # what a registry that serves plain HTTP looks like over TLS
-                        hint = (f": TLS failed; if {host} serves plain HTTP, add it to INSECURE_REGISTRIES"
-                                f" (registry-sync dev --insecure-registry {host})")
-                    raise RegistryUnavailableError(
-                        f"{where(method, url)}: connection failed ({type(exc).__name__}){hint}"
-                    ) from exc
+        for _ in range(MAX_REDIRECTS + 1):
+            self.guard.check_url(url)
+            self.requests[(method, kind)] += 1
+            try:
+                async with self._session.request(
+                    method,
+                    URL(url, encoded=True),
+                    headers=hop_headers,
+                    allow_redirects=False,
+                    timeout=self._client_timeout,
+                ) as resp:
+                    metrics.registry_request(host, resp.status)
+                    location = resp.headers.get("Location")
+                    if resp.status in _REDIRECTS and location:
+                        url = urljoin(url, location)
+                        if urlsplit(url)[:2] != origin:
+                            hop_headers.pop("Authorization", None)
+                        continue
+                    body = b"" if method == "HEAD" else await _read(resp, limit, url)
+                    self._note_ratelimit(host, resp.headers)
+                    if self.budget is not None:
+                        await self._tell_budget(host, kind, resp.status, resp.headers)
+                    return Reply(resp.status, resp.headers, body, url)
+            except TimeoutError as exc:
+                self.last_failure[host] = time.monotonic()
+                metrics.registry_request(host, "timeout")
+                raise RegistryUnavailableError(
+                    f"{where(method, url)}: no answer within {self.timeout:g}s"
+                ) from exc
+            except aiohttp.ClientError as exc:
+                self.last_failure[host] = time.monotonic()
+                metrics.registry_request(host, "connection_error")
+                hint = ""
+                if isinstance(exc, aiohttp.ClientSSLError) and urlsplit(url).scheme == "https":
+                    # what a registry that serves plain HTTP looks like over TLS
+                    hint = (f": TLS failed; if {host} serves plain HTTP, add it to INSECURE_REGISTRIES"
+                            f" (registry-sync dev --insecure-registry {host})")
+                raise RegistryUnavailableError(
+                    f"{where(method, url)}: connection failed ({type(exc).__name__}){hint}"
+                ) from exc
         raise RegistryProtocolError(
             f"{where(method, url)}: more than {MAX_REDIRECTS} redirects", transient=False
         )
+
+    async def _tell_budget(self, host: str, kind: str, status: int, headers: Mapping[str, str]) -> None:
+        """A 429 pauses the host for the whole fleet (the request itself fails as
+        RateLimitedError and the client may retry it after Retry-After); rate-limit headers
+        correct the fleet's pull count. A token service's 429 (Docker Hub's answer to
+        repeated bad logins) is about those credentials, not the host: no pause."""
+        assert self.budget is not None
+        if status == 429 and kind != "token":
+            wait = parse_retry_after(headers.get("Retry-After"))
+            await self.budget.pause(host, wait if wait is not None else DEFAULT_PAUSE, "429")
+        if "ratelimit-remaining" in headers:
+            await self.budget.note_ratelimit(host, headers.get("ratelimit-limit"), headers.get("ratelimit-remaining"))
 
 
 async def _read(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:

@@ -1,11 +1,12 @@
-"""Inspect a Docker Hub name that is not in the catalog yet (SPEC §1 Public images).
+"""Look up a Docker Hub name that is not in the catalog yet (SPEC §1 Public images).
 
 The API asks by sending `inspect_hub_image(name)` and waits for the outcome in Postgres
 (`hub_inspections`, woken by NOTIFY `registry_sync_inspect`): api/inspect.py. Here: list
 the repository's tags on the hub (DOCKER_HUB_REGISTRY_URL) within a bounded time, read its
 description and star count from Docker Hub's repository API (DOCKER_HUB_API_URL, best
 effort), and create the shared-catalog image with its tags (state Empty until synced) and
-the outcome in one transaction. Then the full sync runs at once in the same task.
+the outcome in one transaction. Then the full sync runs at once in the same task. The image
+has proven access (SPEC §1): the hub listed its tags anonymously.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import structlog
 
 from core.names import HUB_HOST, InvalidNameError, parse_image_name
 from core.registries import ensure_registry
-from worker import sync
+from core.tag_policy import effective
+from worker import sync, tag_policy
 from worker.registry import RegistryAuthError, RegistryError, RepositoryNotFoundError, Target
 from worker.runtime import Runtime
 
-log = structlog.get_logger("worker.inspect")
+log = structlog.get_logger("worker.hub_lookup")
 
 FOUND, MISSING, FAILED = "found", "missing", "failed"
 METADATA_TIMEOUT = 5.0
@@ -77,8 +79,8 @@ SELECT pg_notify('registry_sync_inspect', name) FROM done
 
 INSERT_CATALOG_IMAGE_SQL = """
 INSERT INTO images (name, owner_id, registry_id, repository, description, star_count,
-                    is_private_image, public_url, next_sync_at, sync_requested_at)
-VALUES ($1, NULL, $2, $3, $4, $5, false, $6, now() + make_interval(secs => $7), now())
+                    is_private_image, public_url, next_sync_at, sync_requested_at, access_proven)
+VALUES ($1, NULL, $2, $3, $4, $5, false, $6, now() + make_interval(secs => $7), now(), true)
 ON CONFLICT ON CONSTRAINT images_owner_name_key DO NOTHING
 RETURNING id
 """
@@ -113,7 +115,7 @@ async def inspect_hub_image(rt: Runtime, raw_name: str) -> tuple[str, int | None
     target = Target(host=rt.network_host(HUB_HOST), repository=name.repository)
     try:
         async with asyncio.timeout(rt.settings.inspect_timeout_seconds):
-            tags = await rt.client.list_tags(target)
+            listed = await rt.client.list_tags(target)
     except (RepositoryNotFoundError, RegistryAuthError) as exc:
         await _finish(rt.pool, name.name, MISSING, str(exc))
         log.info("inspect.missing", image=name.name)
@@ -123,7 +125,13 @@ async def inspect_hub_image(rt: Runtime, raw_name: str) -> tuple[str, int | None
         await _finish(rt.pool, name.name, FAILED, message)
         log.warning("inspect.failed", image=name.name, error=message)
         return FAILED, None
-    meta = await hub_metadata(rt.session, rt.settings.docker_hub_api_url, name.repository)
+    # A new catalog image has no policy of its own: Docker Hub's default (its most recent
+    # tags) applies from the first listing, as it will at every sync.
+    policy = effective(None, is_hub=True, hub_default_max_tags=rt.settings.hub_default_max_tags)
+    meta, tags = await asyncio.gather(
+        hub_metadata(rt.session, rt.settings.docker_hub_api_url, name.repository),
+        tag_policy.apply(rt, policy, name.repository, listed),
+    )
     async with rt.pool.acquire() as conn, conn.transaction():
         registry_id = await ensure_registry(conn, HUB_HOST, rt.settings)
         # Two inspections of one name may run at once: the unique (owner NULL, name)

@@ -1,0 +1,379 @@
+"""Applying stored webhook events (the inbox filled by api/webhooks.py), in batches.
+
+Each `process_webhook_event` message applies the pending events in batches: in id order (up
+to APPLY_BATCH, skipping those another task holds), in one transaction that locks the images
+they are about (in id order, worker/locks.py), applies each event in id order and marks each
+done or ignored. A burst of pushes is therefore a few transactions, not one per event (and
+a few messages: the API sends one for the events of a burst, api/webhooks.py); a message
+whose events another batch applied finds nothing to do. A crash leaves the events
+pending (the sweep sends them again); a batch that fails is applied again one event at a
+time, so one bad event fails alone (its attempts are counted; from then on it is applied
+alone, by its own message).
+
+Which images an event applies to (SPEC §1): those whose registry has the event's host and
+whose repository is its path, and whose access is proven (`access_proven`: their own
+credentials, or anonymous access, were accepted there). A push, sync or build event on the
+service's own registry (TUTUM_REGISTRY_HOST) with no such image creates one for the account
+named by the repository's first path component, proven (the service runs that registry).
+An unproven image learns nothing from an event; but if its registry last said the repository
+does not exist (registered before its first push), or it has not finished a sync yet, the
+event makes its sync due at once: with its own credentials, that sync proves access and
+reads the tags, or fails as before. An image whose credentials were refused is not synced
+again by events, so its owner cannot learn another account's push times from its sync log.
+
+Effects (SPEC §2, §3):
+- push (tag + digest): the tag points at the digest, `Success`, build date = push time, at
+  once. After the commit, worker/enrich.py confirms the digest with the registry (config,
+  layer, exact build date; a digest the registry does not have is removed); the image's
+  next sync is due within ENRICH_FALLBACK_SECONDS in case that fails.
+- a tag named like a signature, attestation or SBOM (core/artifacts.py): ignored, noted.
+- delete tag / manifest / repository: the tags go, unless pushed again after the delete.
+  A processed delete is also a tombstone: an older push delivered late stays deleted.
+- sync (Docker Hub, Quay: no digest): a top-priority sync of the image, after the commit.
+- build: worker/builds.py.
+The image's aggregate state follows from the trigger in schema.sql.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+
+from core import metrics
+from core import webhooks as wh
+from core.artifacts import is_metadata_tag
+from core.names import HUB_HOST, InvalidNameError, parse_image_name
+from core.registries import ensure_registry
+from core.settings import Settings
+from core.tag_policy import TagPolicy, effective
+from worker import builds, enrich, sync
+from worker.runtime import Runtime
+
+log = structlog.get_logger("worker.inbox")
+
+DONE, IGNORED, SKIPPED, FAILED = "done", "ignored", "skipped", "failed"
+APPLY_BATCH = 500  # events per transaction
+ENRICH_FALLBACK_SECONDS = 60.0  # the image's next sync, at the latest, after a push event
+SYNC_FALLBACK_SECONDS = 30.0  # a requested sync the scheduler runs if no worker did
+
+
+@dataclass
+class Batch:
+    applied: list[Applied] = field(default_factory=list)
+    failed: set[int] = field(default_factory=set)  # failed alone; recorded on the event
+    to_sync: set[int] = field(default_factory=set)  # images to sync after the commit
+
+    def add(self, other: Batch) -> None:
+        self.applied += other.applied
+        self.failed |= other.failed
+        self.to_sync |= other.to_sync
+
+
+@dataclass(frozen=True)
+class Applied:
+    event_id: int
+    status: str  # DONE or IGNORED
+    kind: str
+    image_ids: tuple[int, ...] = ()
+    tag: str | None = None
+    digest: str | None = None
+    note: str | None = None
+
+
+# An event that failed before (attempts > 0) is applied alone, by its own message: it never
+# takes a batch down with it again.
+CLAIM_BATCH_SQL = """
+SELECT * FROM webhook_events
+ WHERE status = 'pending'
+   AND (id = $1 OR (attempts = 0
+                    AND COALESCE((SELECT attempts FROM webhook_events WHERE id = $1), 0) = 0))
+ ORDER BY id LIMIT $2
+   FOR UPDATE SKIP LOCKED
+"""
+CLAIM_ONE_SQL = "SELECT * FROM webhook_events WHERE id = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED"
+
+# The images of the events' (host, repository) pairs, locked in id order (worker/locks.py):
+# one statement, so the flags read are those of the locked rows.
+MATCH_IMAGES_SQL = """
+SELECT i.id, r.host, i.repository, i.access_proven, i.tag_policy
+  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
+  JOIN unnest($1::text[], $2::text[]) AS w (host, repository)
+    ON r.host = w.host AND i.repository = w.repository
+ ORDER BY i.id
+   FOR UPDATE OF i
+"""
+
+FINISH_SQL = """
+UPDATE webhook_events AS e
+   SET status = f.status, note = f.note, processed_at = now(), attempts = e.attempts + 1
+  FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f (id, status, note)
+ WHERE e.id = f.id
+"""
+
+ACCOUNT_SQL = "SELECT id FROM accounts WHERE username = $1"
+# The owner's image on the service's own registry: created, or proven if it was there.
+OWN_IMAGE_SQL = """
+INSERT INTO images (name, owner_id, registry_id, repository, is_private_image, next_sync_at, access_proven)
+VALUES ($1, $2, $3, $4, true, now(), true)
+ON CONFLICT ON CONSTRAINT images_owner_name_key DO UPDATE SET access_proven = true
+RETURNING id
+"""
+
+# `moves`: the push changes the digest and is not older than the push that set the current one.
+_MOVES = "(t.manifest_digest IS DISTINCT FROM EXCLUDED.manifest_digest AND (t.pushed_at IS NULL OR t.pushed_at <= EXCLUDED.pushed_at))"  # noqa: E501
+# `first`: same digest, but its push time was not known yet (a sync saw the tag first).
+_FIRST = "(t.manifest_digest = EXCLUDED.manifest_digest AND t.pushed_at IS NULL)"
+_NEWER = "(t.state_at IS NULL OR t.state_at <= EXCLUDED.state_at)"
+# No row at all when a processed delete (or one applied earlier in this batch, $7) is newer:
+# the push is history.
+PUSH_TAG_SQL = f"""
+INSERT INTO tags AS t (image_id, name, state, manifest_digest, build_date, pushed_at, state_at)
+SELECT i, $2, 'Success', $3, $4, $4, $4 FROM unnest($1::bigint[]) AS i
+ WHERE NOT EXISTS (
+    SELECT 1 FROM webhook_events AS d
+     WHERE d.repository = $5 AND d.host = $6 AND d.occurred_at > $4
+       AND d.kind IN ('delete_tag', 'delete_manifest', 'delete_repository')
+       AND (d.status = 'done' OR d.id = ANY ($7::bigint[]))
+       AND (d.kind = 'delete_repository' OR (d.kind = 'delete_manifest' AND d.digest = $3)
+            OR (d.kind = 'delete_tag' AND d.tag = $2)))
+ON CONFLICT ON CONSTRAINT tags_image_name_key DO UPDATE
+   SET manifest_digest = CASE WHEN {_MOVES} THEN EXCLUDED.manifest_digest ELSE t.manifest_digest END,
+       platform_digest = CASE WHEN {_MOVES} THEN NULL ELSE t.platform_digest END,
+       config_digest = CASE WHEN {_MOVES} THEN NULL ELSE t.config_digest END,
+       sync_note = CASE WHEN {_MOVES} THEN NULL ELSE t.sync_note END,
+       sync_error = CASE WHEN {_MOVES} THEN NULL ELSE t.sync_error END,
+       build_date = CASE WHEN {_MOVES} THEN EXCLUDED.build_date
+                         WHEN {_FIRST} THEN GREATEST(t.build_date, EXCLUDED.pushed_at)
+                         ELSE t.build_date END,
+       pushed_at = CASE WHEN {_MOVES} OR {_FIRST} THEN EXCLUDED.pushed_at ELSE t.pushed_at END,
+       state = CASE WHEN {_NEWER} THEN 'Success' ELSE t.state END,
+       state_at = CASE WHEN {_NEWER} THEN EXCLUDED.state_at ELSE t.state_at END,
+       updated_at = now()
+RETURNING t.image_id
+"""
+
+# Tags pushed again after the delete (by a later event) stay.
+DELETE_TAG_SQL = """
+DELETE FROM tags WHERE image_id = ANY ($1::bigint[]) AND name = $2
+   AND (pushed_at IS NULL OR pushed_at <= $3)
+"""
+DELETE_MANIFEST_SQL = """
+DELETE FROM tags WHERE image_id = ANY ($1::bigint[]) AND manifest_digest = $2
+   AND (pushed_at IS NULL OR pushed_at <= $3)
+"""
+DELETE_REPOSITORY_SQL = """
+DELETE FROM tags WHERE image_id = ANY ($1::bigint[]) AND (pushed_at IS NULL OR pushed_at <= $2)
+"""
+
+# The safety net of the enrichment: the image's next sync is due soon.
+DUE_SOON_SQL = """
+UPDATE images SET next_sync_at = LEAST(next_sync_at, now() + make_interval(secs => $2))
+ WHERE id = ANY ($1::bigint[])
+"""
+# Unproven images that may just be waiting for their repository to exist (see above).
+REQUEST_PROOF_SQL = """
+UPDATE images SET sync_requested_at = now(), next_sync_at = LEAST(next_sync_at, now())
+ WHERE id = ANY ($1::bigint[]) AND NOT access_proven
+   AND (sync_error IS NULL OR sync_error LIKE 'RepositoryNotFoundError:%')
+RETURNING id
+"""
+REQUEST_SYNC_SQL = """
+UPDATE images SET sync_requested_at = now(),
+                  next_sync_at = LEAST(next_sync_at, now() + make_interval(secs => $2))
+ WHERE id = ANY ($1::bigint[])
+"""
+
+
+async def apply_pending(pool: asyncpg.Pool, settings: Settings, event_id: int) -> Batch:
+    """Apply a batch of pending events (see the module's docstring) and mark each done or
+    ignored. Nothing applied: nothing was pending (a duplicate message), or another task
+    holds the events. A batch that fails is applied one event at a time; an event that fails
+    alone has its failure recorded and is in `failed`. Raises when Postgres is unreachable
+    (or fails before any event was claimed)."""
+    claimed: list[int] = []
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(CLAIM_BATCH_SQL, event_id, APPLY_BATCH)
+            claimed = [r["id"] for r in rows]
+            return await _apply(conn, settings, rows)
+    except (OSError, asyncpg.InterfaceError):
+        raise
+    except Exception as exc:
+        if not claimed:
+            raise
+        if len(claimed) == 1:
+            log.exception("webhook.apply_failed", event_id=claimed[0])
+            await record_failure(pool, claimed[0], f"{type(exc).__name__}: {exc}")
+            return Batch(failed=set(claimed))
+        log.warning("webhook.batch_failed", events=len(claimed), exc_info=True)
+    batch = Batch()
+    for one in claimed:
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                batch.add(await _apply(conn, settings, await conn.fetch(CLAIM_ONE_SQL, one)))
+        except (OSError, asyncpg.InterfaceError):
+            raise
+        except Exception as exc:
+            log.exception("webhook.apply_failed", event_id=one)
+            await record_failure(pool, one, f"{type(exc).__name__}: {exc}")
+            batch.failed.add(one)
+    return batch
+
+
+async def _apply(conn: asyncpg.Connection, settings: Settings, events: list[asyncpg.Record]) -> Batch:
+    if not events:
+        return Batch()
+    places = sorted({(e["host"], e["repository"]) for e in events})
+    matched = await conn.fetch(MATCH_IMAGES_SQL, [p[0] for p in places], [p[1] for p in places])
+    images: dict[tuple[str, str], list[int]] = {}
+    policies: dict[int, TagPolicy] = {}
+    for m in matched:
+        if m["access_proven"]:
+            images.setdefault((m["host"], m["repository"]), []).append(m["id"])
+            policies[m["id"]] = effective(m["tag_policy"], is_hub=m["host"] == HUB_HOST, hub_default_max_tags=0)
+    own_notes = await _create_on_own_registry(conn, settings, events, images)
+    unproven = [m["id"] for m in matched if not m["access_proven"]]
+    to_sync = [r["id"] for r in await conn.fetch(REQUEST_PROOF_SQL, unproven)] if unproven else []
+    proving: dict[tuple[str, str], int] = {}
+    for m in matched:
+        if m["id"] in to_sync:
+            proving[(m["host"], m["repository"])] = proving.get((m["host"], m["repository"]), 0) + 1
+    out: list[Applied] = []
+    applied_deletes: list[int] = []
+    pushed: set[int] = set()
+    for ev in events:
+        ids = images.get((ev["host"], ev["repository"]), [])
+        kind, note = ev["kind"], None
+        if kind in (wh.PUSH, wh.BUILD_STATE) and ev["tag"] and is_metadata_tag(ev["tag"]):
+            note = f"{ev['tag']} names a signature, attestation or SBOM, not an image tag"
+        elif not ids and (n := proving.get((ev["host"], ev["repository"]))):
+            note = f"no image with proven access; {n} unproven image(s) of the repository are synced instead"
+            out.append(Applied(ev["id"], DONE, kind, note=note))
+            continue
+        elif not ids:
+            note = own_notes.get((ev["host"], ev["repository"])) or (
+                f"no image with proven access to {ev['host']}/{ev['repository']} is registered")
+        elif kind in (wh.PUSH, wh.BUILD_STATE) and ev["tag"]:
+            # the image's tag policy (include/exclude) decides here as in the sync; its
+            # max_tags needs the whole tag list and is left to the sync
+            ids = [i for i in ids if policies.get(i, TagPolicy()).allows(ev["tag"])]
+            if not ids:
+                note = f"the tag policy of every image of the repository excludes {ev['tag']}"
+        if note is not None:
+            out.append(Applied(ev["id"], IGNORED, kind, note=note))
+            continue
+        if kind == wh.PUSH:
+            written = await conn.fetch(
+                PUSH_TAG_SQL, ids, ev["tag"], ev["digest"], ev["occurred_at"], ev["repository"], ev["host"],
+                applied_deletes,
+            )
+            note = None if written else "superseded by a later delete"
+            pushed.update(ids if written else ())
+        elif kind == wh.DELETE_TAG:
+            await conn.execute(DELETE_TAG_SQL, ids, ev["tag"], ev["occurred_at"])
+        elif kind == wh.DELETE_MANIFEST:
+            await conn.execute(DELETE_MANIFEST_SQL, ids, ev["digest"], ev["occurred_at"])
+        elif kind == wh.DELETE_REPOSITORY:
+            await conn.execute(DELETE_REPOSITORY_SQL, ids, ev["occurred_at"])
+        elif kind == wh.SYNC:
+            await conn.execute(REQUEST_SYNC_SQL, ids, SYNC_FALLBACK_SECONDS)
+            to_sync += ids
+        elif kind == wh.BUILD_STATE:
+            note = await builds.apply_build_event(conn, ev, ids)
+        if kind in (wh.DELETE_TAG, wh.DELETE_MANIFEST, wh.DELETE_REPOSITORY):
+            applied_deletes.append(ev["id"])
+        out.append(Applied(ev["id"], DONE, kind, tuple(ids), ev["tag"], ev["digest"], note))
+    if pushed:
+        await conn.execute(DUE_SOON_SQL, sorted(pushed), ENRICH_FALLBACK_SECONDS)
+    await conn.execute(FINISH_SQL, [a.event_id for a in out], [a.status for a in out], [a.note for a in out])
+    return Batch(out, to_sync=set(to_sync))
+
+
+async def _create_on_own_registry(
+    conn: asyncpg.Connection, settings: Settings, events: Iterable[asyncpg.Record],
+    images: dict[tuple[str, str], list[int]],
+) -> dict[tuple[str, str], str]:
+    """Create (or mark proven) the owner's image for each repository of the service's own
+    registry that a push, sync or build event names and no proven image has (SPEC §1).
+    Adds the ids to `images`; returns a note per repository that has no owning account."""
+    own = settings.tutum_registry_host.strip().lower()
+    wanted = sorted({
+        (e["host"], e["repository"]) for e in events
+        if own and e["host"] == own and e["kind"] in (wh.PUSH, wh.SYNC, wh.BUILD_STATE)
+    } - set(images))
+    notes: dict[tuple[str, str], str] = {}
+    for host, repository in wanted:  # in name order: concurrent batches insert alike
+        owner = repository.split("/", 1)[0]
+        account_id = await conn.fetchval(ACCOUNT_SQL, owner)
+        if account_id is None:
+            notes[(host, repository)] = f"repository {repository} on the service's registry: no account named {owner!r}"
+            log.warning("webhook.unknown_account", repository=repository, account=owner)
+            continue
+        try:
+            name = parse_image_name(f"{host}/{repository}")
+        except InvalidNameError as exc:
+            notes[(host, repository)] = f"not a valid image name: {exc}"
+            continue
+        registry_id = await ensure_registry(conn, name.host, settings)
+        image_id = await conn.fetchval(OWN_IMAGE_SQL, name.name, account_id, registry_id, name.repository)
+        images[(host, repository)] = [image_id]
+        log.info("webhook.image_created", image=name.name, account=owner)
+    return notes
+
+
+async def process_event(rt: Runtime, event_id: int) -> str:
+    """The task body: apply the pending events in batches (this one among them if it is
+    still pending; the API sends one message for the events stored while the previous one
+    was on its way), then, after the commits, enrich the pushes and run the requested
+    syncs. Returns this event's outcome: DONE, IGNORED, SKIPPED (applied already, or held by
+    another task) or FAILED (recorded on the event; the sweep retries it)."""
+    started = time.perf_counter()
+    try:
+        batch = last = await apply_pending(rt.pool, rt.settings, event_id)
+        while len(last.applied) >= APPLY_BATCH:  # a backlog: one message drains it
+            last = await apply_pending(rt.pool, rt.settings, event_id)
+            batch.add(last)
+    except Exception as exc:  # recorded on the event, retried by the sweep
+        log.exception("webhook.apply_failed", event_id=event_id)
+        await record_failure(rt.pool, event_id, f"{type(exc).__name__}: {exc}")
+        return FAILED
+    for a in batch.applied:
+        metrics.webhook_event("worker", a.status)
+    if batch.applied:
+        log.info("webhook.applied", event_id=event_id, events=len(batch.applied),
+                 ignored=sum(a.status == IGNORED for a in batch.applied),
+                 ms=round((time.perf_counter() - started) * 1000, 2))
+    pushes = [
+        enrich.Pushed(a.image_ids, a.tag, a.digest) for a in batch.applied
+        if a.kind == wh.PUSH and a.status == DONE and a.note is None and a.tag and a.digest
+    ]
+    # After the commit: a failure here leaves the events done and the images due for a sync.
+    followups = await asyncio.gather(
+        enrich.enrich_pushes(rt, pushes), *(sync.sync_image(rt, i) for i in sorted(batch.to_sync)),
+        return_exceptions=True,
+    )
+    for outcome in followups:
+        if isinstance(outcome, Exception):
+            log.error("webhook.followup_failed", event_id=event_id, exc_info=outcome)
+    if event_id in batch.failed:
+        return FAILED
+    return next((a.status for a in batch.applied if a.event_id == event_id), SKIPPED)
+
+
+RECORD_FAILURE_SQL = """
+UPDATE webhook_events SET attempts = attempts + 1, note = $2 WHERE id = $1 AND status = 'pending'
+"""
+
+
+async def record_failure(pool: asyncpg.Pool, event_id: int, message: str) -> None:
+    """Count a failed attempt on a pending event; never raises (Postgres may be down too:
+    then the event stays pending as it was, and the sweep finds it)."""
+    try:
+        await pool.execute(RECORD_FAILURE_SQL, event_id, message[:1000])
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        pass
