@@ -13,6 +13,9 @@ from api import (
     list_upkeep,
     metrics,
     openapi,
+    outage,
+    publish,
+    read_marks,
     resources,
     stream,
     stream_app,
@@ -56,9 +59,8 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
     app[targets.ADDRESS_POLICY] = AddressPolicy.from_settings(settings)
     app[targets.RESOLVER] = targets.SystemResolver()
-    health,
-    images,
-    list_upkeep,
+    app.cleanup_ctx.extend([_database, outage.watch_ctx, publish.broker, stream.listen, health.redis_client,
+                           read_marks.keep, list_upkeep.bucket_upkeep])
     throttle.configure(app, settings)
     # Open event streams must end before the server waits for its handlers to finish.
     app.on_shutdown.append(stream.close_streams)

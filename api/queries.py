@@ -7,7 +7,7 @@ own images. When it registered a name that is also in the catalog, its own image
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -37,11 +37,11 @@ async def get_image(conn: Conn, account_id: int, name: str) -> asyncpg.Record | 
 
 # What the paths below an image (tags, sync, build) need of it: not its tag list, which may
 # hold MAX_TAGS_PER_IMAGE names.
-IMAGE_REF_COLUMNS = "i.id, i.name, i.owner_id, i.state"
+IMAGE_REF_COLUMNS = "i.id, i.name, i.owner_id, i.state, r.host AS registry_host"
 
 GET_IMAGE_REF_SQL = f"""
 SELECT {IMAGE_REF_COLUMNS}
-  FROM images AS i
+  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
  WHERE i.name = $2 AND (i.owner_id = $1 OR i.owner_id IS NULL)
  ORDER BY i.owner_id NULLS LAST
  LIMIT 1
@@ -49,7 +49,8 @@ SELECT {IMAGE_REF_COLUMNS}
 
 
 async def get_image_ref(conn: Conn, account_id: int, name: str) -> asyncpg.Record | None:
-    """id, name, owner_id and state of the image `name` as `account_id` sees it, or None."""
+    """id, name, owner_id, state and registry_host of the image `name` as `account_id` sees
+    it, or None."""
     return await conn.fetchrow(GET_IMAGE_REF_SQL, account_id, name)
 
 
@@ -57,7 +58,7 @@ async def get_image_ref(conn: Conn, account_id: int, name: str) -> asyncpg.Recor
 # one, else the image of the shorter reading, in one round trip.
 GET_IMAGE_OF_SQL = f"""
 SELECT {IMAGE_REF_COLUMNS}
-  FROM images AS i
+  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
  WHERE i.name IN ($2, $3) AND (i.owner_id = $1 OR i.owner_id IS NULL)
  ORDER BY i.name = $2 DESC, i.owner_id NULLS LAST
  LIMIT 1
