@@ -315,27 +315,58 @@ CREATE OR REPLACE TRIGGER images_events_delete AFTER DELETE ON images
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION images_notify_events();
 
+-- A statement that changes more than 100 tags of one image (the sync of a big image) sends
+-- one image update for it instead: subscribers re-read its tags. `image_state` lets the
+-- stream fold several smaller statements into one image update too (api/stream.py); it is
+-- the new state: triggers of one event fire in name order, tags_after_* before these.
 CREATE OR REPLACE FUNCTION tags_notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM pg_notify('registry_sync_events', json_build_object(
             'type', 'imagetag', 'action', 'create', 'owner', i.owner_id, 'name', i.name,
-            'tag', n.name, 'state', n.state, 'at', extract(epoch FROM clock_timestamp()))::text)
-          FROM new_rows AS n JOIN images AS i ON i.id = n.image_id;
+            'tag', n.name, 'state', n.state, 'image_state', i.state,
+            'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM new_rows AS n JOIN images AS i ON i.id = n.image_id
+         WHERE n.image_id IN (SELECT image_id FROM new_rows GROUP BY image_id HAVING count(*) <= 100);
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'image', 'action', 'update', 'owner', i.owner_id, 'name', i.name,
+            'state', i.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM images AS i
+         WHERE i.id IN (SELECT image_id FROM new_rows GROUP BY image_id HAVING count(*) > 100);
     ELSIF TG_OP = 'UPDATE' THEN
         PERFORM pg_notify('registry_sync_events', json_build_object(
             'type', 'imagetag', 'action', 'update', 'owner', i.owner_id, 'name', i.name,
-            'tag', n.name, 'state', n.state, 'at', extract(epoch FROM clock_timestamp()))::text)
-          FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id JOIN images AS i ON i.id = n.image_id
-         WHERE (o.name, o.state, o.buildable, o.manifest_digest, o.config_digest, o.build_date)
-               IS DISTINCT FROM
-               (n.name, n.state, n.buildable, n.manifest_digest, n.config_digest, n.build_date);
+            'tag', c.name, 'state', c.state, 'image_state', i.state,
+            'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM (SELECT n.image_id, n.name, n.state, count(*) OVER (PARTITION BY n.image_id) AS per_image
+                  FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+                 WHERE (o.name, o.state, o.buildable, o.manifest_digest, o.config_digest, o.build_date)
+                       IS DISTINCT FROM
+                       (n.name, n.state, n.buildable, n.manifest_digest, n.config_digest, n.build_date)) AS c
+          JOIN images AS i ON i.id = c.image_id
+         WHERE c.per_image <= 100;
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'image', 'action', 'update', 'owner', i.owner_id, 'name', i.name,
+            'state', i.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM images AS i
+         WHERE i.id IN (SELECT n.image_id FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+                         WHERE (o.name, o.state, o.buildable, o.manifest_digest, o.config_digest, o.build_date)
+                               IS DISTINCT FROM
+                               (n.name, n.state, n.buildable, n.manifest_digest, n.config_digest, n.build_date)
+                         GROUP BY n.image_id HAVING count(*) > 100);
     ELSE
         PERFORM pg_notify('registry_sync_events', json_build_object(
             'type', 'imagetag', 'action', 'delete', 'owner', i.owner_id, 'name', i.name,
-            'tag', o.name, 'state', o.state, 'at', extract(epoch FROM clock_timestamp()))::text)
-          FROM old_rows AS o JOIN images AS i ON i.id = o.image_id;
+            'tag', o.name, 'state', o.state, 'image_state', i.state,
+            'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM old_rows AS o JOIN images AS i ON i.id = o.image_id
+         WHERE o.image_id IN (SELECT image_id FROM old_rows GROUP BY image_id HAVING count(*) <= 100);
+        PERFORM pg_notify('registry_sync_events', json_build_object(
+            'type', 'image', 'action', 'update', 'owner', i.owner_id, 'name', i.name,
+            'state', i.state, 'at', extract(epoch FROM clock_timestamp()))::text)
+          FROM images AS i
+         WHERE i.id IN (SELECT image_id FROM old_rows GROUP BY image_id HAVING count(*) > 100);
     END IF;
     RETURN NULL;
 END;
@@ -352,6 +383,313 @@ CREATE OR REPLACE TRIGGER tags_events_delete AFTER DELETE ON tags
     FOR EACH STATEMENT EXECUTE FUNCTION tags_notify_events();
 -- ============================================================================================
 -- End of the freshness section.
+-- ============================================================================================
+
+-- ============================================================================================
+-- Lists at scale: pages by keyset, exact counts kept as rows change. Owner: api/queries.py
+-- (reads) and these triggers (writes). Every write path goes through them, so no code has
+-- to remember anything.
+--
+-- A caller sees the shared catalog minus the catalog images it shadows (it registered the
+-- same name itself) plus its own images. `list_entries` says, per image, which lists it is
+-- in: scope 0 = the catalog, scope A = account A's own images, scope -A = a catalog image
+-- hidden from A (counted with a minus sign, never listed); category_id 0 = the image itself,
+-- else one entry per category. `list_counts` holds the number of entries per (scope,
+-- category, name bucket, registry, jumpstart, is_private), with 0 meaning "any" for bucket
+-- and registry, so the total of any filter combination is a sum over at most 12 rows.
+-- Buckets are ranges of names (each starts at `lower`, C order) that let a deep `offset`
+-- jump to the right range instead of reading every row before it.
+-- ============================================================================================
+
+CREATE TABLE IF NOT EXISTS list_buckets (
+    id     integer GENERATED BY DEFAULT AS IDENTITY (START WITH 2) PRIMARY KEY,
+    lower  text    COLLATE "C" NOT NULL,
+    CONSTRAINT list_buckets_lower_key UNIQUE (lower)
+);
+-- the first bucket always exists: every name is >= ''
+INSERT INTO list_buckets (id, lower) VALUES (1, '') ON CONFLICT DO NOTHING;
+
+CREATE TABLE IF NOT EXISTS list_entries (
+    image_id     bigint  NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    scope        bigint  NOT NULL,
+    category_id  bigint  NOT NULL,
+    name         text    COLLATE "C" NOT NULL,
+    registry_id  bigint  NOT NULL,
+    jumpstart    boolean NOT NULL,
+    is_private   boolean NOT NULL,
+    bucket       integer NOT NULL,
+    CONSTRAINT list_entries_pkey PRIMARY KEY (image_id, scope, category_id)
+);
+-- one ordered range per (scope, category, jumpstart, is_private): a page merges at most 8
+CREATE INDEX IF NOT EXISTS list_entries_page_idx
+    ON list_entries (scope, category_id, jumpstart, is_private, name) INCLUDE (image_id);
+CREATE INDEX IF NOT EXISTS list_entries_registry_idx
+    ON list_entries (scope, category_id, registry_id, jumpstart, is_private, name) INCLUDE (image_id);
+
+CREATE TABLE IF NOT EXISTS list_counts (
+    scope        bigint  NOT NULL,
+    category_id  bigint  NOT NULL,
+    registry_id  bigint  NOT NULL,  -- 0: every registry
+    bucket       integer NOT NULL,  -- 0: the whole list
+    jumpstart    boolean NOT NULL,
+    is_private   boolean NOT NULL,
+    n            bigint  NOT NULL,
+    CONSTRAINT list_counts_pkey PRIMARY KEY (scope, category_id, registry_id, bucket, jumpstart, is_private)
+);
+
+-- Tag pages by keyset in name order (the unique constraint's index has the database's collation).
+CREATE INDEX IF NOT EXISTS tags_image_name_c_idx ON tags (image_id, name COLLATE "C");
+-- the registries a caller sees: those with images in its scopes (whole-list counts by registry)
+-- and the service's own
+CREATE INDEX IF NOT EXISTS list_counts_registries_idx ON list_counts (scope, category_id, registry_id)
+    WHERE bucket = 0;
+CREATE INDEX IF NOT EXISTS registries_tutum_idx ON registries (id) WHERE is_tutum_registry;
+
+-- Tags per image, for the total of a tag list (an image may have up to MAX_TAGS_PER_IMAGE).
+-- Kept by the statement triggers below, apart from the state rule; every writer of an image's
+-- tags holds that image already, so the row never makes two writers wait on each other.
+CREATE TABLE IF NOT EXISTS tag_counts (
+    image_id  bigint NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    n         bigint NOT NULL,
+    CONSTRAINT tag_counts_pkey PRIMARY KEY (image_id)
+);
+
+CREATE OR REPLACE FUNCTION tags_counted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO tag_counts AS c (image_id, n)
+        SELECT image_id, count(*) FROM new_rows GROUP BY image_id ORDER BY image_id
+        ON CONFLICT ON CONSTRAINT tag_counts_pkey DO UPDATE SET n = c.n + EXCLUDED.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        -- an image deleted with its tags has no row left to update
+        UPDATE tag_counts AS c SET n = c.n - d.n
+          FROM (SELECT image_id, count(*) AS n FROM old_rows GROUP BY image_id) AS d
+         WHERE c.image_id = d.image_id;
+    ELSE  -- a tag moved to another image (per row, rare)
+        UPDATE tag_counts SET n = n - 1 WHERE image_id = OLD.image_id;
+        INSERT INTO tag_counts AS c (image_id, n) VALUES (NEW.image_id, 1)
+        ON CONFLICT ON CONSTRAINT tag_counts_pkey DO UPDATE SET n = c.n + 1;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER tags_counted_insert AFTER INSERT ON tags
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_counted();
+CREATE OR REPLACE TRIGGER tags_counted_delete AFTER DELETE ON tags
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_counted();
+CREATE OR REPLACE TRIGGER tags_counted_move AFTER UPDATE OF image_id ON tags
+    FOR EACH ROW WHEN (OLD.image_id IS DISTINCT FROM NEW.image_id)
+    EXECUTE FUNCTION tags_counted();
+
+-- Add `plus` and take `minus` entries from the counts, netted first, cells locked in key
+-- order (two writers of overlapping cells cannot deadlock).
+CREATE OR REPLACE FUNCTION list_counts_add(plus list_entries[], minus list_entries[]) RETURNS void
+LANGUAGE sql SET jit = off AS $$
+    INSERT INTO list_counts AS c (scope, category_id, registry_id, bucket, jumpstart, is_private, n)
+    SELECT e.scope, e.category_id, r.registry_id, b.bucket, e.jumpstart, e.is_private, sum(e.d)
+      FROM (SELECT p.scope, p.category_id, p.bucket AS name_bucket, p.registry_id, p.jumpstart,
+                   p.is_private, 1 AS d FROM unnest(plus) AS p
+            UNION ALL
+            SELECT m.scope, m.category_id, m.bucket, m.registry_id, m.jumpstart, m.is_private, -1
+              FROM unnest(minus) AS m) AS e
+     CROSS JOIN LATERAL (VALUES (0::bigint), (e.registry_id)) AS r (registry_id)
+     CROSS JOIN LATERAL (VALUES (0), (e.name_bucket)) AS b (bucket)
+     GROUP BY 1, 2, 3, 4, 5, 6
+    HAVING sum(e.d) <> 0
+     ORDER BY 1, 2, 3, 4, 5, 6
+    ON CONFLICT ON CONSTRAINT list_counts_pkey DO UPDATE SET n = c.n + EXCLUDED.n;
+$$;
+
+CREATE OR REPLACE FUNCTION list_entries_counted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM list_counts_add(ARRAY(SELECT n::list_entries FROM new_rows AS n), '{}');
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM list_counts_add('{}', ARRAY(SELECT o::list_entries FROM old_rows AS o));
+    ELSE
+        PERFORM list_counts_add(ARRAY(SELECT n::list_entries FROM new_rows AS n), ARRAY(SELECT o::list_entries FROM old_rows AS o));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER list_entries_counted_insert AFTER INSERT ON list_entries
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION list_entries_counted();
+CREATE OR REPLACE TRIGGER list_entries_counted_update AFTER UPDATE ON list_entries
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION list_entries_counted();
+CREATE OR REPLACE TRIGGER list_entries_counted_delete AFTER DELETE ON list_entries
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION list_entries_counted();
+
+-- Recompute the entries of every image called one of `names` from the current rows and
+-- write only the difference. The entries of one name depend on each other (an own image
+-- hides the catalog image of its name), so a name is the unit of refresh.
+-- Locks: the bucket boundaries shared (list_buckets_split takes them exclusively), then one
+-- of 256 stripes per name in order, so concurrent writers of one name take turns and each
+-- reads what the previous one committed (writers run at READ COMMITTED).
+CREATE OR REPLACE FUNCTION list_entries_refresh(names text[]) RETURNS void
+LANGUAGE plpgsql SET jit = off AS $$
+BEGIN
+    IF cardinality(names) IS DISTINCT FROM 0 AND names IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock_shared(7305014, 0);
+        PERFORM pg_advisory_xact_lock(7305014, s)
+           FROM (SELECT DISTINCT 1 + (hashtext(n) & 255) AS s FROM unnest(names) AS n ORDER BY 1) AS x;
+        -- Entries that no longer hold: the owner changed, an owner of the name went away, a
+        -- category was removed. Index probes only, whatever the planner thinks of the sizes.
+        DELETE FROM list_entries AS e
+         USING images AS i, (SELECT DISTINCT unnest(names) AS name) AS n
+         WHERE n.name = i.name AND e.image_id = i.id
+           AND NOT ((e.scope = coalesce(i.owner_id, 0)
+                     OR (i.owner_id IS NULL AND e.scope < 0
+                         AND EXISTS (SELECT 1 FROM images AS o WHERE o.owner_id = -e.scope AND o.name = i.name)))
+                    AND (e.category_id = 0
+                         OR EXISTS (SELECT 1 FROM image_categories AS ic
+                                     WHERE ic.image_id = e.image_id AND ic.category_id = e.category_id)));
+        INSERT INTO list_entries AS e (image_id, scope, category_id, name, registry_id, jumpstart,
+                                       is_private, bucket)
+        SELECT i.id, sc.scope, k.category_id, i.name, i.registry_id, i.jumpstart, i.is_private_image, bk.id
+          FROM (SELECT DISTINCT unnest(names) AS name) AS n
+          JOIN images AS i ON i.name = n.name
+         CROSS JOIN LATERAL (SELECT b.id FROM list_buckets AS b WHERE b.lower <= i.name COLLATE "C"
+                              ORDER BY b.lower DESC LIMIT 1) AS bk
+         CROSS JOIN LATERAL (SELECT coalesce(i.owner_id, 0) AS scope
+                             UNION ALL
+                             SELECT -o.owner_id FROM images AS o
+                              WHERE i.owner_id IS NULL AND o.name COLLATE "C" = i.name COLLATE "C"
+                                AND o.owner_id IS NOT NULL) AS sc
+         CROSS JOIN LATERAL (SELECT 0::bigint AS category_id
+                             UNION ALL
+                             SELECT ic.category_id FROM image_categories AS ic WHERE ic.image_id = i.id) AS k
+        ON CONFLICT ON CONSTRAINT list_entries_pkey DO UPDATE
+           SET name = EXCLUDED.name, registry_id = EXCLUDED.registry_id, jumpstart = EXCLUDED.jumpstart,
+               is_private = EXCLUDED.is_private, bucket = EXCLUDED.bucket
+         WHERE (e.name, e.registry_id, e.jumpstart, e.is_private, e.bucket)
+               IS DISTINCT FROM
+               (EXCLUDED.name, EXCLUDED.registry_id, EXCLUDED.jumpstart, EXCLUDED.is_private, EXCLUDED.bucket);
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION images_list_refresh() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM list_entries_refresh(ARRAY(SELECT DISTINCT name FROM new_rows));
+    ELSIF TG_OP = 'DELETE' THEN
+        -- a deleted image's own entries go with it (ON DELETE CASCADE); this un-hides the
+        -- catalog image of a deleted own image's name
+        PERFORM list_entries_refresh(ARRAY(SELECT DISTINCT name FROM old_rows));
+    ELSE
+        PERFORM list_entries_refresh(ARRAY[OLD.name, NEW.name]);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER images_list_insert AFTER INSERT ON images
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION images_list_refresh();
+CREATE OR REPLACE TRIGGER images_list_delete AFTER DELETE ON images
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION images_list_refresh();
+-- Per row, and only when a listed column changes: schedule and state writes (most of them)
+-- never call the function.
+CREATE OR REPLACE TRIGGER images_list_update AFTER UPDATE ON images
+    FOR EACH ROW
+    WHEN ((OLD.name, OLD.owner_id, OLD.registry_id, OLD.jumpstart, OLD.is_private_image)
+          IS DISTINCT FROM (NEW.name, NEW.owner_id, NEW.registry_id, NEW.jumpstart, NEW.is_private_image))
+    EXECUTE FUNCTION images_list_refresh();
+
+CREATE OR REPLACE FUNCTION image_categories_list_refresh() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- rows of an image deleted in the same statement join nothing: its entries went with it
+    IF TG_OP = 'INSERT' THEN
+        PERFORM list_entries_refresh(ARRAY(SELECT DISTINCT i.name FROM new_rows AS x JOIN images AS i ON i.id = x.image_id));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM list_entries_refresh(ARRAY(SELECT DISTINCT i.name FROM old_rows AS x JOIN images AS i ON i.id = x.image_id));
+    ELSE
+        PERFORM list_entries_refresh(ARRAY(
+            SELECT DISTINCT i.name FROM (SELECT image_id FROM old_rows UNION SELECT image_id FROM new_rows) AS x
+              JOIN images AS i ON i.id = x.image_id));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER image_categories_list_insert AFTER INSERT ON image_categories
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION image_categories_list_refresh();
+CREATE OR REPLACE TRIGGER image_categories_list_update AFTER UPDATE ON image_categories
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION image_categories_list_refresh();
+CREATE OR REPLACE TRIGGER image_categories_list_delete AFTER DELETE ON image_categories
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION image_categories_list_refresh();
+
+-- Split every bucket holding more than 2 x `target` images into buckets of about `target`
+-- names and move their entries; returns how many buckets it added. Takes the boundaries
+-- exclusively, so it waits for writers in flight (callers set a lock_timeout and retry later).
+CREATE OR REPLACE FUNCTION list_buckets_split(target integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    big record;
+    added integer := 0;
+    n integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7305014, 0);
+    FOR big IN
+        SELECT b.lower, (SELECT min(u.lower) FROM list_buckets AS u WHERE u.lower > b.lower) AS upper
+          FROM list_buckets AS b
+          JOIN (SELECT bucket, sum(c.n) AS n FROM list_counts AS c
+                 WHERE c.scope >= 0 AND c.category_id = 0 AND c.bucket > 0 AND c.registry_id = 0
+                 GROUP BY bucket) AS s ON s.bucket = b.id
+         WHERE s.n > 2 * target
+    LOOP
+        INSERT INTO list_buckets (lower)
+        SELECT x.name FROM (
+            SELECT d.name, row_number() OVER (ORDER BY d.name) AS rn
+              FROM (SELECT DISTINCT i.name COLLATE "C" AS name FROM images AS i
+                     WHERE i.name COLLATE "C" >= big.lower
+                       AND (big.upper IS NULL OR i.name COLLATE "C" < big.upper)) AS d) AS x
+         WHERE (x.rn - 1) % target = 0 AND x.rn > 1
+        ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        added := added + n;
+        PERFORM list_entries_refresh(ARRAY(
+            SELECT DISTINCT i.name FROM images AS i
+             WHERE i.name COLLATE "C" >= big.lower AND (big.upper IS NULL OR i.name COLLATE "C" < big.upper)));
+    END LOOP;
+    RETURN added;
+END;
+$$;
+
+-- A database upgraded from before these tables (migrations/0004_list_counts.sql creates them
+-- empty): buckets of about 1,000 names, then every image's entries through the one function
+-- that writes them, so the backfill cannot disagree with the triggers; then the tag counts.
+-- A no-op afterwards: every image has at least one entry, every tag a count.
+INSERT INTO list_buckets (lower)
+SELECT x.name FROM (
+    SELECT d.name, row_number() OVER (ORDER BY d.name) AS rn
+      FROM (SELECT DISTINCT name COLLATE "C" AS name FROM images) AS d) AS x
+ WHERE (x.rn - 1) % 1000 = 0 AND x.rn > 1
+   AND NOT EXISTS (SELECT 1 FROM list_entries) AND EXISTS (SELECT 1 FROM images)
+ON CONFLICT DO NOTHING;
+SELECT list_entries_refresh(ARRAY(SELECT DISTINCT name FROM images))
+ WHERE NOT EXISTS (SELECT 1 FROM list_entries) AND EXISTS (SELECT 1 FROM images);
+INSERT INTO tag_counts (image_id, n)
+SELECT image_id, count(*) FROM tags GROUP BY image_id
+HAVING NOT EXISTS (SELECT 1 FROM tag_counts)
+ON CONFLICT DO NOTHING;
+-- ============================================================================================
+-- End of the lists section.
 -- ============================================================================================
 
 -- ============================================================================================

@@ -8,15 +8,17 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from api import (
-    events,
     health,
     images,
+    list_upkeep,
     metrics,
     openapi,
     outage,
     publish,
     read_marks,
     resources,
+    stream,
+    stream_app,
     targets,
     throttle,
     webhooks,
@@ -35,7 +37,11 @@ from core.settings import Settings
 async def _database(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
     app[POOL] = await create_pool(
-        s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max, stateless=True
+        s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max, stateless=True,
+        # The API's statements are prepared once per connection and their plans do not depend
+        # on the values: without this Postgres re-plans a list page (8 merged index ranges) on
+        # every execution, which costs more than running it (api/pages.py).
+        server_settings={"plan_cache_mode": "force_generic_plan"},
     )
     yield
     await app[POOL].close()
@@ -53,12 +59,11 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
     app[targets.ADDRESS_POLICY] = AddressPolicy.from_settings(settings)
     app[targets.RESOLVER] = targets.SystemResolver()
-    app.cleanup_ctx.extend(
-        [_database, outage.watch_ctx, publish.broker, events.listen, health.redis_client, read_marks.keep]
-    )
+    app.cleanup_ctx.extend([_database, outage.watch_ctx, publish.broker, stream.listen, health.redis_client,
+                           read_marks.keep, list_upkeep.bucket_upkeep])
     throttle.configure(app, settings)
     # Open event streams must end before the server waits for its handlers to finish.
-    app.on_shutdown.append(events.close_streams)
+    app.on_shutdown.append(stream.close_streams)
 
     slash = "{slash:/?}"
     app.router.add_get("/healthz", resources.healthz)
@@ -70,7 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get(f"/api/v1/registry{slash}", resources.list_registries)
     app.router.add_get("/api/v1/registry/{host:[^/]+}" + slash, resources.get_registry)
     app.router.add_get("/api/v1/layer/{docker_id:[^/]+}" + slash, resources.get_layer)
-    app.router.add_get(f"/api/v1/events{slash}", events.stream, allow_head=False)
+    app.router.add_get(f"/api/v1/events{slash}", stream_app.stream, allow_head=False)
     app.router.add_route("*", "/api/v1/image", images.image_resource)
     app.router.add_route("*", "/api/v1/image/{tail:.*}", images.image_resource)
     webhooks.add_routes(app)

@@ -6,7 +6,7 @@ in `hub_inspections`, sends the priority task `inspect_hub_image(name)` by name,
 at most INSPECT_TIMEOUT_SECONDS, for the worker's outcome in the same table. The worker
 writes the outcome (and, when found, the catalog image with its tags) in one transaction
 that NOTIFYs `registry_sync_inspect`; the process's events connection wakes the waiting
-requests (api/events.py), with a poll as a fallback for a missed notification.
+requests (api/stream.py), with a poll as a fallback for a missed notification.
 
 - found   → the image, as the caller sees it (its tags; state Empty until the sync, which
             the worker runs at once)
@@ -24,9 +24,9 @@ from aiohttp import web
 
 from api import queries
 from api.errors import UnavailableError
-from api.events import EVENT_HUB
 from api.keys import POOL, SETTINGS
 from api.publish import send_tasks
+from api.stream import EVENT_HUB
 from core.names import ImageName
 from core.queue import INSPECT_HUB_IMAGE_TASK
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import asyncpg
 import structlog
 from aiohttp import web
 
-from api import hub_lookup, paths, queries, read_marks, serializers, targets
+from api import hub_lookup, pages, paths, queries, read_marks, serializers, targets
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -36,10 +39,13 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if not readings:
         raise BadRequestError(f"invalid image name: {problem}", field="name")
     target = readings[0]
+    image = None
     if len(readings) > 1:
         # Ambiguous: an existing image of the full name wins over the suffix reading.
-        assert target.image is not None
-        if not await queries.image_exists(request.app[POOL], account.id, target.image.name):
+        assert target.image is not None and readings[1].image is not None
+        image = await queries.get_image_of(request.app[POOL], account.id, target.image.name,
+                                           readings[1].image.name)
+        if image is None or image["name"] != target.image.name:
             target = readings[1]
     allowed = paths.ALLOWED[target.kind]
     method = "GET" if request.method == "HEAD" else request.method
@@ -48,7 +54,11 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if target.kind == paths.COLLECTION:
         return await (list_images(request, account) if method == "GET" else create_image(request, account))
     assert target.image is not None
-    image = await queries.get_image(request.app[POOL], account.id, target.image.name)
+    pool = request.app[POOL]
+    if target.kind == paths.IMAGE and (image is not None or len(readings) == 1):
+        image = await queries.get_image(pool, account.id, target.image.name)  # every field
+    elif len(readings) == 1:
+        image = await queries.get_image_ref(pool, account.id, target.image.name)
     if image is None and method == "GET" and target.image.is_hub:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
         image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image)
@@ -86,15 +96,25 @@ def _check_writable(account: Account, image: asyncpg.Record) -> None:
 
 
 async def list_images(request: web.Request, account: Account) -> web.Response:
-    limit, offset = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
+    page = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
     filters, keep = parse_image_filters(request.query)
-    rows, total = await queries.list_images(request.app[POOL], account.id, filters, limit, offset)
+    result = await pages.list_images(request.app[POOL], account.id, filters, page)
     return json_response(
         serializers.envelope(
-            (serializers.image(r) for r in rows), path="/api/v1/image/", params=keep,
-            limit=limit, offset=offset, total=total,
+            (serializers.image(r) for r in result.rows), path="/api/v1/image/", params=keep,
+            page=page, result=result, key=_by_name,
         )
     )
+
+
+def _by_name(row: Mapping[str, Any]) -> str:
+    name: str = row["name"]
+    return name
+
+
+def _by_tag_name(row: Mapping[str, Any]) -> str:
+    name: str = row["tag_name"]
+    return name
 
 
 async def create_image(request: web.Request, account: Account) -> web.Response:
@@ -179,14 +199,14 @@ async def delete_image(request: web.Request, image: asyncpg.Record) -> web.Respo
 
 
 async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response:
-    limit, offset = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
+    page = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
     reject_unknown(request.query)
-    rows, total = await queries.list_tags(request.app[POOL], image["id"], limit, offset)
+    result = await pages.list_tags(request.app[POOL], image["id"], page)
     return json_response(
         serializers.envelope(
-            (serializers.tag(image["name"], r) for r in rows),
+            (serializers.tag(image["name"], r) for r in result.rows),
             path=serializers.tag_uri(image["name"], "").removesuffix("/"), params=[],
-            limit=limit, offset=offset, total=total,
+            page=page, result=result, key=_by_tag_name,
         )
     )
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import asyncpg
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -67,6 +67,11 @@ def route_template(request: web.Request) -> str:
     return canonical
 
 
+# The children of the two request metrics by (method, route, status), bounded like the labels:
+# `labels()` validates and locks on every call, a dict look-up does not.
+_SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count and time every request by method, route template and final status."""
@@ -84,9 +89,13 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         method = request.method if request.method in _METHODS else "other"
-        labels = {"method": method, "route": route_template(request), "status": str(status)}
-        metrics.HTTP_REQUESTS.labels(**labels).inc()
-        metrics.HTTP_LATENCY.labels(**labels).observe(time.perf_counter() - started)
+        key = (method, route_template(request), status)
+        series = _SERIES.get(key)
+        if series is None:
+            labels = {"method": method, "route": key[1], "status": str(status)}
+            series = _SERIES[key] = (metrics.HTTP_REQUESTS.labels(**labels), metrics.HTTP_LATENCY.labels(**labels))
+        series[0].inc()
+        series[1].observe(time.perf_counter() - started)
 
 
 class _Live:

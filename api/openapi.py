@@ -51,7 +51,8 @@ ERRORS: dict[str, Op] = {
     "Conflict": _error("This account already registered the image"),
     "PayloadTooLarge": _error("The body is over MAX_BODY_BYTES"),
     "UnsupportedMediaType": _error("The body is not sent as application/json"),
-    "Throttled": _error("Too many failed authentications from this address", ("Retry-After",)),
+    "Throttled": _error("Too many failed authentications, or (events) too many open streams of the "
+                        "account", ("Retry-After",)),
     "Internal": _error("Unexpected error; the X-Request-ID header identifies it in the logs"),
     "Unavailable": _error("A dependency (Postgres, Redis) is unreachable", ("Retry-After",)),
 }
@@ -108,6 +109,8 @@ PARAMETERS: dict[str, Op] = {
     "token": _path("token", "The receiver's shared secret (WEBHOOK_SECRET or a per-receiver one)"),
     "limit": _query("limit", {"type": "integer", "minimum": 0}, "Page size; default 25, capped by PAGE_LIMIT_MAX"),
     "offset": _query("offset", {"type": "integer", "minimum": 0}, "Objects to skip; default 0"),
+    "after": _query("after", {"type": "string"}, "Cursor of a `next` link: the page after this name"),
+    "before": _query("before", {"type": "string"}, "Cursor of a `previous` link: the page before this name"),
     "pinned_host": _query("host", {"type": "string"}, "Registry host the events are about, when the "
                                                       "payload does not say (per-host secrets)"),
     "IfNoneMatch": {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
@@ -122,7 +125,7 @@ IMAGE_FILTERS: tuple[Op, ...] = (
     _query("categories__name", {"type": "string"}, "URL-quoted category name"),
 )
 
-_PAGED = ("limit", "offset")
+_PAGED = ("limit", "offset", "after", "before")
 
 
 def _paths() -> dict[str, dict[str, Op]]:
@@ -144,32 +147,36 @@ def _paths() -> dict[str, dict[str, Op]]:
         "/api/v1/auth/": {"get": _op("Who the credentials belong to (clients call it to verify a login)",
                                      {"200": _body("Account")}, tags=("auth",))},
         "/api/v1/image/": {
-            "get": _op("List the images the caller can see, by name", {"200": _body("ImageList")}, (400,),
+            "get": _op("List the images the caller can see, by name", {"200": _body("ImageList")}, (400, 405),
                        params=(*_PAGED, *IMAGE_FILTERS), etag=True,
-                       description="Filters combine; an unknown filter or a malformed value is a 400."),
+                       description="Filters combine; an unknown filter or a malformed value is a 400. "
+                                   "`next`/`previous` carry a cursor (`after`/`before`) unless the request "
+                                   "gave an `offset` itself; either way a page costs the same anywhere "
+                                   "in the list."),
             "post": _op("Register a private image; its first sync is queued at once",
                         {"201": _body("Image", "Created, state `Empty` until its first sync")},
-                        (400, 409, 413, 415), body="ImageCreate"),
+                        (400, 405, 409, 413, 415), body="ImageCreate"),
         },
         "/api/v1/image/{name}/": {
             "get": _op("One image; an unknown Docker Hub name is looked up on the hub and added",
-                       {"200": _body("Image")}, (400, 404, 503), params=img, etag=True),
+                       {"200": _body("Image")}, (400, 404, 405), params=img, etag=True),
             "patch": _op("Change description or credentials (new credentials queue a sync)",
-                         {"200": _body("Image")}, (400, 403, 404, 413, 415), params=img, body="ImagePatch"),
+                         {"200": _body("Image")}, (400, 403, 404, 405, 413, 415), params=img, body="ImagePatch"),
             "delete": _op("Remove the image and its tags", {"204": {"description": "Deleted, no body"}},
-                          (400, 403, 404), params=img),
+                          (400, 403, 404, 405), params=img),
         },
         "/api/v1/image/{name}/tag/": {
-            "get": _op("The image's tags, by name", {"200": _body("TagList")}, (400, 404),
+            "get": _op("The image's tags, by name", {"200": _body("TagList")}, (400, 404, 405),
                        params=(*img, *_PAGED), etag=True)},
         "/api/v1/image/{name}/tag/{tag}/": {
-            "get": _op("One tag", {"200": _body("Tag")}, (400, 404), params=tag, etag=True)},
+            "get": _op("One tag", {"200": _body("Tag")}, (400, 404, 405), params=tag, etag=True)},
         "/api/v1/image/{name}/tag/{tag}/build/": {
             "post": _op("Re-sync the tag at the highest priority", {"202": _body("Tag", "Accepted")},
-                        (400, 403, 404), params=tag)},
+                        (400, 403, 404, 405), params=tag,
+                        description="Any other method on this path is a 405 with `Allow: POST`.")},
         "/api/v1/image/{name}/sync/": {
             "get": _op("Last sync, its error and the next run (extension)", {"200": _body("SyncStatus")},
-                       (400, 404), params=img, etag=True)},
+                       (400, 404, 405), params=img, etag=True)},
         "/api/v1/registry/": {
             "get": _op("Registries of the images the caller can see", {"200": _body("RegistryList")}, (400,),
                        params=_PAGED, etag=True, tags=("registries",))},
@@ -185,9 +192,14 @@ def _paths() -> dict[str, dict[str, Op]]:
              "200": {"description": "SSE: `data: <Event JSON>` per change, `: ping` comments",
                      "content": {"text/event-stream": {"schema": {"type": "string"},
                                                        "x-message": ref("Event")}}}},
-            (400, 503), tags=("events",),
-            description="Only events about images the caller can see. On overflow or shutdown the "
-                        "stream sends `{\"type\": \"error\", ...}` and closes: reconnect and re-read.")},
+            (400, 429), tags=("events",),
+            description="Only events about images the caller can see; changes within "
+                        "EVENTS_COALESCE_SECONDS arrive together, a burst of tag changes of one image as "
+                        "one image update. On overflow or shutdown the stream sends "
+                        "`{\"type\": \"error\", ...}` and closes: reconnect and re-read. Past "
+                        "EVENTS_MAX_PER_ACCOUNT streams a WebSocket is closed with code 1008 and an SSE "
+                        "request is a 429. A 503 also when this process leaves the stream to "
+                        "`registry-sync stream` processes (EVENTS_IN_WEB=0).")},
         **_webhook_paths(),
     }
 

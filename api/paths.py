@@ -13,6 +13,7 @@ the image when an image of the full name exists.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from core.names import ImageName, InvalidNameError, is_valid_tag, parse_image_name
 
@@ -42,14 +43,17 @@ def _name(parts: list[str]) -> ImageName | None:
         return None
 
 
-def candidates(tail: str) -> tuple[list[Target], str | None]:
+@lru_cache(maxsize=8192)
+def candidates(tail: str) -> tuple[tuple[Target, ...], str | None]:
     """Readings of the path after /api/v1/image/, full-name reading first.
 
     Returns (readings, problem): when no reading is valid, `problem` says why the name is not.
+    Cached (the answer depends on the path alone): the handler and the metrics label of one
+    request read it twice, and clients read the same images again and again.
     """
     tail = tail.removesuffix("/")
     if not tail:
-        return [Target(COLLECTION)], None
+        return (Target(COLLECTION),), None
     parts = tail.split("/")
     readings: list[Target] = []
     problem = None
@@ -69,4 +73,4 @@ def candidates(tail: str) -> tuple[list[Target], str | None]:
         and (img := _name(parts[:-3]))
     ):
         readings.append(Target(BUILD, img, parts[-2]))
-    return readings, problem
+    return tuple(readings), problem

@@ -7,14 +7,13 @@ own images. When it registered a name that is also in the catalog, its own image
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
-_IMAGE_COLUMNS = """
+IMAGE_COLUMNS = """
     i.id, i.name, i.owner_id, i.description, i.icon_url, i.state, i.star_count, i.jumpstart,
     i.in_use, i.is_private_image, i.public_url, i.last_build_date, r.host AS registry_host,
     ARRAY(SELECT t.name FROM tags AS t WHERE t.image_id = i.id ORDER BY t.name COLLATE "C") AS tags,
@@ -23,7 +22,7 @@ _IMAGE_COLUMNS = """
 """
 
 GET_IMAGE_SQL = f"""
-SELECT {_IMAGE_COLUMNS}
+SELECT {IMAGE_COLUMNS}
   FROM images AS i JOIN registries AS r ON r.id = i.registry_id
  WHERE i.name = $2 AND (i.owner_id = $1 OR i.owner_id IS NULL)
  ORDER BY i.owner_id NULLS LAST
@@ -36,89 +35,50 @@ async def get_image(conn: Conn, account_id: int, name: str) -> asyncpg.Record | 
     return await conn.fetchrow(GET_IMAGE_SQL, account_id, name)
 
 
-IMAGE_EXISTS_SQL = """
-SELECT EXISTS (SELECT 1 FROM images WHERE name = $2 AND (owner_id = $1 OR owner_id IS NULL))
+# What the paths below an image (tags, sync, build) need of it: not its tag list, which may
+# hold MAX_TAGS_PER_IMAGE names.
+IMAGE_REF_COLUMNS = "i.id, i.name, i.owner_id, i.state, r.host AS registry_host"
+
+GET_IMAGE_REF_SQL = f"""
+SELECT {IMAGE_REF_COLUMNS}
+  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
+ WHERE i.name = $2 AND (i.owner_id = $1 OR i.owner_id IS NULL)
+ ORDER BY i.owner_id NULLS LAST
+ LIMIT 1
 """
 
 
-async def image_exists(conn: Conn, account_id: int, name: str) -> bool:
-    return bool(await conn.fetchval(IMAGE_EXISTS_SQL, account_id, name))
+async def get_image_ref(conn: Conn, account_id: int, name: str) -> asyncpg.Record | None:
+    """id, name, owner_id, state and registry_host of the image `name` as `account_id` sees
+    it, or None."""
+    return await conn.fetchrow(GET_IMAGE_REF_SQL, account_id, name)
 
 
-# Filter fragments: constant SQL with positional parameters; values are never interpolated.
-IMAGE_FILTERS: dict[str, str] = {
-    "name": "i.name = ${}",
-    "jumpstart": "i.jumpstart = ${}",
-    "is_private_image": "i.is_private_image = ${}",
-    "is_user_image": "(i.owner_id IS NOT DISTINCT FROM $1) = ${}",
-    "registry": "r.host = ${}",
-    "categories__name": (
-        "EXISTS (SELECT 1 FROM image_categories AS ic JOIN categories AS c ON c.id = ic.category_id"
-        " WHERE ic.image_id = i.id AND c.name = ${})"
-    ),
-}
-
-_VISIBLE = """
-(i.owner_id = $1 OR (i.owner_id IS NULL AND NOT EXISTS (
-    SELECT 1 FROM images AS own WHERE own.owner_id = $1 AND own.name = i.name)))
+# A path that reads both ways (`team/tag/app`): the image of the full name if the caller sees
+# one, else the image of the shorter reading, in one round trip.
+GET_IMAGE_OF_SQL = f"""
+SELECT {IMAGE_REF_COLUMNS}
+  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
+ WHERE i.name IN ($2, $3) AND (i.owner_id = $1 OR i.owner_id IS NULL)
+ ORDER BY i.name = $2 DESC, i.owner_id NULLS LAST
+ LIMIT 1
 """
 
 
-async def list_images(
-    conn: Conn, account_id: int, filters: Sequence[tuple[str, Any]], limit: int, offset: int
-) -> tuple[list[asyncpg.Record], int]:
-    """One page of visible images ordered by name, and the total matching count.
-
-    The page's ids are chosen first and only those 25 rows get their tag and category arrays:
-    built in the same SELECT, Postgres would compute them for every skipped row too.
-    """
-    where = [_VISIBLE]
-    args: list[Any] = [account_id]
-    for key, value in filters:
-        args.append(value)
-        where.append(IMAGE_FILTERS[key].format(len(args)))
-    cond = " AND ".join(where)
-    base = f"FROM images AS i JOIN registries AS r ON r.id = i.registry_id WHERE {cond}"
-    rows = await conn.fetch(
-        f"""WITH page AS (
-                SELECT i.id, count(*) OVER () AS total_count {base}
-                 ORDER BY i.name COLLATE "C", i.id LIMIT {int(limit)} OFFSET {int(offset)})
-            SELECT {_IMAGE_COLUMNS}, p.total_count
-              FROM page AS p JOIN images AS i ON i.id = p.id JOIN registries AS r ON r.id = i.registry_id
-             ORDER BY i.name COLLATE "C", i.id""",
-        *args,
-    )
-    if rows:
-        return list(rows), rows[0]["total_count"]
-    total = await conn.fetchval(f"SELECT count(*) {base}", *args) if offset else 0
-    return [], total
+async def get_image_of(conn: Conn, account_id: int, full: str, shorter: str) -> asyncpg.Record | None:
+    """The image `full` as `account_id` sees it, else the image `shorter`, else None (the
+    columns of get_image_ref)."""
+    return await conn.fetchrow(GET_IMAGE_OF_SQL, account_id, full, shorter)
 
 
-_TAG_COLUMNS = """
+TAG_COLUMNS = """
     t.name AS tag_name, t.state AS tag_state, t.buildable, t.config_digest,
     l.author, l.created, l.entrypoint, l.run_command, l.envvars, l.labels, l.ports, l.volumes,
     l.fetched_at AS layer_fetched_at
 """
 
-LIST_TAGS_SQL = f"""
-SELECT {_TAG_COLUMNS}, count(*) OVER () AS total_count
-  FROM tags AS t LEFT JOIN layers AS l ON l.config_digest = t.config_digest
- WHERE t.image_id = $1
- ORDER BY t.name COLLATE "C"
- LIMIT $2 OFFSET $3
-"""
-COUNT_TAGS_SQL = "SELECT count(*) FROM tags WHERE image_id = $1"
-
-
-async def list_tags(conn: Conn, image_id: int, limit: int, offset: int) -> tuple[list[asyncpg.Record], int]:
-    rows = await conn.fetch(LIST_TAGS_SQL, image_id, limit, offset)
-    if rows:
-        return list(rows), rows[0]["total_count"]
-    return [], (await conn.fetchval(COUNT_TAGS_SQL, image_id) if offset else 0)
-
-
 GET_TAG_SQL = f"""
-SELECT {_TAG_COLUMNS}
+SELECT {TAG_COLUMNS}
   FROM tags AS t LEFT JOIN layers AS l ON l.config_digest = t.config_digest
  WHERE t.image_id = $1 AND t.name = $2
 """
@@ -244,35 +204,15 @@ async def tag_issues(conn: Conn, image_id: int, limit: int) -> tuple[list[asyncp
     return list(rows), (rows[0]["total_count"] if rows else 0)
 
 
-_VISIBLE_REGISTRY = """
-(r.is_tutum_registry OR r.host = $2 OR EXISTS (
-    SELECT 1 FROM images AS i WHERE i.registry_id = r.id AND (i.owner_id = $1 OR i.owner_id IS NULL)))
-"""
-
-LIST_REGISTRIES_SQL = f"""
-SELECT r.host, r.name, r.icon_url, r.is_ssl, r.is_tutum_registry, count(*) OVER () AS total_count
-  FROM registries AS r
- WHERE {_VISIBLE_REGISTRY}
- ORDER BY r.host COLLATE "C"
- LIMIT $3 OFFSET $4
-"""
-COUNT_REGISTRIES_SQL = f"SELECT count(*) FROM registries AS r WHERE {_VISIBLE_REGISTRY}"
-
-
-async def list_registries(
-    conn: Conn, account_id: int, hub_host: str, limit: int, offset: int
-) -> tuple[list[asyncpg.Record], int]:
-    """Registries the caller has a reason to know: its images', the catalog's, Hub, ours."""
-    rows = await conn.fetch(LIST_REGISTRIES_SQL, account_id, hub_host, limit, offset)
-    if rows:
-        return list(rows), rows[0]["total_count"]
-    total = await conn.fetchval(COUNT_REGISTRIES_SQL, account_id, hub_host) if offset else 0
-    return [], total
-
-
-GET_REGISTRY_SQL = f"""
+# Registries the caller has a reason to know: those of its images and of the catalog (the
+# counts say whether there are any, without reading images), Docker Hub and the service's own.
+GET_REGISTRY_SQL = """
 SELECT r.host, r.name, r.icon_url, r.is_ssl, r.is_tutum_registry
-  FROM registries AS r WHERE r.host = $3 AND {_VISIBLE_REGISTRY}
+  FROM registries AS r
+ WHERE r.host = $3
+   AND (r.is_tutum_registry OR r.host = $2 OR EXISTS (
+        SELECT 1 FROM list_counts AS c WHERE c.scope IN (0, $1) AND c.category_id = 0
+           AND c.registry_id = r.id AND c.bucket = 0 AND c.n > 0))
 """
 
 

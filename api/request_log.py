@@ -8,8 +8,8 @@ path (`/api/v1/webhooks/quay/<secret>/`), so whatever follows a receiver's name 
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -39,7 +39,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Bind a request id to every log line of this request and log one line when it ends."""
     rid = request.headers.get("X-Request-ID", "")
     if not _REQUEST_ID.fullmatch(rid):
-        rid = uuid.uuid4().hex
+        rid = secrets.token_hex(16)  # as unique as a uuid4's hex, without building a UUID
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=rid)
     started = time.perf_counter()

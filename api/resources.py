@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api import queries, serializers
+from api import pages, queries, serializers
 from api.auth import request_account
 from api.errors import BadRequestError, NotFoundError, json_response
 from api.keys import POOL, SETTINGS
@@ -20,14 +20,14 @@ async def auth_info(request: web.Request) -> web.Response:
 
 
 async def list_registries(request: web.Request) -> web.Response:
-    limit, offset = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
+    page = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
     reject_unknown(request.query)
     account = request_account(request)
-    rows, total = await queries.list_registries(request.app[POOL], account.id, HUB_HOST, limit, offset)
+    result = await pages.list_registries(request.app[POOL], account.id, HUB_HOST, page)
     return json_response(
         serializers.envelope(
-            (serializers.registry(r) for r in rows), path="/api/v1/registry/", params=[],
-            limit=limit, offset=offset, total=total,
+            (serializers.registry(r) for r in result.rows), path="/api/v1/registry/", params=[],
+            page=page, result=result, key=lambda row: str(row["host"]),
         )
     )
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
+
+from api.pages import Result
+from api.params import Page
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -17,8 +20,9 @@ def rfc2822(value: datetime | None) -> str | None:
     """`Fri, 8 Nov 2013 00:22:26 +0000` (UTC, day without a leading zero, as Tutum wrote it)."""
     if value is None:
         return None
-    v = value.astimezone(UTC)
-    return f"{_DAYS[v.weekday()]}, {v.day} {_MONTHS[v.month - 1]} {v.year} {v:%H:%M:%S} +0000"
+    v = value if value.tzinfo is UTC else value.astimezone(UTC)  # asyncpg gives UTC already
+    return (f"{_DAYS[v.weekday()]}, {v.day} {_MONTHS[v.month - 1]} {v.year} "
+            f"{v.hour:02d}:{v.minute:02d}:{v.second:02d} +0000")
 
 
 def image_uri(name: str) -> str:
@@ -101,9 +105,12 @@ def registry(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def page_link(path: str, params: Sequence[tuple[str, str]], limit: int, offset: int) -> str:
-    query = urlencode([*params, ("limit", str(limit)), ("offset", str(offset))], quote_via=quote)
-    return f"{path}?{query}"
+def page_link(path: str, params: Sequence[tuple[str, str]], limit: int, offset: int,
+              cursor: tuple[str, str] | None = None) -> str:
+    pairs = [*params, ("limit", str(limit)), ("offset", str(offset))]
+    if cursor is not None:
+        pairs.append(cursor)
+    return f"{path}?{urlencode(pairs, quote_via=quote)}"
 
 
 def envelope(
@@ -111,15 +118,29 @@ def envelope(
     *,
     path: str,
     params: Sequence[tuple[str, str]],
-    limit: int,
-    offset: int,
-    total: int,
+    page: Page,
+    result: Result,
+    key: Callable[[Mapping[str, Any]], str],
 ) -> dict[str, Any]:
-    """The `meta/objects` list envelope; next/previous keep the caller's filters."""
-    nxt = page_link(path, params, limit, offset + limit) if offset + limit < total else None
-    prev = page_link(path, params, limit, max(offset - limit, 0)) if offset > 0 else None
+    """The `meta/objects` list envelope; next/previous keep the caller's filters.
+
+    A page the caller addressed by `offset` links to the neighbouring offsets (what such a
+    client computes itself). Any other page links by cursor, `after` its last row or `before`
+    its first, with `limit` and `offset` kept for clients that read them: following `next`
+    costs the same on every page, and rows inserted or deleted meanwhile never make a walk
+    repeat or skip a row that stays.
+    """
+    limit, offset, rows = page.limit, result.offset, result.rows
+    if page.by_offset:
+        nxt = page_link(path, params, limit, offset + limit) if result.more else None
+        prev = page_link(path, params, limit, max(offset - limit, 0)) if offset > 0 else None
+    else:
+        nxt = (page_link(path, params, limit, offset + limit, ("after", key(rows[-1])))
+               if result.more and rows else None)
+        before = ("before", key(rows[0])) if rows else None
+        prev = None if result.first else page_link(path, params, limit, max(offset - limit, 0), before)
     return {
-        "meta": {"limit": limit, "offset": offset, "total_count": total, "next": nxt, "previous": prev},
+        "meta": {"limit": limit, "offset": offset, "total_count": result.total, "next": nxt, "previous": prev},
         "objects": list(objects),
     }
 

@@ -1,468 +1,291 @@
-"""API read-path benchmark: the real API against a bare aiohttp ceiling (issue 2).
+"""API read-path benchmark at scale: lists, detail, tags, beside two bare-aiohttp ceilings.
 
-    .venv/bin/python -m bench.api_bench [--images 10000] [--duration 10] [--concurrency 32]
-                                        [--web-workers 1]
+    .venv/bin/python -m bench.api_bench [--images 1000000] [--duration 10] [--concurrency 32]
+                                        [--web-workers 1] [--walk-pages 0] [--keep-db] [--reuse-db]
 
-It creates a fresh database (`rs_bench`) on the local Postgres (or DATABASE_URL's server),
-applies the schema with `registry-sync migrate`, creates an account, seeds images with tags,
-layers, categories and a few registries, starts `registry-sync web` as a subprocess on
-127.0.0.1, and drives it with `wrk` (a separate process, one Lua script rotating through
-every image name / list offset) for:
+It creates the database `rs_bench` (`registry-sync migrate`, an account `bench`), seeds it
+(bench/seed.py: 1,000,000 images and ~6,500,000 tags by default), starts `registry-sync web`
+on 127.0.0.1 and drives it with `wrk` (a separate process, 32 connections, one Lua script
+rotating through a file of paths), each set for `--duration` s after a 2 s warm-up:
 
-- detail: `GET /api/v1/image/<name>/` of every seeded image, in shuffled order;
-- list:   `GET /api/v1/image/?limit=25&offset=<k>` over every page, in shuffled order;
-- the same two against a bare aiohttp app in its own process that returns a constant JSON
-  document of the same size (the framework ceiling).
+- list, first page: `GET /api/v1/image/`;
+- list, pages reached by following `next`: a walker follows `next` from the first page to the
+  last (sequentially, timing each request), then wrk replays those exact URLs;
+- list, random `offset`: `?limit=25&offset=k`, k uniform over the whole list;
+- list, each SDK filter (jumpstart, is_private_image, is_user_image, registry,
+  categories__name, name, a combination): their first three pages;
+- image detail `GET /api/v1/image/<name>/` and tag detail `…/tag/<tag>/` over random rows;
+- the tag list of the 10,000-tag image, every page (by `next`);
 
-The API is measured at LOG_LEVEL=warning (the ratios) and at info (production's level).
-Everything it starts is stopped on exit, also on Ctrl-C; the database is dropped unless
---keep-db. Needs `wrk` (apt-get install wrk).
+beside (a) `bench.baselines constant` (bare aiohttp, a constant body of the median size of the
+API's answer) and (b) `bench.baselines lookup` (bare aiohttp + asyncpg, the same image/tag
+look-up). It prints one table and the ratios against the targets. `--reuse-db` skips the seed
+when `rs_bench` already holds `--images` images (re-runs take seconds, not minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import asyncpg
-from aiohttp import web
 
-from api.server import run_processes
-from bench.common import Result, recreate_database, run_wrk, server_dsn, with_db, write_wrk_script
+from bench.common import (
+    HOST,
+    Processes,
+    Result,
+    api_env,
+    cli,
+    free_port,
+    percentile,
+    print_failure,
+    recreate_database,
+    run_wrk,
+    server_dsn,
+    wait_http,
+    with_db,
+    write_wrk_script,
+)
+from bench.seed import REGISTRIES, seed
+from core.accounts import add_api_key
 
-HOST = "127.0.0.1"
 BENCH_DB = "rs_bench"
 ACCOUNT = "bench"
-TARGETS = {"detail": 0.6, "list": 0.4}
-REGISTRIES = [  # (host, name, icon_url, is_ssl)
-    ("registry.hub.docker.com", "Docker Hub", "/_static/assets/images/dockerimages/docker-64.png",
-     True),
-    ("quay.io", "quay.io", None, True),
-    ("ghcr.io", "ghcr.io", None, True),
-    ("registry.example.com:5000", "registry.example.com:5000", None, False),
+TARGETS = [  # (row, compared with, kind: ratio >= / p99 <=, target)
+    ("list, first page", None, "p99", 20.0),
+    ("list, by next (replayed)", None, "p99", 20.0),
+    ("list, random offset", None, "p99", 100.0),
+    ("image detail", "lookup: image detail", "ratio", 0.8),
+    ("tag detail", "lookup: tag detail", "ratio", 0.8),
+    ("list, first page", "constant: list body", "ratio", 0.3),
 ]
-CATEGORIES = [
-    "Databases", "Web servers", "Languages", "Operating systems", "Message queues", "Caches",
-    "Monitoring", "CI/CD", "Security", "Storage", "Networking", "Machine learning",
-]
-TAG_POOL = [
-    "latest", "stable", "edge", "alpine", "slim", "bookworm", "bullseye", "jammy", "1", "1.0",
-    "1.0.1", "1.1", "1.2.3", "2", "2.0", "2.1.0", "3.9", "3.11", "3.12", "v4.0.0-rc1", "lts",
-    "nightly", "dev", "main", "20240101", "windowsservercore",
-]
-TAG_STATES = ["Success"] * 90 + ["Failed"] * 5 + ["Building"] * 3 + ["Empty"] * 2
 
 
-
-# --- database -------------------------------------------------------------------------------
-
-def _image_name(i: int, rng: random.Random) -> tuple[int, str, str, str]:
-    """(registry index, API name, repository, public_url) of the i-th seeded image."""
-    ns = f"team{rng.randrange(200)}"
-    kind = rng.random()
-    if kind < 0.1:  # official Hub images: `name`, repository library/name
-        return 0, f"app{i}", f"library/app{i}", f"https://hub.docker.com/_/app{i}/"
-    if kind < 0.7:
-        return 0, f"{ns}/app-{i}", f"{ns}/app-{i}", f"https://hub.docker.com/r/{ns}/app-{i}/"
-    reg = 1 + int((kind - 0.7) / 0.1)
-    host = REGISTRIES[reg][0]
-    return reg, f"{host}/{ns}/app-{i}", f"{ns}/app-{i}", ""
-
-
-async def seed(dsn: str, n_images: int, account_id: int, seed_value: int = 2) -> None:
-    """Seed `n_images`: 90% shared catalog, 10% owned by the bench account; 3-10 tags each,
-    half of the tags with a layer; 0-3 categories each. Bulk COPY, a few seconds for 10k."""
-    rng = random.Random(seed_value)
-    now = datetime.now(UTC)
-    conn = await asyncpg.connect(dsn)
+async def _reuse(args: argparse.Namespace, dsn: str) -> tuple[str, int] | None:
+    """With --reuse-db and a seed of --images images there: (Authorization, account id)."""
     try:
-        async with conn.transaction():
-            await conn.copy_records_to_table(
-                "registries", columns=["id", "host", "name", "icon_url", "is_ssl"],
-                records=[(k + 1, *r) for k, r in enumerate(REGISTRIES)],
-            )
-            await conn.copy_records_to_table(
-                "categories", columns=["id", "name"],
-                records=[(k + 1, c) for k, c in enumerate(CATEGORIES)],
-            )
-            images, tags, layers, cats = [], [], [], []
-            tag_id = 0
-            for i in range(1, n_images + 1):
-                reg, name, repo, url = _image_name(i, rng)
-                owner = account_id if rng.random() < 0.1 else None
-                images.append((
-                    i, name, owner, reg + 1, repo,
-                    f"{name}: a container image for benchmarking the read path of the API "
-                    f"(#{i}, {rng.choice(CATEGORIES).lower()})",
-                    f"https://example.com/icons/{i}.png" if rng.random() < 0.3 else None,
-                    rng.randrange(5000), rng.random() < 0.05, rng.random() < 0.2,
-                    owner is not None or reg != 0, url,
-                ))
-                digests = [f"sha256:{secrets.token_hex(32)}" for _ in range(rng.randint(1, 3))]
-                for d in digests:
-                    layers.append((
-                        d, f"maintainer{rng.randrange(100)}@example.com",
-                        now - timedelta(days=rng.randrange(900)), "/docker-entrypoint.sh",
-                        f"/usr/bin/app-{i} --serve",
-                        json.dumps([{"key": "PATH", "value": "/usr/local/bin:/usr/bin"},
-                                    {"key": "APP_VERSION", "value": str(i)}]),
-                        json.dumps([{"key": "org.opencontainers.image.source",
-                                     "value": f"https://example.com/{repo}"}]),
-                        json.dumps([{"port": 8080, "protocol": "tcp"}]),
-                        json.dumps([{"container_path": "/data"}]),
-                    ))
-                for t in rng.sample(TAG_POOL, rng.randint(3, 10)):
-                    tag_id += 1
-                    state = rng.choice(TAG_STATES)
-                    tags.append((
-                        tag_id, i, t, state, rng.random() < 0.3,
-                        rng.choice(digests) if rng.random() < 0.5 else None,
-                        now - timedelta(hours=rng.randrange(20000)) if state == "Success" else None,
-                    ))
-                for c in rng.sample(range(1, len(CATEGORIES) + 1), rng.randint(0, 3)):
-                    cats.append((i, c))
-            await conn.copy_records_to_table(
-                "images", records=images,
-                columns=["id", "name", "owner_id", "registry_id", "repository", "description",
-                         "icon_url", "star_count", "jumpstart", "in_use", "is_private_image",
-                         "public_url"],
-            )
-            await conn.copy_records_to_table(
-                "layers", records=layers,
-                columns=["config_digest", "author", "created", "entrypoint", "run_command",
-                         "envvars", "labels", "ports", "volumes"],
-            )
-            # One COPY, so the statement-level trigger computes every image's state once.
-            await conn.copy_records_to_table(
-                "tags", records=tags,
-                columns=["id", "image_id", "name", "state", "buildable", "config_digest",
-                         "build_date"],
-            )
-            await conn.copy_records_to_table(
-                "image_categories", columns=["image_id", "category_id"], records=cats
-            )
-            for table in ("registries", "categories", "images", "tags"):
-                await conn.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"(SELECT max(id) FROM {table}))"
-                )
-        # As autovacuum would leave it: statistics, and a visibility map for index-only scans.
-        await conn.execute("VACUUM ANALYZE")
-        print(f"seeded {len(images)} images, {len(tags)} tags, {len(layers)} layers, "
-              f"{len(cats)} image categories", flush=True)
+        conn = await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        return None
+    try:
+        n = await conn.fetchval("SELECT count(*) FROM images")
+        account_id = await conn.fetchval("SELECT id FROM accounts WHERE username = $1", ACCOUNT)
+        key = await add_api_key(conn, ACCOUNT) if n == args.images else None
     finally:
         await conn.close()
+    if key is None:
+        return None
+    print(f"reusing {BENCH_DB}: {n} images", flush=True)
+    return f"ApiKey {ACCOUNT}:{key}", account_id
 
 
-async def visible_names(dsn: str, account_id: int) -> list[str]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT DISTINCT name FROM images WHERE owner_id = $1 OR owner_id IS NULL", account_id
-        )
-    finally:
-        await conn.close()
-    return [r["name"] for r in rows]
+def _prepare(args: argparse.Namespace, dsn: str) -> tuple[str, int]:
+    """(Authorization header, account id) of a freshly seeded database (or the reused one)."""
+    if args.reuse_db and (reused := asyncio.run(_reuse(args, dsn))):
+        return reused
+    env = api_env(dsn, 0)
+    asyncio.run(recreate_database(server_dsn(), BENCH_DB, schema=False))
+    subprocess.run([cli("registry-sync"), "migrate"], env=env, check=True, timeout=300, stdout=subprocess.DEVNULL)
+    out = subprocess.run([cli("registry-sync"), "create-account", ACCOUNT], env=env, check=True,
+                         capture_output=True, text=True, timeout=60)
+    key = out.stdout.strip().splitlines()[-1].strip()
 
-
-# --- processes ------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Started:
-    name: str
-    proc: subprocess.Popen[bytes]
-
-
-class Processes:
-    """Every subprocess this run started, each in its own process group, stopped at exit."""
-
-    def __init__(self) -> None:
-        self.started: list[Started] = []
-
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str], log: Path) -> Started:
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                list(argv), env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        s = Started(name, proc)
-        self.started.append(s)
-        return s
-
-    def stop(self, s: Started, timeout: float = 15.0) -> None:
-        if s.proc.poll() is None:
-            try:
-                os.killpg(s.proc.pid, signal.SIGTERM)  # its own group: the workers too
-                s.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(s.proc.pid, signal.SIGKILL)
-                s.proc.wait(5)
-            except ProcessLookupError:
-                pass
-        if s in self.started:
-            self.started.remove(s)
-
-    def stop_all(self) -> None:
-        for s in list(reversed(self.started)):
-            self.stop(s)
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+    async def go() -> int:
+        conn = await asyncpg.connect(dsn)
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - a fixed http URL on 127.0.0.1
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+            account_id: int = await conn.fetchval("SELECT id FROM accounts WHERE username = $1", ACCOUNT)
+        finally:
+            await conn.close()
+        s = await seed(dsn, images=args.images, accounts=args.accounts, bench_account=account_id)
+        print(f"seeded {s.images} images and {s.tags} tags in {s.seconds:.0f} s", flush=True)
+        return account_id
+
+    return f"ApiKey {ACCOUNT}:{key}", asyncio.run(go())
 
 
-def http_get(url: str, auth: str) -> bytes:
-    req = urllib.request.Request(url, headers={"Authorization": auth})  # noqa: S310 - 127.0.0.1 only
-    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - 127.0.0.1 only
-        body: bytes = r.read()
-        return body
+async def _samples(dsn: str, account_id: int, n: int) -> tuple[list[str], list[str], str]:
+    """Random image detail paths, tag detail paths, and the name of the 10,000-tag image."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT i.name, (SELECT t.name FROM tags AS t WHERE t.image_id = i.id LIMIT 1) AS tag"
+                                "  FROM images AS i WHERE i.owner_id IS NULL OR i.owner_id = $1"
+                                " ORDER BY random() LIMIT $2", account_id, n)
+        big = await conn.fetchval("SELECT i.name FROM images AS i JOIN tags AS t ON t.image_id = i.id"
+                                  " WHERE i.owner_id = $1 GROUP BY i.name ORDER BY count(*) DESC LIMIT 1", account_id)
+    finally:
+        await conn.close()
+    return ([f"/api/v1/image/{r['name']}/" for r in rows],
+            [f"/api/v1/image/{r['name']}/tag/{r['tag']}/" for r in rows if r["tag"]], big)
 
 
-# --- the ceiling: a bare aiohttp app ---------------------------------------------------------
-
-def _serve_ceiling(port: int, detail: bytes, listing: bytes, reuse_port: bool) -> None:
-    async def detail_handler(_: web.Request) -> web.Response:
-        return web.Response(body=detail, content_type="application/json")
-
-    async def list_handler(_: web.Request) -> web.Response:
-        return web.Response(body=listing, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/healthz", list_handler)
-    app.router.add_get("/api/v1/image/", list_handler)
-    app.router.add_get("/api/v1/image/{tail:.+}", detail_handler)
-    web.run_app(app, host=HOST, port=port, access_log=None, print=None, reuse_port=reuse_port)
-
-
-def ceiling_main(port: int, detail_file: str, list_file: str, workers: int) -> None:
-    """Serve the constant bodies, like `registry-sync web --workers N` (one port, N processes)."""
-    detail, listing = Path(detail_file).read_bytes(), Path(list_file).read_bytes()
-    if workers <= 1:
-        _serve_ceiling(port, detail, listing, reuse_port=False)
-        return
-    run_processes(_serve_ceiling, (port, detail, listing, True), workers)
+async def _walk(base: str, auth: str, url: str, max_pages: int) -> tuple[list[str], list[float], int]:
+    """Follow `next` from `url`: (every URL visited, each request's seconds, the total_count)."""
+    urls: list[str] = []
+    times: list[float] = []
+    total = 0
+    async with aiohttp.ClientSession(base, headers={"Authorization": auth}) as session:
+        next_url: str | None = url
+        while next_url is not None and (not max_pages or len(urls) < max_pages):
+            started = time.perf_counter()
+            async with session.get(next_url) as resp:
+                body = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"{next_url}: {resp.status} {body}")
+            times.append(time.perf_counter() - started)
+            urls.append(next_url)
+            total = body["meta"]["total_count"]
+            next_url = body["meta"]["next"]
+    return urls, times, total
 
 
-# --- load -----------------------------------------------------------------------------------
+async def _get(base: str, auth: str, paths: Sequence[str]) -> list[bytes]:
+    async with aiohttp.ClientSession(base, headers={"Authorization": auth}) as session:
+        out = []
+        for p in paths:
+            async with session.get(p) as resp:
+                out.append(await resp.read())
+        return out
 
-def median_body(bodies: list[bytes]) -> bytes:
-    sizes = sorted(bodies, key=len)
-    return sizes[len(sizes) // 2]
+
+def _median(bodies: list[bytes]) -> bytes:
+    return sorted(bodies, key=len)[len(bodies) // 2]
 
 
-# --- the run --------------------------------------------------------------------------------
-
-@dataclass
 class Run:
-    tmp: Path
-    procs: Processes
-    args: argparse.Namespace
-    auth_file: Path
+    def __init__(self, args: argparse.Namespace, tmp: Path, auth: str) -> None:
+        self.args, self.tmp = args, tmp
+        self.results: dict[str, Result] = {}
+        self.script = write_wrk_script(tmp / "wrk.lua", auth)
+        self.script.chmod(0o600)
+        self.files: dict[str, Path] = {}
 
-    def measure(self, label: str, base: str, paths: Path) -> Result:
+    def paths(self, label: str, paths: Sequence[str]) -> None:
+        self.files[label] = self.tmp / f"paths{len(self.files)}.txt"
+        self.files[label].write_text("".join(f"{p}\n" for p in paths))
+
+    def measure(self, label: str, base: str, paths: str) -> Result:
         a = self.args
-        run_wrk(base, self.auth_file, paths, duration=a.warmup, concurrency=a.concurrency,
-                threads=a.wrk_threads)
-        r = run_wrk(base, self.auth_file, paths, duration=a.duration, concurrency=a.concurrency,
-                    threads=a.wrk_threads)
-        print(f"  {label:<28} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms"
+        run_wrk(base, self.script, self.files[paths], duration=2, concurrency=a.concurrency)
+        r = run_wrk(base, self.script, self.files[paths], duration=a.duration, concurrency=a.concurrency)
+        self.results[label] = r
+        print(f"  {label:<32} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms"
               f"  errors {r.errors}", flush=True)
         if r.errors:
-            raise RuntimeError(f"{label}: {r.errors} failed requests (see logs in {self.tmp})")
+            raise RuntimeError(f"{label}: {r.errors} failed requests (logs in {self.tmp})")
         return r
 
 
-def api_env(dsn: str, port: int, log_level: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=dsn, REDIS_URL=f"redis://{HOST}:6379/15", PORT=str(port), BIND_HOST=HOST,
-        LOG_LEVEL=log_level, SECRET_KEY=secrets.token_urlsafe(32),
-    )
-    return env
-
-
-def cli(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
 def bench(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
-    server = server_dsn()
-    dsn = with_db(server, args.database)
-    asyncio.run(recreate_database(server, args.database, schema=False))
-    env = api_env(dsn, 0, "warning")
-    subprocess.run([cli("registry-sync"), "migrate"], env=env, check=True, timeout=120,
-                   stdout=subprocess.DEVNULL)
-    out = subprocess.run([cli("registry-sync"), "create-account", ACCOUNT], env=env, check=True,
-                         timeout=60, capture_output=True, text=True)
-    key = out.stdout.strip().splitlines()[-1].strip()
-    auth = f"ApiKey {ACCOUNT}:{key}"
-    account_id = asyncio.run(_account_id(dsn))
-    started = time.monotonic()
-    asyncio.run(seed(dsn, args.images, account_id))
-    print(f"seed took {time.monotonic() - started:.1f}s", flush=True)
-
-    rng = random.Random(7)
-    names = asyncio.run(visible_names(dsn, account_id))
-    rng.shuffle(names)
-    detail_paths = tmp / "detail.txt"
-    detail_paths.write_text("".join(f"/api/v1/image/{n}/\n" for n in names))
-    offsets = list(range(0, len(names), 25))
-    rng.shuffle(offsets)
-    list_paths = tmp / "list.txt"
-    list_paths.write_text("".join(f"/api/v1/image/?limit=25&offset={o}\n" for o in offsets))
-    auth_file = tmp / "wrk.lua"
-    write_wrk_script(auth_file, auth)
-    auth_file.chmod(0o600)
-    run = Run(tmp, procs, args, auth_file)
-
-    results: dict[str, Result] = {}
-    bodies: dict[str, bytes] = {}
-    for level in args.log_levels:
-        port = free_port()
-        base = f"http://{HOST}:{port}"
-        api = procs.start(
-            f"api-{level}", [cli("registry-sync"), "web", "--workers", str(args.web_workers)],
-            api_env(dsn, port, level), tmp / f"api-{level}.log",
-        )
-        wait_http(f"{base}/healthz", api.proc)
-        if not bodies:
-            # The ceiling answers with the median-sized real response of each kind.
-            bodies["detail"] = median_body(
-                [http_get(f"{base}/api/v1/image/{n}/", auth) for n in names[:101]]
-            )
-            bodies["list"] = median_body(
-                [http_get(f"{base}/api/v1/image/?limit=25&offset={o}", auth) for o in offsets[:21]]
-            )
-        print(f"API, LOG_LEVEL={level}, {args.web_workers} web process(es):", flush=True)
-        results[f"detail/{level}"] = run.measure("GET /api/v1/image/<name>/", base, detail_paths)
-        results[f"list/{level}"] = run.measure("GET /api/v1/image/?limit=25", base, list_paths)
-        procs.stop(api)
-
-    (tmp / "detail.json").write_bytes(bodies["detail"])
-    (tmp / "list.json").write_bytes(bodies["list"])
+    dsn = with_db(server_dsn(), BENCH_DB)
+    auth, account_id = _prepare(args, dsn)
+    details, tag_details, big = asyncio.run(_samples(dsn, account_id, 20_000))
+    rng = random.Random(14)
     port = free_port()
     base = f"http://{HOST}:{port}"
-    ceiling = procs.start(
-        "ceiling",
-        [sys.executable, "-m", "bench.api_bench", "--serve-ceiling", str(port),
-         str(tmp / "detail.json"), str(tmp / "list.json"), "--web-workers", str(args.web_workers)],
-        dict(os.environ), tmp / "ceiling.log",
-    )
-    wait_http(f"{base}/healthz", ceiling.proc)
-    print(f"ceiling (bare aiohttp, constant body), {args.web_workers} process(es):", flush=True)
-    for kind, paths in (("detail", detail_paths), ("list", list_paths)):
-        label = f"{kind}-size ({len(bodies[kind])} B)"
-        results[f"{kind}/ceiling"] = run.measure(label, base, paths)
-    procs.stop(ceiling)
+    api = procs.start([cli("registry-sync"), "web", "--workers", str(args.web_workers)],
+                      api_env(dsn, port, EVENTS_IN_WEB="0"), tmp / "api.log")
+    wait_http(f"{base}/healthz", api)
+    run = Run(args, tmp, auth)
 
-    report(args, results, bodies)
-    if not args.keep_db:
-        asyncio.run(recreate_database(server, args.database, drop_only=True, schema=False))
+    walked, walk_times, total = asyncio.run(_walk(base, auth, "/api/v1/image/", args.walk_pages))
+    print(f"walker: {len(walked)} pages by next of {total} images: p50 {percentile(walk_times, 50) * 1000:.2f} ms"
+          f"  p99 {percentile(walk_times, 99) * 1000:.2f} ms  last page {walk_times[-1] * 1000:.2f} ms", flush=True)
+    run.paths("first", ["/api/v1/image/"])
+    run.paths("next", walked[1:] or walked)
+    run.paths("offset", [f"/api/v1/image/?limit=25&offset={rng.randrange(total)}" for _ in range(20_000)])
+    filters = ["jumpstart=true", "is_private_image=true", "is_private_image=false", "is_user_image=true",
+               "is_user_image=false", f"registry=/api/v1/registry/{REGISTRIES[1]}/", "categories__name=Databases",
+               f"name={details[0].split('/api/v1/image/')[1].rstrip('/')}",
+               "jumpstart=false&is_private_image=false&categories__name=Caches"]
+    filter_urls = []
+    for f in filters:
+        filter_urls += asyncio.run(_walk(base, auth, f"/api/v1/image/?{f}", 3))[0]
+    run.paths("filters", filter_urls)
+    run.paths("detail", details)
+    run.paths("tag", tag_details)
+    tag_pages, _, n_tags = asyncio.run(_walk(base, auth, f"/api/v1/image/{big}/tag/", 0))
+    run.paths("tags", tag_pages)
+    print(f"API, {args.web_workers} web process(es), LOG_LEVEL=warning:", flush=True)
+    run.measure("list, first page", base, "first")
+    run.measure("list, by next (replayed)", base, "next")
+    run.measure("list, random offset", base, "offset")
+    run.measure("list, SDK filters (3 pages each)", base, "filters")
+    run.measure("image detail", base, "detail")
+    run.measure("tag detail", base, "tag")
+    run.measure(f"tag list of {n_tags} tags, by next", base, "tags")
+    detail_body = _median(asyncio.run(_get(base, auth, details[:101])))
+    list_body = _median(asyncio.run(_get(base, auth, ["/api/v1/image/"])))
+    procs.stop(api)
+
+    (tmp / "detail.json").write_bytes(detail_body)
+    (tmp / "list.json").write_bytes(list_body)
+    for kind, argv, cases in (
+        ("constant", [str(tmp / "detail.json"), str(tmp / "list.json")],
+         (("detail body", "detail"), ("list body", "first"))),
+        ("lookup", [dsn, str(account_id)], (("image detail", "detail"), ("tag detail", "tag"))),
+    ):
+        port = free_port()
+        proc = procs.start([sys.executable, "-m", "bench.baselines", kind, str(port), *argv,
+                            "--workers", str(args.web_workers)], dict(os.environ), tmp / f"{kind}.log")
+        wait_http(f"http://{HOST}:{port}/healthz", proc)
+        print(f"{kind} (bare aiohttp{' + asyncpg' if kind == 'lookup' else ''}):", flush=True)
+        for label, paths in cases:
+            run.measure(f"{kind}: {label}", f"http://{HOST}:{port}", paths)
+        procs.stop(proc)
+    report(args, run.results, len(detail_body), len(list_body), total)
     return 0
 
 
-async def _account_id(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        account_id: int = await conn.fetchval(
-            "SELECT id FROM accounts WHERE username = $1", ACCOUNT
-        )
-    finally:
-        await conn.close()
-    return account_id
-
-
-def report(args: argparse.Namespace, results: dict[str, Result], bodies: dict[str, bytes]) -> None:
-    print()
-    print(f"images={args.images} duration={args.duration:g}s concurrency={args.concurrency} "
-          f"web_workers={args.web_workers} wrk_threads={args.wrk_threads} cpus={os.cpu_count()} "
+def report(args: argparse.Namespace, results: dict[str, Result], detail_size: int, list_size: int,
+           total: int) -> None:
+    print(f"\nimages={args.images} visible to the bench account={total} duration={args.duration:g}s "
+          f"concurrency={args.concurrency} web_workers={args.web_workers} cpus={os.cpu_count()} "
           f"load average at the end={os.getloadavg()[0]:.2f} (other work on the machine skews it)")
-    print()
-    print("| endpoint | server | req/s | p50 ms | p99 ms |")
-    print("|---|---|---:|---:|---:|")
-    for key, r in results.items():
-        kind, server = key.split("/")
-        what = ("`GET /api/v1/image/<name>/`" if kind == "detail"
-                else "`GET /api/v1/image/?limit=25&offset=k`")
-        who = (f"ceiling ({len(bodies[kind])} B)" if server == "ceiling"
-               else f"API, LOG_LEVEL={server}")
-        print(f"| {what} | {who} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |")
-    print()
-    print("| ratio | log level | value | target | met |")
-    print("|---|---|---:|---:|---|")
-    for level in args.log_levels:
-        for kind, target in TARGETS.items():
-            ratio = results[f"{kind}/{level}"].rps / results[f"{kind}/ceiling"].rps
-            print(f"| {kind}/ceiling | {level} | {ratio:.2f} | {target} | "
-                  f"{'yes' if ratio >= target else 'NO'} |")
+    print(f"bodies: detail {detail_size} B, list page {list_size} B\n")
+    print("| what | req/s | p50 ms | p99 ms |\n|---|---:|---:|---:|")
+    for label, r in results.items():
+        print(f"| {label} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |")
+    print("\n| target | value | goal | met |\n|---|---:|---:|---|")
+    for label, other, kind, goal in TARGETS:
+        r = results[label]
+        if kind == "p99":
+            print(f"| {label}: p99 | {r.p99_ms:.1f} ms | <= {goal:g} ms | {'yes' if r.p99_ms <= goal else 'NO'} |")
+        else:
+            assert other is not None
+            ratio = r.rps / results[other].rps
+            print(f"| {label} / {other} | {ratio:.2f} | >= {goal:g} | {'yes' if ratio >= goal else 'NO'} |")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.api_bench", description=(__doc__ or "").split("\n")[0]
-    )
-    p.add_argument("--images", type=int, default=10_000)
+    p = argparse.ArgumentParser(prog="python -m bench.api_bench", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--images", type=int, default=1_000_000)
+    p.add_argument("--accounts", type=int, default=1000, help="accounts owning images besides the bench one")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each one")
     p.add_argument("--concurrency", type=int, default=32, help="open connections")
-    p.add_argument("--web-workers", type=int, default=1,
-                   help="passed to `registry-sync web --workers` (and used for the ceiling)")
-    p.add_argument("--wrk-threads", type=int, default=1)
-    p.add_argument("--log-levels", default="warning,info",
-                   help="API runs, comma-separated; the first is the headline")
-    p.add_argument("--database", default=BENCH_DB, help="dropped and recreated")
+    p.add_argument("--web-workers", type=int, default=1, help="processes of the API and of each baseline")
+    p.add_argument("--walk-pages", type=int, default=0, help="stop the next-walker after this many (0: the end)")
     p.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
-    p.add_argument("--serve-ceiling", nargs=3, metavar=("PORT", "DETAIL_FILE", "LIST_FILE"),
-                   help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    args.log_levels = [lv.strip() for lv in args.log_levels.split(",") if lv.strip()]
-    return args
+    p.add_argument("--reuse-db", action="store_true", help="skip the seed when rs_bench has --images images")
+    return p.parse_args(argv)
 
 
 def _interrupt(signum: int, _: object) -> None:
-    """SIGTERM ends the run like Ctrl-C does: through main's `finally`."""
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.serve_ceiling:
-        port, detail_file, list_file = args.serve_ceiling
-        ceiling_main(int(port), detail_file, list_file, args.web_workers)
-        return 0
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -474,13 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
-        except (RuntimeError, subprocess.SubprocessError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            for log in sorted(Path(d).glob("*.log")):
-                print(f"--- {log.name} (tail)\n{log.read_text()[-2000:]}", file=sys.stderr)
-            return 1
+        except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+            return print_failure(exc, Path(d))
         finally:
             procs.stop_all()
+            if not (args.keep_db or args.reuse_db):
+                asyncio.run(recreate_database(server_dsn(), BENCH_DB, drop_only=True, schema=False))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """What every benchmark needs: the local Postgres server and fresh databases on it, child
-processes, polling, and the wrk driver."""
+processes, polling, the wrk driver, and the processes and figures of the read benchmarks."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,3 +230,101 @@ def foreign_redis_clients(redis_url: str) -> list[str]:
 def flush_redis(redis_url: str) -> None:
     with redis.Redis.from_url(redis_url) as r:
         r.flushdb()
+
+
+# --- the servers of the read benchmarks (api_bench.py, stream_bench.py) ---------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Processes:
+    """Every subprocess a run started, each in its own process group, stopped at exit."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(list(argv), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)  # its own group: its children too
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            except ProcessLookupError:
+                pass
+        if proc in self.started:
+            self.started.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(reversed(self.started)):
+            self.stop(proc)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - a fixed http URL on 127.0.0.1
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def cli(name: str) -> str:
+    """A console script of this virtualenv (registry-sync)."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def api_env(dsn: str, port: int, **extra: str) -> dict[str, str]:
+    """The environment of `registry-sync web`/`stream` on 127.0.0.1:`port` for a benchmark."""
+    env = dict(os.environ)
+    env.update(DATABASE_URL=dsn, REDIS_URL=os.environ.get("REDIS_URL", f"redis://{HOST}:6379/15"),
+               PORT=str(port), STREAM_PORT=str(port), BIND_HOST=HOST, LOG_LEVEL="warning",
+               LOG_FORMAT="json", SECRET_KEY=secrets.token_urlsafe(32), LIST_UPKEEP_SECONDS="0")
+    env.update(extra)
+    return env
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and its children (`--workers N`; Linux /proc)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) of `values`, nearest rank; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def print_failure(exc: BaseException, tmp: Path) -> int:
+    """Report a failed run with the tail of every log it wrote; the exit status."""
+    print(f"error: {exc}", file=sys.stderr)
+    for log in sorted(tmp.glob("*.log")):
+        print(f"--- {log.name} (tail)\n{log.read_text()[-2000:]}", file=sys.stderr)
+    return 1

@@ -1,182 +1,158 @@
-"""Events-stream benchmark (issue 5): delivery delay to 1,000 connected clients, and what
-they cost the API's detail GETs.
+"""Events-stream benchmark: delivery delay to thousands of subscribers, and what they cost the
+API's image detail.
 
-    .venv/bin/python -m bench.stream_bench [--clients 1000] [--sse-share 0.5] [--events 200]
-                                           [--rate 20] [--duration 10] [--client-procs 4]
+    .venv/bin/python -m bench.stream_bench [--clients 5000] [--rate 20] [--duration 10]
+                                           [--sse-share 0.5] [--client-procs 4] [--stream-workers 1]
 
-It creates a fresh database (`rs_stream_bench`) on the local Postgres (or DATABASE_URL's
-server), applies schema.sql, creates an account, seeds `--images` shared-catalog images with
-three tags each, starts one `registry-sync web` process on 127.0.0.1, and then:
+It creates the database `rs_stream_bench` (schema, an account, `--images` images from
+bench/seed.py), starts `registry-sync web` (EVENTS_IN_WEB=0) and `registry-sync stream` (the
+fan-out on processes of its own), and then:
 
-1. detail GET throughput with no stream client (`wrk`, 32 connections, rotating over every
-   image name);
-2. connects `--clients` stream clients from `--client-procs` processes (a `--sse-share` of
-   them Server-Sent Events, the rest WebSockets), all of the same account;
-3. the same `wrk` run while they are connected and idle;
-4. delivery delay: `--events` committed changes (one catalog image each, autocommit UPDATE of
-   a visible field), `--rate` per second; for every (event, client) pair the delay from the
-   moment COMMIT returned in the driver to the moment the client read the message
-   (time.time() on one machine); p50 / p99 / max and how many deliveries were missing;
-5. the same `wrk` run while events flow at `--rate` per second to every client, with the
-   delays of that phase too.
+1. image detail GETs with no stream client: wrk, 32 connections, `--duration` s, over every
+   image name (the baseline);
+2. connects `--clients` subscribers of the account from `--client-procs` processes (raw
+   asyncio sockets, a `--sse-share` of them Server-Sent Events, the rest WebSockets);
+3. quiet: `--rate` committed changes per second for `--duration` s, each an autocommit UPDATE
+   of its own catalog image, so each is one message to every subscriber;
+4. loaded: the same while wrk runs the detail GETs again.
 
-Everything it starts is stopped on exit; the database is dropped unless --keep-db.
-Needs `wrk` (apt-get install wrk).
+Delay = the time a client read the message - the time COMMIT returned in the driver
+(time.time(), one machine), measured on every `--sample`-th client; every client counts its
+messages, so "missing" is exact. CPU of the web and the stream process is read from /proc.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import multiprocessing
 import multiprocessing.connection
 import os
-import secrets
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import asyncpg
-import orjson
 
-from bench.common import recreate_database, run_wrk, server_dsn, write_wrk_script
+from bench.common import (
+    HOST,
+    Processes,
+    api_env,
+    cli,
+    cpu_seconds,
+    free_port,
+    percentile,
+    print_failure,
+    recreate_database,
+    run_wrk,
+    server_dsn,
+    wait_http,
+    write_wrk_script,
+)
+from bench.seed import seed
 from core.accounts import create_account
 
-HOST = "127.0.0.1"
 BENCH_DB = "rs_stream_bench"
-ROOT = Path(__file__).resolve().parent.parent
+MARKER = b'"resource_uri":"'
 
 
+class Client(asyncio.Protocol):
+    """One subscriber: counts messages; a sampled one also records (resource_uri, arrival)."""
 
-async def prepare_database(n_images: int) -> tuple[str, str, list[str]]:
-    """(dsn, Authorization header, image names) of a fresh seeded database."""
-    dsn = await recreate_database(server_dsn(), BENCH_DB)
-    conn = await asyncpg.connect(dsn)
-    try:
-        account, key = await create_account(conn, "bench")
-        await conn.execute(
-            "INSERT INTO registries (host, name, is_ssl) VALUES ('registry.hub.docker.com', 'Docker Hub', true)")
-        await conn.execute(
-            """INSERT INTO images (name, registry_id, repository, is_private_image, public_url, description)
-               SELECT 'team' || (i % 97) || '/app' || i, r.id, 'team' || (i % 97) || '/app' || i, false,
-                      'https://hub.docker.com/r/team' || (i % 97) || '/app' || i || '/', 'seeded image ' || i
-                 FROM generate_series(1, $1) AS i, registries AS r""", n_images)
-        await conn.execute(
-            """INSERT INTO tags (image_id, name, state, build_date)
-               SELECT i.id, t, 'Success', now() - (i.id || ' minutes')::interval
-                 FROM images AS i, unnest(ARRAY['latest', '1.0', '2.0']) AS t""")
-        names = [r["name"] for r in await conn.fetch("SELECT name FROM images ORDER BY id")]
-    finally:
-        await conn.close()
-    return dsn, f"ApiKey {account.username}:{key}", names
+    def __init__(self, request: bytes, sample: bool, seen: list[tuple[bytes, float]]) -> None:
+        self.request, self.sample, self.seen = request, sample, seen
+        self.count = 0
+        self.started = False
+        self.tail = b""
+        self.ready = asyncio.get_running_loop().create_future()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(self.request)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if not self.started:
+            head, sep, data = data.partition(b"\r\n\r\n")
+            if not sep or not (b" 101 " in head or b" 200 " in head):
+                self.ready.set_exception(RuntimeError(head[:200].decode(errors="replace")))
+                return
+            self.started = True
+            self.ready.set_result(None)
+        buf = self.tail + data
+        self.count += buf.count(MARKER)
+        if self.sample:
+            at = buf.find(MARKER)
+            while at >= 0:
+                end = buf.find(b'"', at + len(MARKER))
+                if end < 0:
+                    break
+                self.seen.append((buf[at + len(MARKER):end], now))
+                at = buf.find(MARKER, end)
+        self.tail = buf[-(len(MARKER) - 1):]  # a marker cut in two is counted with the next read
 
-
-def start_web(dsn: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ, "DATABASE_URL": dsn, "REDIS_URL": os.environ.get("REDIS_URL", f"redis://{HOST}:6379/9"),
-        "SECRET_KEY": secrets.token_urlsafe(32), "PORT": str(port), "BIND_HOST": HOST, "LOG_LEVEL": "warning",
-        "LOG_FORMAT": "json", "DB_POOL_MAX": "20",
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "web"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"registry-sync web did not start:\n{log.read_text()}")
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc or ConnectionError("closed"))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# --- stream clients (each process runs many on one loop) -------------------------------------
-
-async def _client(session: aiohttp.ClientSession, url: str, auth: str, sse: bool,
-                  seen: dict[str, list[float]], ready: asyncio.Event) -> None:
-    if sse:
-        async with session.get(url, headers={"Authorization": auth, "Accept": "text/event-stream"}) as resp:
-            ready.set()
-            async for line in resp.content:
-                if line.startswith(b"data: "):
-                    now = time.time()
-                    seen.setdefault(orjson.loads(line[6:])["resource_uri"], []).append(now)
+def _request(auth: str, websocket: bool) -> bytes:
+    lines = ["GET /api/v1/events/ HTTP/1.1", "Host: bench", f"Authorization: {auth}"]
+    if websocket:
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines += ["Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                  "Sec-WebSocket-Version: 13"]
     else:
-        async with session.ws_connect(url, headers={"Authorization": auth}, heartbeat=None) as ws:
-            ready.set()
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    now = time.time()
-                    seen.setdefault(orjson.loads(msg.data)["resource_uri"], []).append(now)
+        lines.append("Accept: text/event-stream")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def _clients_main(
-    url: str, auth: str, n_ws: int, n_sse: int, pipe: multiprocessing.connection.Connection
-) -> None:
-    seen: dict[str, list[float]] = {}
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        readies = [asyncio.Event() for _ in range(n_ws + n_sse)]
-        tasks = []
-        for i, ready in enumerate(readies):
-            tasks.append(asyncio.create_task(_client(session, url, auth, i >= n_ws, seen, ready)))
-            if i % 50 == 49:
-                await asyncio.sleep(0.05)  # do not SYN-flood the listen backlog
-        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
-        pipe.send(("ready", sum(not t.done() for t in tasks)))
-        await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "stop"
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    pipe.send(("seen", seen))
+async def _clients_main(port: int, auth: str, n: int, n_sse: int, every: int, first: int,
+                        pipe: multiprocessing.connection.Connection) -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[bytes, float]] = []
+    clients: list[Client] = []
+    for i in range(n):
+        c = Client(_request(auth, i >= n_sse), (first + i) % every == 0, seen)
+        await loop.create_connection(lambda c=c: c, HOST, port)  # type: ignore[misc]
+        clients.append(c)
+        if i % 100 == 99:
+            await asyncio.gather(*(x.ready for x in clients[-100:]))
+    await asyncio.gather(*(c.ready for c in clients))
+    pipe.send(("ready", len(clients)))
+    while await loop.run_in_executor(None, pipe.recv) == "report":
+        pipe.send(([c.count for c in clients], seen[:]))  # counts so far, samples since the last report
+        seen.clear()
+    pipe.send(([c.count for c in clients], seen))
 
 
-def client_process(url: str, auth: str, n_ws: int, n_sse: int, pipe: multiprocessing.connection.Connection) -> None:
-    asyncio.run(_clients_main(url, auth, n_ws, n_sse, pipe))
+def client_process(port: int, auth: str, n: int, n_sse: int, every: int, first: int,
+                   pipe: multiprocessing.connection.Connection) -> None:
+    asyncio.run(_clients_main(port, auth, n, n_sse, every, first, pipe))
 
 
-# --- events ------------------------------------------------------------------------------------
-
-async def commit_events(dsn: str, names: list[str], rate: float) -> dict[str, float]:
-    """One autocommit UPDATE per image name at `rate`/s; resource_uri -> time COMMIT returned."""
+async def commit_events(dsn: str, names: list[str], rate: float) -> dict[bytes, float]:
+    """One autocommit UPDATE per name at `rate`/s; resource_uri -> time COMMIT returned."""
     conn = await asyncpg.connect(dsn)
-    committed: dict[str, float] = {}
+    committed: dict[bytes, float] = {}
     try:
         start = time.monotonic()
         for i, name in enumerate(names):
             await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
             await conn.execute("UPDATE images SET star_count = star_count + 1 WHERE name = $1", name)
-            committed[f"/api/v1/image/{name}/"] = time.time()
+            committed[f"/api/v1/image/{name}/".encode()] = time.time()
     finally:
         await conn.close()
     return committed
 
 
 @dataclass(frozen=True)
-class Delays:
+class Delivery:
     p50_ms: float
     p99_ms: float
     max_ms: float
@@ -184,131 +160,132 @@ class Delays:
     missing: int
 
 
-def delays(committed: dict[str, float], seen: list[dict[str, list[float]]], clients: int) -> Delays:
-    values: list[float] = []
-    for per_process in seen:
-        for uri, times in per_process.items():
-            if uri in committed:
-                values.extend((t - committed[uri]) * 1000 for t in times)
-    values.sort()
-    expected = len(committed) * clients
-    q = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else [0.0] * 99
-    return Delays(q[49], q[98], values[-1] if values else 0.0, len(values), expected - len(values))
+class Clients:
+    def __init__(self, pipes: list[multiprocessing.connection.Connection], total: int) -> None:
+        self.pipes, self.total = pipes, total
+        self.counts = [0] * total
+
+    def phase(self, committed: dict[bytes, float], final: bool = False) -> Delivery:
+        """Counts and sampled delays since the previous phase; every client must have them all."""
+        counts: list[int] = []
+        delays: list[float] = []
+        for pipe in self.pipes:
+            pipe.send("stop" if final else "report")
+            per_client, seen = pipe.recv()
+            counts += per_client
+            delays += [(t - committed[uri]) * 1000 for uri, t in seen if uri in committed]
+        got = [c - before for c, before in zip(counts, self.counts, strict=True)]
+        self.counts = counts
+        return Delivery(percentile(delays, 50), percentile(delays, 99), max(delays, default=0.0), sum(got),
+                        sum(max(0, len(committed) - g) for g in got))
 
 
-# --- driver ------------------------------------------------------------------------------------
+async def _prepare(n_images: int) -> tuple[str, str, list[str]]:
+    dsn = await recreate_database(server_dsn(), BENCH_DB)
+    conn = await asyncpg.connect(dsn)
+    try:
+        account, key = await create_account(conn, "bench")
+    finally:
+        await conn.close()
+    await seed(dsn, images=n_images, accounts=100, bench_account=account.id, big_tags=100, log=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        names = [r["name"] for r in await conn.fetch("SELECT name FROM images WHERE owner_id IS NULL ORDER BY id")]
+    finally:
+        await conn.close()
+    return dsn, f"ApiKey {account.username}:{key}", names
+
+
+def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
+    dsn, auth, names = asyncio.run(_prepare(args.images))
+    web_port, stream_port = free_port(), free_port()
+    web = procs.start([cli("registry-sync"), "web"], api_env(dsn, web_port, EVENTS_IN_WEB="0"), tmp / "web.log")
+    stream = procs.start(
+        [cli("registry-sync"), "stream", "--workers", str(args.stream_workers)],
+        api_env(dsn, stream_port, EVENTS_MAX_PER_ACCOUNT=str(args.clients + 1), EVENTS_PING_SECONDS="3600",
+                EVENTS_COALESCE_SECONDS=str(args.window)), tmp / "stream.log")
+    wait_http(f"http://{HOST}:{web_port}/healthz", web)
+    wait_http(f"http://{HOST}:{stream_port}/healthz", stream)
+    base = f"http://{HOST}:{web_port}"
+    script = write_wrk_script(tmp / "detail.lua", auth)
+    paths = tmp / "paths.txt"
+    paths.write_text("".join(f"/api/v1/image/{n}/\n" for n in names))
+    run_wrk(base, script, paths, duration=2)
+    alone = run_wrk(base, script, paths, duration=args.duration)
+    print(f"detail GET, no stream clients: {alone.rps:8.0f} req/s  p50 {alone.p50_ms:.2f} ms"
+          f"  p99 {alone.p99_ms:.2f} ms")
+
+    ctx = multiprocessing.get_context("spawn")
+    per = [args.clients // args.client_procs + (i < args.clients % args.client_procs) for i in range(args.client_procs)]
+    n_sse_total, pipes, first = round(args.clients * args.sse_share), [], 0
+    started = time.monotonic()
+    for i, n in enumerate(per):
+        n_sse = min(n, n_sse_total // args.client_procs + (i < n_sse_total % args.client_procs))
+        mine, theirs = ctx.Pipe()
+        p = ctx.Process(target=client_process, args=(stream_port, auth, n, n_sse, args.sample, first, theirs))
+        p.start()
+        pipes.append(mine)
+        first += n
+    connected = sum(pipe.recv()[1] for pipe in pipes)
+    print(f"connected {connected} subscribers ({n_sse_total} SSE) in {time.monotonic() - started:.1f} s")
+    clients = Clients(pipes, connected)
+    events = int(args.rate * args.duration)
+    quiet_names, loaded_names = names[:events], names[events: 2 * events]
+
+    cpu = {p.pid: cpu_seconds(p.pid) for p in (web, stream)}
+    quiet = asyncio.run(commit_events(dsn, quiet_names, args.rate))
+    time.sleep(1.0)
+    q = clients.phase(quiet)
+    used = {pid: cpu_seconds(pid) - c for pid, c in cpu.items()}
+    print(f"quiet: {events} events x {connected}: stream process {used[stream.pid]:.2f} s CPU "
+          f"({used[stream.pid] / max(q.delivered, 1) * 1e6:.2f} us per delivered message), web {used[web.pid]:.2f} s")
+
+    with ThreadPoolExecutor(1) as runner:
+        busy_future = runner.submit(run_wrk, base, script, paths, duration=args.duration)
+        loaded = asyncio.run(commit_events(dsn, loaded_names, args.rate))
+        busy = busy_future.result()
+    time.sleep(1.0)
+    ld = clients.phase(loaded, final=True)
+    print(f"detail GET, {connected} clients + {args.rate:g} events/s: {busy.rps:8.0f} req/s  p50 {busy.p50_ms:.2f} ms"
+          f"  p99 {busy.p99_ms:.2f} ms  ({busy.rps / alone.rps:.2f}x)")
+    print("\n| phase | deliveries | missing | delay p50 | p99 | max |\n|---|---:|---:|---:|---:|---:|")
+    for label, d in (("quiet", q), ("under GET load", ld)):
+        print(f"| {label} | {d.delivered} | {d.missing} | {d.p50_ms:.1f} ms | {d.p99_ms:.1f} ms | {d.max_ms:.1f} ms |")
+    ok = max(q.p99_ms, ld.p99_ms) <= 250 and busy.rps >= 0.5 * alone.rps and q.missing == ld.missing == 0
+    print(f"\ntargets (p99 <= 250 ms, detail >= 0.5x, nothing missing): {'met' if ok else 'NOT met'}; "
+          f"clients={connected} rate={args.rate:g}/s window={args.window:g}s cpus={os.cpu_count()} "
+          f"load average={os.getloadavg()[0]:.2f}")
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clients", type=int, default=1000)
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--clients", type=int, default=5000)
     p.add_argument("--sse-share", type=float, default=0.5)
     p.add_argument("--client-procs", type=int, default=4)
-    p.add_argument("--images", type=int, default=2000)
-    p.add_argument("--events", type=int, default=200)
-    p.add_argument("--rate", type=float, default=20.0, help="events per second")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    p.add_argument("--stream-workers", type=int, default=1)
+    p.add_argument("--images", type=int, default=20_000)
+    p.add_argument("--rate", type=float, default=20.0, help="committed changes per second")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    p.add_argument("--window", type=float, default=0.1, help="EVENTS_COALESCE_SECONDS of the stream")
+    p.add_argument("--sample", type=int, default=10, help="every n-th client records delays")
     p.add_argument("--keep-db", action="store_true")
     args = p.parse_args(argv)
     if not shutil.which("wrk"):
         print("needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
-    if 2 * args.events > args.images:
-        print("--images must be at least twice --events (each event changes its own image)", file=sys.stderr)
-        return 2
-
-    dsn, auth, names = asyncio.run(prepare_database(args.images))
-    tmp = Path(tempfile.mkdtemp(prefix="rs-stream-bench-"))
-    port = free_port()
-    web = start_web(dsn, port, tmp / "web.log")
-    procs: list[multiprocessing.process.BaseProcess] = []
-    pipes: list[multiprocessing.connection.Connection] = []
-    try:
-        base = f"http://{HOST}:{port}"
-        script = tmp / "detail.lua"
-        write_wrk_script(script, auth)
-        paths = tmp / "paths.txt"
-        paths.write_text("".join(f"/api/v1/image/{n}/\n" for n in names))
-        run_wrk(base, script, paths, duration=2)  # warm-up: pool connections, statement caches
-        alone = run_wrk(base, script, paths, duration=args.duration)
-        print(f"detail GET, no stream clients:      {alone.rps:8.0f} req/s  p50 {alone.p50_ms:.2f} ms  "
-              f"p99 {alone.p99_ms:.2f} ms  errors {alone.errors}")
-
-        n_sse = round(args.clients * args.sse_share)
-        ctx = multiprocessing.get_context("spawn")
-        per = [args.clients // args.client_procs + (i < args.clients % args.client_procs)
-               for i in range(args.client_procs)]
-        started = time.monotonic()
-        for i, n in enumerate(per):
-            s = min(n, n_sse // args.client_procs + (i < n_sse % args.client_procs))
-            mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=client_process, args=(f"{base}/api/v1/events/", auth, n - s, s, theirs))
-            proc.start()
-            procs.append(proc)
-            pipes.append(mine)
-        connected = sum(pipe.recv()[1] for pipe in pipes)
-        print(f"connected {connected} stream clients ({n_sse} SSE, {connected - n_sse} WebSocket) "
-              f"in {time.monotonic() - started:.1f} s")
-        time.sleep(1.0)
-
-        idle = run_wrk(base, script, paths, duration=args.duration)
-        print(f"detail GET, clients connected:      {idle.rps:8.0f} req/s  p50 {idle.p50_ms:.2f} ms  "
-              f"p99 {idle.p99_ms:.2f} ms  errors {idle.errors}  ({idle.rps / alone.rps:.2f}x)")
-
-        quiet_names = names[: args.events]
-        loaded_names = names[args.events: 2 * args.events]
-        cpu0 = cpu_seconds(web.pid)
-        clients_cpu0 = sum(cpu_seconds(pr.pid) for pr in procs if pr.pid)
-        quiet = asyncio.run(commit_events(dsn, quiet_names, args.rate))
-        time.sleep(1.0)
-        cpu = cpu_seconds(web.pid) - cpu0
-        clients_cpu = sum(cpu_seconds(pr.pid) for pr in procs if pr.pid) - clients_cpu0
-        per_message = cpu / (len(quiet_names) * connected) * 1e6
-        print(f"CPU while fanning out {len(quiet_names)} events to every client: API process {cpu:.2f} s "
-              f"({per_message:.1f} us per delivered message), client processes {clients_cpu:.2f} s")
-
-        # events at `rate`/s for the whole wrk run, each to every client
-        loaded_rate = args.events / args.duration
-        cpu0 = cpu_seconds(web.pid)
-        with ThreadPoolExecutor(1) as runner:
-            busy_future = runner.submit(run_wrk, base, script, paths, duration=args.duration)
-            loaded = asyncio.run(commit_events(dsn, loaded_names, loaded_rate))
-            busy = busy_future.result()
-        cpu = cpu_seconds(web.pid) - cpu0
-        print(f"detail GET, clients + {loaded_rate:.0f} events/s:  {busy.rps:8.0f} req/s  p50 {busy.p50_ms:.2f} ms  "
-              f"p99 {busy.p99_ms:.2f} ms  errors {busy.errors}  ({busy.rps / alone.rps:.2f}x; "
-              f"API process CPU {cpu / busy.seconds:.2f} cores)")
-        time.sleep(1.0)
-
-        for pipe in pipes:
-            pipe.send("stop")
-        seen = [pipe.recv()[1] for pipe in pipes]
-        for label, committed in (("quiet", quiet), ("under GET load", loaded)):
-            d = delays(committed, seen, connected)
-            print(f"commit -> delivery, {label:15s} {len(committed)} events x {connected} clients: "
-                  f"p50 {d.p50_ms:.1f} ms  p99 {d.p99_ms:.1f} ms  max {d.max_ms:.1f} ms  "
-                  f"delivered {d.delivered}  missing {d.missing}")
-        return 0
-    finally:
-        for child in procs:
-            child.join(timeout=10)
-            if child.is_alive():
-                child.kill()
-        os.killpg(web.pid, signal.SIGTERM)
+    procs = Processes()
+    with tempfile.TemporaryDirectory(prefix="rs-stream-bench-") as d:
         try:
-            web.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(web.pid, signal.SIGKILL)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not args.keep_db:
-            asyncio.run(_drop(server_dsn()))
-
-
-async def _drop(server: str) -> None:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-    finally:
-        await conn.close()
+            return run(args, Path(d), procs)
+        except (RuntimeError, OSError) as exc:
+            return print_failure(exc, Path(d))
+        finally:
+            procs.stop_all()
+            for child in multiprocessing.active_children():
+                child.kill()
+            if not args.keep_db:
+                asyncio.run(recreate_database(server_dsn(), BENCH_DB, drop_only=True, schema=False))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`registry-sync <command>`: migrate, create-account, web, worker, beat, dev, env,
+"""`registry-sync <command>`: migrate, create-account, web, stream, worker, beat, dev, env,
 load-catalog, rotate-secret, worker-health."""
 
 from __future__ import annotations
@@ -71,6 +71,14 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     settings = _settings("database_url", "redis_url", "secret_key", check_secret=True)
     serve(settings, port=args.port, workers=args.workers)
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from api.stream_app import serve_stream
+
+    settings = _settings("database_url", "redis_url")
+    serve_stream(settings, port=args.port, workers=args.workers)
     return 0
 
 
@@ -197,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
     p.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
     p.set_defaults(func=cmd_web)
+    p = sub.add_parser("stream", help="serve the events stream alone (/api/v1/events/ on STREAM_PORT)")
+    p.add_argument("--port", type=int, default=None, help="default: $STREAM_PORT or 8001")
+    p.add_argument("--workers", type=int, default=1, help="stream processes sharing the port")
+    p.set_defaults(func=cmd_stream)
     p = sub.add_parser("worker", help="run the sync workers (one consumer process per queue)")
     p.add_argument("--queues", default="priority,routine", help="comma-separated: priority, routine")
     p.add_argument("--concurrency", type=int, default=None,

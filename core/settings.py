@@ -71,6 +71,10 @@ class Settings:
     inspect_timeout_seconds: float = 10.0
     events_buffer: int = 256
     events_ping_seconds: float = 25.0
+    events_coalesce_seconds: float = 0.1
+    events_max_per_account: int = 20
+    events_in_web: bool = True
+    stream_port: int = 8001
     webhook_secret: str = field(default="", repr=False, metadata=SECRET)
     # per receiver / registry host overrides: "quay=s1,reg.example=s2"
     webhook_secrets: str = field(default="", repr=False, metadata=SECRET)
@@ -88,6 +92,9 @@ class Settings:
     trusted_proxies: str = ""
     webhook_event_retention_seconds: float = 7 * 86400.0  # processed events: dedupe, tombstones, build order
     build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
+    # lists (issue 14): name buckets that let a deep `offset` skip only one bucket's rows
+    list_bucket_size: int = 1000
+    list_upkeep_seconds: float = 60.0
     data_dir: str = ".data"
     metrics_port: int = 0  # worker parent and beat serve /metrics here; 0: not served
     # polling at scale: execution model, fleet-wide registry budgets, fair sharing

@@ -13,7 +13,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
-from api.events import EVENT_HUB, EventHub, Subscriber
+from api.stream import EVENT_HUB
 from core.settings import Settings
 from tests.conftest import MakeUser, User, unique
 from tests.freshness.conftest import OpenRuntime
@@ -172,25 +172,10 @@ async def test_stream_needs_credentials_and_a_stream_transport(client: TestClien
     assert resp.status == 401
 
 
-def test_a_full_buffer_closes_only_that_subscriber() -> None:
-    hub = EventHub("postgresql://unused", buffer_size=2)
-
-    class A:
-        id = 1
-
-    slow, fast = hub.subscribe(A()), hub.subscribe(A())  # type: ignore[arg-type]
-    payload = '{"type": "image", "action": "update", "owner": null, "name": "x", "state": "Success", "at": 0}'
-    for _ in range(2):
-        hub._on_event(None, 0, "", payload)
-    assert fast._items and slow.reason is None
-    fast._items.clear()  # the fast client keeps up
-    hub._on_event(None, 0, "", payload)
-    assert slow.reason is not None and "lagging" in slow.reason
-    assert fast.reason is None and len(fast._items) == 1
-
-
 async def test_lagging_client_is_told_and_disconnected(settings: Settings, make_user: MakeUser) -> None:
-    app = create_app(dataclasses.replace(settings, events_buffer=3))
+    """A subscriber the hub finds behind (here: every one, by a limit below zero) gets the
+    error message and its stream ends; WebSocket and SSE alike."""
+    app = create_app(settings)
     async with TestClient(TestServer(app)) as c:
         user = await make_user()
         li = await Listener.websocket(c.session, str(c.make_url("/api/v1/events/")), headers=user.headers)
@@ -198,15 +183,13 @@ async def test_lagging_client_is_told_and_disconnected(settings: Settings, make_
         try:
             await _subscribed(c, 2)
             hub = app[EVENT_HUB]
-            subs: list[Subscriber] = list(hub._everyone)
-            payload = '{"type": "image", "action": "update", "owner": null, "name": "x", "state": "Empty", "at": 0}'
-            for _ in range(10):  # synchronously, faster than any socket: the buffers overflow
-                hub._on_event(None, 0, "", payload)
-            assert all(s.reason and "lagging" in s.reason for s in subs)
+            hub.limit = -1
+            hub.add({"type": "image", "action": "update", "owner": None, "name": "x", "state": "Empty", "at": 0})
+            hub.flush()
             for x in (li, sse):
                 await asyncio.wait_for(x.closed.wait(), 5)
                 assert x.messages[-1]["type"] == "error" and "lagging" in x.messages[-1]["error"]
-            assert hub.subscribers == 0
+            assert hub.subscribers == 0 and hub.dropped == 2
         finally:
             await li.close()
             await sse.close()

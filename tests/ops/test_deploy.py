@@ -33,6 +33,7 @@ EXTRA_ENV = {"PROMETHEUS_MULTIPROC_DIR"}
 SETTINGS_ENV = {f.name.upper() for f in fields(Settings)} | EXTRA_ENV
 # What each command needs (cli/main.py `_settings(...)` calls)
 REQUIRED = {"web": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"}, "worker": {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"},
+            "stream": {"DATABASE_URL", "REDIS_URL"},
             "beat": {"DATABASE_URL", "REDIS_URL"}, "migrate": {"DATABASE_URL"}, "load-catalog": {"DATABASE_URL"}}
 
 
@@ -112,7 +113,7 @@ def test_containers_run_real_commands_of_one_image_with_known_settings() -> None
             requests = c["resources"]["requests"]
             assert requests.get("cpu") and requests.get("memory"), f"{name}: resource requests"
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert seen == {"web", "worker", "beat", "migrate", "load-catalog"}
+    assert seen == {"web", "stream", "worker", "beat", "migrate", "load-catalog"}
 
 
 def test_probes_hit_real_endpoints_and_commands() -> None:

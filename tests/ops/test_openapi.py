@@ -184,3 +184,43 @@ async def test_metric_route_labels_are_the_documented_templates(settings: Settin
     request._match_info = match  # what the router does before the middlewares run
     assert route_template(request) == template
     assert template == "unmatched" or template in DOC["paths"]
+
+
+def test_every_operation_declares_every_status_it_can_answer() -> None:
+    """Authenticated operations: 401, 429 (throttling) and 503 (authentication reads Postgres);
+    every path under /api/v1/image/ also 405 (one handler answers any other method with Allow)."""
+    for template, item in DOC["paths"].items():
+        for method, op in item.items():
+            codes = set(op["responses"])
+            assert "500" in codes, f"{method} {template}"
+            if op.get("security") != []:
+                assert {"401", "429", "503"} <= codes, f"{method} {template}: {sorted(codes)}"
+            if template.startswith("/api/v1/image/"):
+                assert "405" in codes, f"{method} {template}"
+    assert {"400", "429", "503"} <= set(DOC["paths"]["/api/v1/events/"]["get"]["responses"])
+
+
+async def test_real_405_429_and_503_answers_validate(
+    client: TestClient, make_user: MakeUser, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    import dataclasses
+
+    from aiohttp.test_utils import TestServer
+
+    user = await make_user()
+    name = f"example.com/{unique('oa')}/app"
+    await insert_image(pool, name=name, owner_id=user.account.id, tags=["v1"])
+    build = await client.get(f"/api/v1/image/{name}/tag/v1/build/", headers=user.headers)
+    await check_error(build, 405)
+    assert build.headers["Allow"] == "POST"
+    await check(await client.put(f"/api/v1/image/{name}/tag/v1/", headers=user.headers),
+                "/api/v1/image/{name}/tag/{tag}/", "GET")  # 405 declared on the path's operation
+    sse = {**user.headers, "Accept": "text/event-stream"}
+    app = create_app(dataclasses.replace(settings, events_max_per_account=0))
+    async with TestClient(TestServer(app)) as capped:
+        await check(await capped.get("/api/v1/events/", headers=sse), "/api/v1/events/")  # 429
+    async with TestClient(TestServer(create_app(dataclasses.replace(settings, events_in_web=False)))) as web:
+        await check(await web.get("/api/v1/events/", headers=sse), "/api/v1/events/")  # 503
+    listed = await check(await client.get("/api/v1/image/?limit=1&is_user_image=true", headers=user.headers),
+                         "/api/v1/image/")
+    assert listed["meta"]["next"] is None

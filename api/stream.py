@@ -1,0 +1,358 @@
+"""The events stream's hub (SPEC §5): one LISTEN connection per process, coalescing, fan-out.
+
+Postgres triggers (schema.sql, freshness section) NOTIFY `registry_sync_events` from the
+transaction that changes an image or a tag, so only committed changes are heard, in commit
+order. The hub turns them into wire messages and writes them to every subscriber allowed to
+see them (the shared catalog: everyone; an own image: its owner).
+
+Cost per change does not depend on the number of subscribers beyond one socket write each:
+changes are gathered for a short window (EVENTS_COALESCE_SECONDS, measured from the previous
+flush, so the first change after a quiet spell goes out at once), each message is encoded
+once as a WebSocket frame and as an SSE record, and one pre-encoded batch is written to each
+subscriber's transport (server frames are not masked, so the bytes are the same for every
+client). Nobody waits on a client: a subscriber whose unsent bytes pass its buffer
+(EVENTS_BUFFER messages, counted at 1 KiB each) is closed with a reason.
+
+Coalescing, within a window: a second `update` of a resource replaces the first (latest
+state, moved to its latest position); creates and deletes are always sent. More than
+TAG_BURST tag changes of one image become one `update` of the image (the sync of a
+10,000-tag image is one message, not 10,000): clients re-read its tags. The database already
+does this within one statement (schema.sql, tags_notify_events).
+
+The same connection listens on `registry_sync_inspect`, which wakes the requests waiting for
+a Docker Hub lookup (api/hub_lookup.py). An API process that does not serve the stream
+(EVENTS_IN_WEB=0: `registry-sync stream` processes do) listens on that channel only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+from aiohttp import web
+
+from api import serializers
+from api.keys import SETTINGS
+
+log = structlog.get_logger("api.stream")
+
+EVENTS_CHANNEL = "registry_sync_events"
+INSPECT_CHANNEL = "registry_sync_inspect"
+HEALTH_EVERY = 10.0  # seconds between checks that the LISTEN connection still answers
+RECONNECT_MAX = 10.0
+TAG_BURST = 50  # tag changes of one image in one window that become one image update
+MESSAGE_BYTES = 1024  # EVENTS_BUFFER counts messages of this size
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """One unmasked, final WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+
+
+WS, SSE, SSE_UNCHUNKED = 0, 1, 2  # what a subscriber's transport carries
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Messages ready for the wire, by transport: WebSocket frames, SSE records as one
+    HTTP/1.1 chunk (the stream's response is chunked), and the bare records (HTTP/1.0)."""
+
+    wire: tuple[bytes, bytes, bytes]
+
+    @classmethod
+    def of(cls, bodies: list[bytes]) -> Batch:
+        records = b"".join(b"data: %b\n\n" % b for b in bodies)
+        chunk = b"%x\r\n%b\r\n" % (len(records), records)
+        return cls((b"".join(ws_frame(b) for b in bodies), chunk, records))
+
+
+class Subscriber:
+    """One connected client: the transport the hub writes to, and why it was closed."""
+
+    __slots__ = ("account_id", "done", "kind", "reason", "transport")
+
+    def __init__(self, account_id: int, transport: asyncio.Transport, kind: int) -> None:
+        self.account_id = account_id
+        self.transport = transport
+        self.kind = kind
+        self.reason: str | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def close(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.done.set_result(None)
+
+
+class TooManyStreamsError(Exception):
+    """The account has EVENTS_MAX_PER_ACCOUNT streams open on this process already."""
+
+
+class EventHub:
+    """The process's LISTEN connection, its pending changes and its subscribers."""
+
+    def __init__(self, dsn: str, *, buffer_size: int = 256, window: float = 0.1,
+                 max_per_account: int = 20, serve_events: bool = True) -> None:
+        self._dsn = dsn
+        self.limit = buffer_size * MESSAGE_BYTES
+        self.window = window
+        self.max_per_account = max_per_account
+        self.serve_events = serve_events
+        self._everyone: set[Subscriber] = set()
+        self._by_account: dict[int, set[Subscriber]] = {}
+        self._inspect_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._conn: asyncpg.Connection | None = None
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._pending: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._tag_counts: dict[tuple[Any, str], int] = {}
+        self._serial = 0
+        self._flush_at: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._last_flush = 0.0
+        self.delivered = 0  # messages written to subscribers, for metrics and benchmarks
+        self.dropped = 0  # subscribers closed for lagging
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._everyone)
+
+    # ------------------------------------------------------------ connection
+
+    async def start(self) -> None:
+        """Connect once (fail fast at startup), then keep the connection in the background."""
+        await self._connect()
+        self._task = asyncio.create_task(self._supervise(), name="events-listen")
+
+    async def stop(self) -> None:
+        self.close_all("the server is shutting down")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            await self._conn.close(timeout=2)
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(self._dsn, timeout=10)
+        try:
+            self._lost.clear()
+            conn.add_termination_listener(lambda _: self._lost.set())
+            if self.serve_events:
+                await conn.add_listener(EVENTS_CHANNEL, self._on_event)
+            await conn.add_listener(INSPECT_CHANNEL, self._on_inspect)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        log.info("events.listening", events=self.serve_events)
+
+    async def _supervise(self) -> None:
+        delay = 0.5
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), HEALTH_EVERY)
+            conn = self._conn
+            if conn is not None and not self._lost.is_set():
+                try:
+                    await conn.execute("SELECT 1", timeout=5)
+                    continue
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                    pass
+            log.warning("events.listen_lost")
+            self._conn = None
+            if conn is not None:
+                conn.terminate()
+            # Events may have been missed: say so rather than let clients believe they are current.
+            self.close_all("the events stream was interrupted; reconnect")
+            while self._conn is None:
+                try:
+                    await self._connect()
+                    delay = 0.5
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                    log.warning("events.reconnect_failed", error=type(exc).__name__, retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_MAX)
+
+    # ------------------------------------------------------------ coalescing
+
+    def _on_event(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            self.add(orjson.loads(payload))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.exception("events.bad_payload")
+
+    def add(self, data: dict[str, Any]) -> None:
+        """Queue one change (a trigger's payload) for the next flush."""
+        owner, kind, name = data.get("owner"), data["type"], data["name"]
+        image_key = ("update", "image", owner, name, None)
+        if kind == "imagetag":
+            pending = self._pending.get(image_key)
+            if pending is not None and pending.get("burst"):
+                self._merge_image_update(image_key, data)
+                return
+            count = self._tag_counts[(owner, name)] = self._tag_counts.get((owner, name), 0) + 1
+            if count > TAG_BURST:
+                for stale in [k for k, v in self._pending.items()
+                              if v["type"] == "imagetag" and v.get("owner") == owner and v["name"] == name]:
+                    del self._pending[stale]
+                self._merge_image_update(image_key, data)
+                return
+        if data["action"] == "update":
+            key: tuple[Any, ...] = ("update", kind, owner, name, data.get("tag"))
+            self._pending.pop(key, None)  # the latest state, at its latest position
+        else:
+            self._serial += 1
+            key = ("once", self._serial)
+        self._pending[key] = data
+        self._schedule()
+
+    def _merge_image_update(self, key: tuple[Any, ...], tag_event: dict[str, Any]) -> None:
+        self._pending.pop(key, None)
+        self._pending[key] = {
+            "type": "image", "action": "update", "owner": key[2], "name": key[3], "burst": True,
+            "state": tag_event.get("image_state", tag_event["state"]), "at": tag_event["at"],
+        }
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush_at is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last_flush + self.window - loop.time()
+        # call_soon even when due: the other notifications of the same read join this flush
+        self._flush_at = loop.call_later(wait, self.flush) if wait > 0 else loop.call_soon(self.flush)
+
+    # ------------------------------------------------------------ fan-out
+
+    def flush(self) -> None:
+        """Write the pending changes to every subscriber allowed to see them."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._flush_at = None
+        events = list(self._pending.values())
+        self._pending.clear()
+        self._tag_counts.clear()
+        if events and self._everyone:
+            self._fan_out(events)
+        # The next flush waits for the window, or as long as this one took when that is longer:
+        # with many clients the batches grow instead of the flushes queueing up behind each other.
+        self._last_flush = started + max(0.0, loop.time() - started - self.window)
+
+    def _fan_out(self, events: list[dict[str, Any]]) -> None:
+        encoded = [(e.get("owner"), orjson.dumps(serializers.event(e))) for e in events]
+        catalog_bodies = [body for owner, body in encoded if owner is None]
+        catalog = Batch.of(catalog_bodies).wire if catalog_bodies else None
+        # an account with changes of its own gets them in commit order among the catalog's
+        owners = {owner for owner, _ in encoded if owner is not None and owner in self._by_account}
+        per_account = {a: (Batch.of([body for owner, body in encoded if owner in (None, a)]).wire,
+                           sum(owner in (None, a) for owner, _ in encoded)) for a in owners}
+        limit, delivered = self.limit, 0
+        for sub in tuple(self._everyone):  # the hot loop: one socket write per subscriber
+            if per_account and sub.account_id in per_account:
+                wire, n = per_account[sub.account_id]
+            elif catalog is not None:
+                wire, n = catalog, len(catalog_bodies)
+            else:
+                continue
+            t = sub.transport
+            if sub.reason is not None:
+                continue
+            if t.is_closing():
+                sub.close("client closed")
+            elif t.get_write_buffer_size() > limit:
+                self.dropped += 1
+                sub.close("lagging: the client did not keep up with the stream")
+            else:
+                t.write(wire[sub.kind])
+                delivered += n
+        self.delivered += delivered
+
+    # ------------------------------------------------------------ subscribers
+
+    def check_room(self, account_id: int) -> None:
+        """Raises TooManyStreamsError when the account has EVENTS_MAX_PER_ACCOUNT streams here."""
+        if len(self._by_account.get(account_id, ())) >= self.max_per_account:
+            raise TooManyStreamsError(
+                f"this account has {self.max_per_account} event streams open already; close one first")
+
+    def subscribe(self, account_id: int, transport: asyncio.Transport, kind: int) -> Subscriber:
+        """Raises TooManyStreamsError past EVENTS_MAX_PER_ACCOUNT for the account."""
+        self.check_room(account_id)
+        sub = Subscriber(account_id, transport, kind)
+        self._everyone.add(sub)
+        self._by_account.setdefault(account_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._everyone.discard(sub)
+        mine = self._by_account.get(sub.account_id)
+        if mine is not None:
+            mine.discard(sub)
+            if not mine:
+                del self._by_account[sub.account_id]
+
+    def close_all(self, reason: str) -> None:
+        for sub in tuple(self._everyone):
+            sub.close(reason)
+
+    # ------------------------------------------------------------ Docker Hub lookups
+
+    def _on_inspect(self, _conn: object, _pid: int, _channel: str, name: str) -> None:
+        for fut in self._inspect_waiters.pop(name, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    @contextlib.contextmanager
+    def inspection(self, name: str) -> Iterator[asyncio.Future[None]]:
+        """A future resolved when the worker reports on the Hub lookup of `name`."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inspect_waiters.setdefault(name, set()).add(fut)
+        try:
+            yield fut
+        finally:
+            waiting = self._inspect_waiters.get(name)
+            if waiting is not None:
+                waiting.discard(fut)
+                if not waiting:
+                    del self._inspect_waiters[name]
+
+
+EVENT_HUB = web.AppKey("event_hub", EventHub)
+
+
+def make_hub(app: web.Application, *, serve_events: bool) -> EventHub:
+    s = app[SETTINGS]
+    return EventHub(s.database_url, buffer_size=s.events_buffer, window=s.events_coalesce_seconds,
+                    max_per_account=s.events_max_per_account, serve_events=serve_events)
+
+
+async def listen(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx of the API: the process's one LISTEN connection (Hub lookups; the events
+    too unless EVENTS_IN_WEB=0)."""
+    hub = make_hub(app, serve_events=app[SETTINGS].events_in_web)
+    await hub.start()
+    app[EVENT_HUB] = hub
+    yield
+    await hub.stop()
+
+
+async def close_streams(app: web.Application) -> None:
+    """on_shutdown: end the open streams first, or the server would wait for them to time out
+    before cleanup_ctx (which closes the hub) ever runs."""
+    if EVENT_HUB in app:
+        app[EVENT_HUB].close_all("the server is shutting down")
