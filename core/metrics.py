@@ -94,6 +94,12 @@ BUDGET_WAIT = Histogram(
     ["registry"],
     buckets=_BUCKETS,
 )
+BUDGET_LATE = Counter(
+    "registry_sync_budget_late_total",
+    "Registry requests that woke more than one rate interval after their turn (their worker "
+    "process was busy) and took a new turn rather than crowd the next ones, by registry",
+    ["registry"],
+)
 BUDGET_BUSY = Counter(
     "registry_sync_budget_busy_total",
     "Syncs handed back for later because their registry host could not be asked now, by "

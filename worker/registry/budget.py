@@ -227,10 +227,18 @@ class Budget:
                 permit = Permit(self, host, None if local or not limits.concurrency else holder, local)
                 metrics.BUDGET_IN_FLIGHT.labels(registry=host).inc()
                 if ms > 0:
+                    turn = time.monotonic() + ms / 1000
                     await asyncio.sleep(ms / 1000)
                     # a 429 may have paused the host while this request waited for its turn
                     if await self._paused_ms(host, fresh=True) > 0:
                         await permit.release()
+                        continue
+                    # Woken a whole interval after its turn (this process was busy): sent now
+                    # it would crowd the turns of the requests after it, and the host would
+                    # see more than its rate in that second. It takes a new turn instead.
+                    if limits.rate > 0 and time.monotonic() - turn > limits.interval_ms / 1000:
+                        await permit.release()
+                        metrics.BUDGET_LATE.labels(registry=host).inc()
                         continue
                 waited = time.monotonic() - started
                 if waited > 0.001:
