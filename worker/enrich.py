@@ -22,6 +22,7 @@ every outcome, each only on tags that still point at the pushed digest:
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -149,6 +150,53 @@ async def enrich_pushes(rt: Runtime, pushes: Sequence[Pushed]) -> Enriched:
         log.info("webhook.pushes_removed", ghosts=len(w.ghosts), metadata=len(w.metadata),
                  digests=sorted({g[2] for g in w.ghosts + w.metadata}))
     return Enriched(len(w.complete), len(w.ghosts), len(w.metadata), len(w.problems), failed)
+
+
+class Deferred:
+    """Pushes waiting for the inbox to go quiet, per worker process (one per Runtime).
+
+    During a burst every enrichment (registry requests, a transaction) competes for the CPU
+    with the receiver and the worker that make the burst's tags visible; so while more
+    events are pending, a batch's pushes wait here, and they are enriched together with
+    the batch that finds the inbox empty, or after MAX_WAIT_SECONDS at the latest. They are
+    best effort like any enrichment: lost with the process, each image's next sync (due
+    within ENRICH_FALLBACK_SECONDS of its push) completes them."""
+
+    MAX_WAIT_SECONDS = 3.0
+
+    def __init__(self) -> None:
+        self.pushes: list[Pushed] = []
+        self.timer: asyncio.Task[None] | None = None
+
+    def take(self) -> list[Pushed]:
+        taken, self.pushes = self.pushes, []
+        if self.timer is not None and self.timer is not asyncio.current_task():
+            self.timer.cancel()
+        self.timer = None
+        return taken
+
+
+_DEFERRED: weakref.WeakKeyDictionary[Runtime, Deferred] = weakref.WeakKeyDictionary()
+
+
+async def enrich_or_defer(rt: Runtime, pushes: Sequence[Pushed], *, inbox_busy: bool) -> Enriched:
+    """Enrich `pushes` now with every deferred one when the inbox is quiet; keep them for
+    later while it is busy (see Deferred). Returns what was enriched now."""
+    deferred = _DEFERRED.setdefault(rt, Deferred())
+    if inbox_busy:
+        deferred.pushes.extend(pushes)
+        if deferred.pushes and deferred.timer is None:
+            deferred.timer = asyncio.create_task(_enrich_later(rt, deferred))
+        return Enriched()
+    return await enrich_pushes(rt, [*deferred.take(), *pushes])
+
+
+async def _enrich_later(rt: Runtime, deferred: Deferred) -> None:
+    await asyncio.sleep(Deferred.MAX_WAIT_SECONDS)
+    try:
+        await enrich_pushes(rt, deferred.take())
+    except Exception:  # the images' next syncs complete them
+        log.exception("webhook.enrich_failed")
 
 
 async def _resolve(rt: Runtime, group: Group) -> TagResolution | str | None:

@@ -85,13 +85,16 @@ class Applied:
     note: str | None = None
 
 
-# An event that failed before (attempts > 0) is applied alone, by its own message: it never
-# takes a batch down with it again.
+# An event still pending that failed before (attempts > 0) is applied alone, by its own
+# message: it never takes a batch down with it again. Any other message drains the pending
+# events, also when its own event was applied already by an earlier batch (the API sends one
+# message for the events stored while another was on its way: they rely on it).
 CLAIM_BATCH_SQL = """
 SELECT * FROM webhook_events
  WHERE status = 'pending'
    AND (id = $1 OR (attempts = 0
-                    AND COALESCE((SELECT attempts FROM webhook_events WHERE id = $1), 0) = 0))
+                    AND COALESCE((SELECT attempts FROM webhook_events
+                                   WHERE id = $1 AND status = 'pending'), 0) = 0))
  ORDER BY id LIMIT $2
    FOR UPDATE SKIP LOCKED
 """
@@ -353,8 +356,11 @@ async def process_event(rt: Runtime, event_id: int) -> str:
         if a.kind == wh.PUSH and a.status == DONE and a.note is None and a.tag and a.digest
     ]
     # After the commit: a failure here leaves the events done and the images due for a sync.
+    # While more events wait (a burst), the pushes' enrichment waits too (enrich.Deferred).
+    newest = max((a.event_id for a in batch.applied), default=event_id)
+    busy = bool(pushes) and bool(await rt.pool.fetchval(MORE_PENDING_SQL, newest))
     followups = await asyncio.gather(
-        enrich.enrich_pushes(rt, pushes), *(sync.sync_image(rt, i) for i in sorted(batch.to_sync)),
+        enrich.enrich_or_defer(rt, pushes, inbox_busy=busy), *(sync.sync_image(rt, i) for i in sorted(batch.to_sync)),
         return_exceptions=True,
     )
     for outcome in followups:
@@ -364,6 +370,13 @@ async def process_event(rt: Runtime, event_id: int) -> str:
         return FAILED
     return next((a.status for a in batch.applied if a.event_id == event_id), SKIPPED)
 
+
+# A burst is on: events that arrived after the batch, within the last second, still wait (an
+# old event stuck pending, failing again and again, does not count).
+MORE_PENDING_SQL = """
+SELECT EXISTS (SELECT 1 FROM webhook_events
+                WHERE status = 'pending' AND queued_at > now() - interval '1 second' AND id > $1)
+"""
 
 RECORD_FAILURE_SQL = """
 UPDATE webhook_events SET attempts = attempts + 1, note = $2 WHERE id = $1 AND status = 'pending'
