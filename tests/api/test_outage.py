@@ -15,9 +15,8 @@ import pytest
 import redis
 
 from core.db import migrate
-from tests.conftest import TEST_SECRET_KEY
 from tests.support.pgcluster import ThrowawayCluster
-from tests.support.processes import Stack, wait_for
+from tests.support.processes import Stack, service_env, wait_for
 from tests.support.services import free_port, redis_db
 
 LOAD_THREADS = 3
@@ -79,10 +78,7 @@ def test_postgres_outage_gives_503s_then_recovers(cluster: ThrowawayCluster, red
     redis_url = f"{redis_server_url}/{redis_db('spare')}"
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
-    stack = Stack({
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "PORT": str(port),
-        "BIND_HOST": "127.0.0.1", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
-    }, port)
+    stack = Stack(service_env(dsn, redis_url, port), port)
     key = stack.account("ops")
     web = stack.start("web")
     load = Load(stack, key)

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from core.webhook_auth import sign
-from tests.conftest import TEST_SECRET_KEY, create_database, unique
-from tests.support.processes import Service, Stack, wait_for
+from tests.conftest import create_database, unique
+from tests.support.processes import Service, Stack, service_env, wait_for
 from tests.support.services import free_port, redis_db, worker_index
 from tests.webhooks.conftest import fixture_text
 
@@ -51,12 +51,11 @@ def trust(postgres_dsn: str, redis_server_url: str) -> Iterator[Trust]:
     redis_url = f"{redis_server_url}/{redis_db('spare')}"
     redis.Redis.from_url(redis_url).flushdb()
     ports = free_port(), free_port()
-    env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "BIND_HOST": "127.0.0.1",
-        "LOG_FORMAT": "json", "LOG_LEVEL": "info", "AUTH_CACHE_SECONDS": "0", "AUTH_FAILURE_LIMIT": str(LIMIT),
-        "TRUSTED_PROXIES": "127.0.0.1", "WEBHOOK_SECRET": SECRET, "WEBHOOK_SECRET_QUAY": QUAY_SECRET,
-        "WEBHOOK_SECRET_DOCKERHUB": DOCKERHUB_SECRET, "PORT": str(ports[0]),
-    }
+    env = service_env(
+        dsn, redis_url, ports[0], AUTH_CACHE_SECONDS="0", AUTH_FAILURE_LIMIT=str(LIMIT),
+        TRUSTED_PROXIES="127.0.0.1", WEBHOOK_SECRET=SECRET, WEBHOOK_SECRET_QUAY=QUAY_SECRET,
+        WEBHOOK_SECRET_DOCKERHUB=DOCKERHUB_SECRET,
+    )
     stack = Stack(env, ports[0])
     untrusted = free_port()
     services = [stack.start("web", "--port", str(p)) for p in ports]

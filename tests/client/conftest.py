@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from core.accounts import create_account
-from tests.conftest import TEST_SECRET_KEY, create_database, unique
-from tests.support.processes import Service, Stack, wait_for
+from tests.conftest import create_database, unique
+from tests.support.processes import Service, Stack, service_env, wait_for
 from tests.support.registry import RegistryServer
 from tests.support.services import redis_db, reserved_port, worker_index
 
@@ -105,13 +105,10 @@ def client_stack(postgres_dsn: str, redis_server_url: str, db: str, home: Path, 
     hook = {"url": f"http://127.0.0.1:{port}/api/v1/webhooks/registry/",
             "headers": {"Authorization": f"Bearer {WEBHOOK_SECRET}"}, "backoff": "200ms"}
     with RegistryServer(htpasswd={REGISTRY_USER: REGISTRY_PASSWORD}, notifications=[hook]) as reg:
-        env = {
-            "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY,
-            "WEBHOOK_SECRET": WEBHOOK_SECRET, "PORT": str(port), "BIND_HOST": "127.0.0.1",
-            "ALLOW_PRIVATE_REGISTRIES": "1", "INSECURE_REGISTRIES": reg.host, "LOG_FORMAT": "json",
-            "LOG_LEVEL": "info", "BEAT_INTERVAL_SECONDS": "0.5", "SYNC_INTERVAL_SECONDS": "30",
-            "EVENTS_PING_SECONDS": "2",
-        }
+        env = service_env(
+            dsn, redis_url, port, WEBHOOK_SECRET=WEBHOOK_SECRET, INSECURE_REGISTRIES=reg.host,
+            BEAT_INTERVAL_SECONDS="0.5", SYNC_INTERVAL_SECONDS="30", EVENTS_PING_SECONDS="2",
+        )
         stack = Stack(env, port)
         user = unique("cli")
 

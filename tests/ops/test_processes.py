@@ -16,10 +16,10 @@ import asyncpg
 import pytest
 import redis
 
-from tests.conftest import TEST_SECRET_KEY, create_database, unique
+from tests.conftest import create_database, unique
 from tests.ops.test_metrics import samples, value
 from tests.support.fake_registry import FakeRegistry
-from tests.support.processes import Stack, wait_for
+from tests.support.processes import Stack, service_env, wait_for
 from tests.support.registry import RegistryServer, push_image
 from tests.support.services import free_port, redis_db, worker_index
 from worker.scheduler import BEAT_LOCK
@@ -34,11 +34,7 @@ def ops(postgres_dsn: str, redis_server_url: str) -> Iterator[Ops]:
     redis_url = f"{redis_server_url}/{redis_db('ops')}"
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
-    env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "PORT": str(port),
-        "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1", "LOG_FORMAT": "json",
-        "LOG_LEVEL": "info", "BEAT_INTERVAL_SECONDS": "0.2", "SYNC_INTERVAL_SECONDS": "3600",
-    }
+    env = service_env(dsn, redis_url, port, BEAT_INTERVAL_SECONDS="0.2", SYNC_INTERVAL_SECONDS="3600")
     st = Ops(env, port)
     yield st
     st.stop_all()

@@ -79,6 +79,21 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         time.sleep(interval)
 
 
+def service_env(dsn: str, redis_url: str, port: int | None = None, **settings: str) -> dict[str, str]:
+    """The environment of a test's `registry-sync` processes: their database and Redis, the
+    suite's SECRET_KEY, loopback only, registries on loopback allowed, JSON logs at info;
+    `settings` (variable names) add to it or override it."""
+    from tests.conftest import TEST_SECRET_KEY
+
+    env = {
+        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "BIND_HOST": "127.0.0.1",
+        "ALLOW_PRIVATE_REGISTRIES": "1", "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+    }
+    if port is not None:
+        env["PORT"] = str(port)
+    return {**env, **settings}
+
+
 @dataclass
 class Stack:
     """`registry-sync` processes sharing one environment (a database, a Redis database, an API

@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from core.accounts import create_account
-from tests.conftest import TEST_SECRET_KEY, create_database, unique
-from tests.support.processes import Stack, wait_for
+from tests.conftest import create_database, unique
+from tests.support.processes import Stack, service_env, wait_for
 from tests.support.registry import RegistryServer, delete_tag, push_image, push_index
 from tests.support.services import ensure_debian_packages, free_port, redis_db, reserved_port, worker_index
 
@@ -48,13 +48,8 @@ def _stack(postgres_dsn: str, redis_url: str, db: str) -> Iterator[HookStack]:
     hook = {"url": f"http://127.0.0.1:{port}/api/v1/webhooks/registry/",
             "headers": {"Authorization": f"Bearer {SECRET}"}, "backoff": "200ms"}
     with RegistryServer(notifications=[hook]) as reg:
-        env = {
-            "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY,
-            "WEBHOOK_SECRET": SECRET, "PORT": str(port), "BIND_HOST": "127.0.0.1",
-            "ALLOW_PRIVATE_REGISTRIES": "1", "INSECURE_REGISTRIES": reg.host,
-            "LOG_FORMAT": "json", "LOG_LEVEL": "info", "BEAT_INTERVAL_SECONDS": "0.2",
-            "SYNC_INTERVAL_SECONDS": "3600",
-        }
+        env = service_env(dsn, redis_url, port, WEBHOOK_SECRET=SECRET, INSECURE_REGISTRIES=reg.host,
+                          BEAT_INTERVAL_SECONDS="0.2", SYNC_INTERVAL_SECONDS="3600")
         st = HookStack(env, port, registry=reg)
         st.user = unique("hooker")
 

@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from core.settings import Settings
-from tests.conftest import TEST_SECRET_KEY, create_database
+from tests.conftest import create_database
 from tests.support.fake_registry import FakeRegistry
-from tests.support.processes import Stack
+from tests.support.processes import Stack, service_env
 from tests.support.registry import RegistryServer
 from tests.support.services import free_port, redis_db, worker_index
 from tests.support.token_server import TokenServer
@@ -170,12 +170,8 @@ def stack(postgres_dsn: str, redis_server_url: str, registry: RegistryServer) ->
     redis_url = f"{redis_server_url}/{redis_db('e2e')}"
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
-    env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "PORT": str(port),
-        "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1",
-        "INSECURE_REGISTRIES": registry.host, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
-        "BEAT_INTERVAL_SECONDS": "0.2", "LEASE_SECONDS": "4", "SYNC_INTERVAL_SECONDS": "2",
-    }
+    env = service_env(dsn, redis_url, port, INSECURE_REGISTRIES=registry.host, BEAT_INTERVAL_SECONDS="0.2",
+                      LEASE_SECONDS="4", SYNC_INTERVAL_SECONDS="2")
     st = Stack(env, port)
     yield st
     st.stop_all()

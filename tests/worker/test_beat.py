@@ -15,10 +15,10 @@ import pytest
 import redis
 
 from core.db import apply_schema
-from tests.conftest import TEST_SECRET_KEY, create_database, unique
+from tests.conftest import create_database, unique
 from tests.support.fake_registry import FakeRegistry
 from tests.support.pgcluster import ThrowawayCluster
-from tests.support.processes import Service, Stack, wait_for
+from tests.support.processes import Service, Stack, service_env, wait_for
 from tests.support.services import free_port, redis_db, reserved_port, start_redis_server, worker_index
 
 
@@ -36,9 +36,8 @@ def outage_stack() -> Iterator[tuple[Stack, ThrowawayCluster, list[subprocess.Po
                 await conn.close()
 
         asyncio.run(schema())
-        env = {"DATABASE_URL": pg.dsn(), "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-               "SECRET_KEY": TEST_SECRET_KEY, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
-               "BEAT_INTERVAL_SECONDS": "0.2", "LEASE_SECONDS": "5"}
+        env = service_env(pg.dsn(), f"redis://127.0.0.1:{redis_port}/0", BEAT_INTERVAL_SECONDS="0.2",
+                          LEASE_SECONDS="5")
         st = Stack(env, free_port())
         try:
             yield st, pg, procs, redis_port
@@ -118,12 +117,10 @@ def backlog_stack(postgres_dsn: str, redis_server_url: str, fake_registry: FakeR
     dsn = asyncio.run(create_database(postgres_dsn, f"rs_backlog_{worker_index()}"))
     redis_url = f"{redis_server_url}/{redis_db('e2e')}"
     redis.Redis.from_url(redis_url).flushdb()
-    env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "ALLOW_PRIVATE_REGISTRIES": "1",
-        "INSECURE_REGISTRIES": fake_registry.host, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
-        "BEAT_INTERVAL_SECONDS": "0.2", "SYNC_INTERVAL_SECONDS": "3600", "LEASE_SECONDS": "2",
-        "BEAT_QUEUE_MAX": "3", "TASK_BATCH_SIZE": "5",
-    }
+    env = service_env(
+        dsn, redis_url, INSECURE_REGISTRIES=fake_registry.host, BEAT_INTERVAL_SECONDS="0.2",
+        SYNC_INTERVAL_SECONDS="3600", LEASE_SECONDS="2", BEAT_QUEUE_MAX="3", TASK_BATCH_SIZE="5",
+    )
     st = Stack(env, free_port())
     yield st
     st.stop_all()

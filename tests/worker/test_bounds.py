@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import TEST_SECRET_KEY, create_database, unique
+from tests.conftest import create_database, unique
 from tests.support.fake_registry import FakeRegistry
-from tests.support.processes import Stack, wait_for
+from tests.support.processes import Stack, service_env, wait_for
 from tests.support.services import free_port, redis_db, worker_index
 
 RSS_BOUND_MB = 250  # per process: an idle consumer is ~80 MB here; unbounded, one reached 1.5 GB
@@ -88,13 +88,11 @@ def stack(postgres_dsn: str, redis_server_url: str, fakes: dict[str, FakeRegistr
     redis_url = f"{redis_server_url}/{redis_db('e2e')}"
     redis.Redis.from_url(redis_url).flushdb()
     port = free_port()
-    env = {
-        "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SECRET_KEY": TEST_SECRET_KEY, "PORT": str(port),
-        "BIND_HOST": "127.0.0.1", "ALLOW_PRIVATE_REGISTRIES": "1", "LOG_FORMAT": "json",
-        "INSECURE_REGISTRIES": ",".join(f.host for f in fakes.values()),
-        "REGISTRY_TIMEOUT_SECONDS": "2", "SYNC_DEADLINE_SECONDS": "10", "MAX_TAG_PAGES": "10",
-        "LEASE_SECONDS": "6", "SYNC_INTERVAL_SECONDS": "3600", "SYNC_BACKOFF_BASE_SECONDS": "3600",
-    }
+    env = service_env(
+        dsn, redis_url, port, INSECURE_REGISTRIES=",".join(f.host for f in fakes.values()),
+        REGISTRY_TIMEOUT_SECONDS="2", SYNC_DEADLINE_SECONDS="10", MAX_TAG_PAGES="10",
+        LEASE_SECONDS="6", SYNC_INTERVAL_SECONDS="3600", SYNC_BACKOFF_BASE_SECONDS="3600",
+    )
     st = Stack(env, port)
     yield st
     st.stop_all()
