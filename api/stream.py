@@ -80,12 +80,13 @@ class Batch:
 class Subscriber:
     """One connected client: the transport the hub writes to, and why it was closed."""
 
-    __slots__ = ("account_id", "done", "kind", "reason", "transport")
+    __slots__ = ("account_id", "done", "joined", "kind", "reason", "transport")
 
-    def __init__(self, account_id: int, transport: asyncio.Transport, kind: int) -> None:
+    def __init__(self, account_id: int, transport: asyncio.Transport, kind: int, joined: int) -> None:
         self.account_id = account_id
         self.transport = transport
         self.kind = kind
+        self.joined = joined  # the hub's count of received changes when this client joined
         self.reason: str | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -117,7 +118,7 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self._pending: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._tag_counts: dict[tuple[Any, str], int] = {}
-        self._serial = 0
+        self._received = 0  # changes received so far; a pending change's "seq" is its number
         self._flush_at: asyncio.TimerHandle | asyncio.Handle | None = None
         self._last_flush = 0.0
         self.delivered = 0  # messages written to subscribers, for metrics and benchmarks
@@ -199,6 +200,8 @@ class EventHub:
     def add(self, data: dict[str, Any]) -> None:
         """Queue one change (a trigger's payload) for the next flush."""
         owner, kind, name = data.get("owner"), data["type"], data["name"]
+        self._received += 1
+        data["seq"] = self._received
         image_key = ("update", "image", owner, name, None)
         if kind == "imagetag":
             pending = self._pending.get(image_key)
@@ -216,8 +219,7 @@ class EventHub:
             key: tuple[Any, ...] = ("update", kind, owner, name, data.get("tag"))
             self._pending.pop(key, None)  # the latest state, at its latest position
         else:
-            self._serial += 1
-            key = ("once", self._serial)
+            key = ("once", self._received)
         self._pending[key] = data
         self._schedule()
 
@@ -226,6 +228,7 @@ class EventHub:
         self._pending[key] = {
             "type": "image", "action": "update", "owner": key[2], "name": key[3], "burst": True,
             "state": tag_event.get("image_state", tag_event["state"]), "at": tag_event["at"],
+            "seq": tag_event["seq"],
         }
         self._schedule()
 
@@ -261,16 +264,23 @@ class EventHub:
         owners = {owner for owner, _ in encoded if owner is not None and owner in self._by_account}
         per_account = {a: (Batch.of([body for owner, body in encoded if owner in (None, a)]).wire,
                            sum(owner in (None, a) for owner, _ in encoded)) for a in owners}
+        # A client that joined while these changes were pending gets only those received after
+        # it joined: a stream starts at its connection, not at the hub's last flush.
+        first, late = events[0]["seq"], {}
         limit, delivered = self.limit, 0
         for sub in tuple(self._everyone):  # the hot loop: one socket write per subscriber
-            if per_account and sub.account_id in per_account:
+            if sub.joined >= first:
+                if (sub.account_id, sub.joined) not in late:
+                    late[sub.account_id, sub.joined] = self._since(events, encoded, sub)
+                wire, n = late[sub.account_id, sub.joined]
+            elif per_account and sub.account_id in per_account:
                 wire, n = per_account[sub.account_id]
             elif catalog is not None:
                 wire, n = catalog, len(catalog_bodies)
             else:
                 continue
             t = sub.transport
-            if sub.reason is not None:
+            if sub.reason is not None or n == 0:
                 continue
             if t.is_closing():
                 sub.close("client closed")
@@ -281,6 +291,13 @@ class EventHub:
                 t.write(wire[sub.kind])
                 delivered += n
         self.delivered += delivered
+
+    @staticmethod
+    def _since(events: list[dict[str, Any]], encoded: list[tuple[Any, bytes]],
+               sub: Subscriber) -> tuple[tuple[bytes, bytes, bytes], int]:
+        bodies = [body for e, (owner, body) in zip(events, encoded, strict=True)
+                  if e["seq"] > sub.joined and owner in (None, sub.account_id)]
+        return Batch.of(bodies).wire, len(bodies)
 
     # ------------------------------------------------------------ subscribers
 
@@ -293,7 +310,7 @@ class EventHub:
     def subscribe(self, account_id: int, transport: asyncio.Transport, kind: int) -> Subscriber:
         """Raises TooManyStreamsError past EVENTS_MAX_PER_ACCOUNT for the account."""
         self.check_room(account_id)
-        sub = Subscriber(account_id, transport, kind)
+        sub = Subscriber(account_id, transport, kind, self._received)
         self._everyone.add(sub)
         self._by_account.setdefault(account_id, set()).add(sub)
         return sub

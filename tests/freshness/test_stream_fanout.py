@@ -119,6 +119,28 @@ async def test_a_window_coalesces_updates_and_tag_bursts() -> None:
     ]
 
 
+async def test_a_stream_starts_at_its_connection_not_at_the_last_flush() -> None:
+    """A client that connects while changes wait for the window does not get those changes
+    (they happened before it was there: its own image's create, say), but does get the
+    ones received after it connected, in the same flush."""
+    hub = EventHub("postgresql://unused", window=0)
+    early, late = FakeTransport(), FakeTransport()
+    hub.subscribe(7, early, WS)
+    hub.add(_change("team/mine", action="create", state="Empty", owner=7))
+    hub.add(_change("team/a", state="Building"))
+    hub.subscribe(7, late, WS)
+    hub.add(_change("team/a", state="Success"))  # replaces the pending update, after the join
+    hub.add(_change("team/b", action="create", state="Empty"))
+    hub.flush()
+    uris = ["/api/v1/image/team/mine/", "/api/v1/image/team/a/", "/api/v1/image/team/b/"]
+    assert [m["resource_uri"] for m in _ws_payloads(early.writes[0])] == uris
+    assert [(m["resource_uri"], m["state"]) for m in _ws_payloads(late.writes[0])] == [
+        (uris[1], "Success"), (uris[2], "Empty")]
+    hub.add(_change("team/c"))
+    hub.flush()
+    assert len(early.writes) == len(late.writes) == 2 and early.writes[1] is late.writes[1]
+
+
 async def test_a_lagging_subscriber_alone_is_closed() -> None:
     hub = EventHub("postgresql://unused", window=0, buffer_size=4)
     slow, fast = FakeTransport(backlog=5000), FakeTransport()
