@@ -15,7 +15,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
-from api import serializers
+from api import serializers, stream
 from api.app import create_app
 from api.stream import EVENT_HUB, SSE, TAG_BURST, WS, EventHub, ws_frame
 from api.stream_app import create_stream_app
@@ -139,6 +139,29 @@ async def test_a_stream_starts_at_its_connection_not_at_the_last_flush() -> None
     hub.add(_change("team/c"))
     hub.flush()
     assert len(early.writes) == len(late.writes) == 2 and early.writes[1] is late.writes[1]
+
+
+async def test_a_change_heard_mid_round_reaches_everyone_once_in_order(monkeypatch) -> None:
+    """A round writes to a slice of subscribers per turn of the event loop: a change heard
+    while it runs goes to the subscribers it has not reached yet in the same write, to the
+    others in the next round; each client gets every change once, in commit order, and the
+    log is empty once everyone has had it."""
+    monkeypatch.setattr(stream, "SLICE", 2)
+    hub = EventHub("postgresql://unused", window=0)
+    transports = [FakeTransport() for _ in range(7)]
+    for t in transports:
+        hub.subscribe(1, t, WS)
+    hub.add(_change("team/a"))
+    await asyncio.sleep(0)  # the round's first slice
+    assert sum(bool(t.writes) for t in transports) == 2
+    hub.add(_change("team/b"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    uris = ["/api/v1/image/team/a/", "/api/v1/image/team/b/"]
+    for t in transports:
+        assert [m["resource_uri"] for w in t.writes for m in _ws_payloads(w)] == uris
+    assert sorted(len(t.writes) for t in transports) == [1] * 5 + [2] * 2
+    assert hub._log == [] and hub.delivered == 14
 
 
 async def test_a_lagging_subscriber_alone_is_closed() -> None:
