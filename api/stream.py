@@ -7,7 +7,8 @@ see them (the shared catalog: everyone; an own image: its owner).
 
 Cost per change does not depend on the number of subscribers beyond one socket write each:
 changes are gathered for a short window (EVENTS_COALESCE_SECONDS, measured from the start of
-the previous round of writes, so the first change after a quiet spell goes out at once), each
+the previous round of writes, so the first change after a quiet spell goes out at once;
+longer when a round's CPU time passes EVENTS_FANOUT_SHARE of the time since it started), each
 message is encoded once as a WebSocket frame and as an SSE record and appended to a short log,
 and a round writes to each subscriber, in one pre-encoded batch, what the log holds past what
 that subscriber has had (server frames are not masked, so the bytes are the same for every
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,11 +114,12 @@ class TooManyStreamsError(Exception):
 class EventHub:
     """The process's LISTEN connection, its pending changes and its subscribers."""
 
-    def __init__(self, dsn: str, *, buffer_size: int = 256, window: float = 0.1,
+    def __init__(self, dsn: str, *, buffer_size: int = 256, window: float = 0.1, fanout_share: float = 0.5,
                  max_per_account: int = 20, serve_events: bool = True) -> None:
         self._dsn = dsn
         self.limit = buffer_size * MESSAGE_BYTES
         self.window = window
+        self.fanout_share = fanout_share  # of one core's time that the rounds may take (0: no limit)
         self.max_per_account = max_per_account
         self.serve_events = serve_events
         self._everyone: set[Subscriber] = set()
@@ -136,6 +139,7 @@ class EventHub:
         self._round: tuple[Subscriber, ...] = ()  # the subscribers of the round under way
         self._round_at = 0  # how far that round has got
         self._round_started = 0.0
+        self._round_cpu = 0.0  # CPU time the round under way has taken so far
         self._flush_at: asyncio.TimerHandle | asyncio.Handle | None = None
         self._last_flush = 0.0  # when the last round started, or later when it took long
         self.delivered = 0  # messages written to subscribers, for metrics and benchmarks
@@ -268,10 +272,11 @@ class EventHub:
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
-        started = asyncio.get_running_loop().time()
+        started, cpu = asyncio.get_running_loop().time(), time.thread_time()
         self._append_pending()
         self._round = ()
         self._write(tuple(self._everyone))
+        self._round_cpu = time.thread_time() - cpu
         self._end_round(started)
 
     def _step(self) -> None:
@@ -283,10 +288,13 @@ class EventHub:
             if not self._pending and self._logged <= self._floor():
                 return
             self._round, self._round_at, self._round_started = tuple(self._everyone), 0, loop.time()
+            self._round_cpu = 0.0
+        cpu = time.thread_time()
         self._append_pending()
         end = self._round_at + SLICE
         self._write(self._round[self._round_at:end])
         self._round_at = end
+        self._round_cpu += time.thread_time() - cpu
         if end < len(self._round):
             self._flush_at = loop.call_soon(self._step)
             return
@@ -353,9 +361,12 @@ class EventHub:
             del self._log[:cut], self._log_seqs[:cut]
             self._own_last = {a: seq for a, seq in self._own_last.items() if seq > floor}
             self._batches.clear()
-        # The next round waits for the window, or as long as this one took when that is longer:
-        # with many clients the batches grow instead of the rounds queueing up behind each other.
-        self._last_flush = started + max(0.0, loop.time() - started - self.window)
+        # The next round waits for the window, or as long as this one took when that is longer,
+        # or longer still when its CPU time passes EVENTS_FANOUT_SHARE of the time since it
+        # started: with many clients the batches grow instead of the rounds queueing up behind
+        # each other or taking the CPU from the processes beside them (the API, Postgres).
+        took = max(loop.time() - started, self._round_cpu / self.fanout_share if self.fanout_share > 0 else 0.0)
+        self._last_flush = started + max(0.0, took - self.window)
         if self._pending or self._logged > floor:  # changes heard mid-round: the round's first part
             self._schedule()
 
@@ -415,7 +426,8 @@ EVENT_HUB = web.AppKey("event_hub", EventHub)
 def make_hub(app: web.Application, *, serve_events: bool) -> EventHub:
     s = app[SETTINGS]
     return EventHub(s.database_url, buffer_size=s.events_buffer, window=s.events_coalesce_seconds,
-                    max_per_account=s.events_max_per_account, serve_events=serve_events)
+                    fanout_share=s.events_fanout_share, max_per_account=s.events_max_per_account,
+                    serve_events=serve_events)
 
 
 async def listen(app: web.Application) -> AsyncIterator[None]:

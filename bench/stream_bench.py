@@ -3,7 +3,7 @@ API's image detail.
 
     .venv/bin/python -m bench.stream_bench [--clients 5000] [--rate 20] [--duration 10]
                                            [--sse-share 0.5] [--client-procs 4] [--stream-workers 1]
-                                           [--sample 10] [--drain-every 1]
+                                           [--window 0.1] [--fanout-share 0.5] [--sample 10] [--drain-every 1]
 
 It creates the database `rs_stream_bench` (schema, an account, `--images` images from
 bench/seed.py), starts `registry-sync web` (EVENTS_IN_WEB=0) and `registry-sync stream` (the
@@ -257,7 +257,8 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
     stream = procs.start(
         [cli("registry-sync"), "stream", "--workers", str(args.stream_workers)],
         api_env(dsn, stream_port, EVENTS_MAX_PER_ACCOUNT=str(args.clients + 1), EVENTS_PING_SECONDS="3600",
-                EVENTS_COALESCE_SECONDS=str(args.window)), tmp / "stream.log")
+                EVENTS_COALESCE_SECONDS=str(args.window), EVENTS_FANOUT_SHARE=str(args.fanout_share)),
+        tmp / "stream.log")
     wait_http(f"http://{HOST}:{web_port}/healthz", web)
     wait_http(f"http://{HOST}:{stream_port}/healthz", stream)
     base = f"http://{HOST}:{web_port}"
@@ -312,7 +313,8 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
         print(f"| {label} | {d.delivered} | {d.missing} | {d.p50_ms:.1f} ms | {d.p99_ms:.1f} ms | {d.max_ms:.1f} ms |")
     ok = max(q.p99_ms, ld.p99_ms) <= 250 and busy.rps >= 0.5 * alone.rps and q.missing == ld.missing == 0
     print(f"\ntargets (p99 <= 250 ms, detail >= 0.5x, nothing missing): {'met' if ok else 'NOT met'}; "
-          f"clients={connected} rate={args.rate:g}/s window={args.window:g}s cpus={os.cpu_count()} "
+          f"clients={connected} rate={args.rate:g}/s window={args.window:g}s fanout share={args.fanout_share:g} "
+          f"cpus={os.cpu_count()} "
           f"load average={os.getloadavg()[0]:.2f}")
     return 0
 
@@ -327,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=20.0, help="committed changes per second")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     p.add_argument("--window", type=float, default=0.1, help="EVENTS_COALESCE_SECONDS of the stream")
+    p.add_argument("--fanout-share", type=float, default=0.5, help="EVENTS_FANOUT_SHARE of the stream")
     p.add_argument("--sample", type=int, default=10, help="every n-th client records delays")
     p.add_argument("--drain-every", type=float, default=1.0,
                    help="seconds between the reads of an unsampled client's socket")

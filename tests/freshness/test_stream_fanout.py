@@ -164,6 +164,24 @@ async def test_a_change_heard_mid_round_reaches_everyone_once_in_order(monkeypat
     assert hub._log == [] and hub.delivered == 14
 
 
+async def test_costly_rounds_go_out_less_often(monkeypatch) -> None:
+    """A round whose CPU time passes EVENTS_FANOUT_SHARE of the time since it started pushes
+    the next one back: with many clients the batches grow instead of the fan-out taking a
+    whole core from the processes beside it."""
+    hub = EventHub("postgresql://unused", window=0.1, fanout_share=0.5)
+    t = FakeTransport()
+    hub.subscribe(1, t, WS)
+    cpu = iter([10.0, 10.2])  # the round's writes take 0.2 s of CPU
+    monkeypatch.setattr(stream.time, "thread_time", lambda: next(cpu, 10.2))
+    hub.add(_change("team/a"))
+    await asyncio.sleep(0)  # the first change after a quiet spell goes out at once
+    assert len(t.writes) == 1
+    hub.add(_change("team/b"))
+    loop = asyncio.get_running_loop()
+    assert isinstance(hub._flush_at, asyncio.TimerHandle)
+    assert 0.3 < hub._flush_at.when() - loop.time() <= 0.4, "0.2 s of CPU at a share of 0.5: 0.4 s apart"
+
+
 async def test_a_lagging_subscriber_alone_is_closed() -> None:
     hub = EventHub("postgresql://unused", window=0, buffer_size=4)
     slow, fast = FakeTransport(backlog=5000), FakeTransport()
