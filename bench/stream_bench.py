@@ -2,7 +2,7 @@
 API's image detail.
 
     .venv/bin/python -m bench.stream_bench [--clients 5000] [--rate 20] [--duration 10]
-                                           [--sse-share 0.5] [--client-procs 4] [--stream-workers 1]
+                                           [--sse-share 0.5] [--client-procs 2] [--stream-workers 1]
                                            [--window 0.1] [--fanout-share 0.5] [--sample 10] [--drain-every 1]
 
 It creates the database `rs_stream_bench` (schema, an account, `--images` images from
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--clients", type=int, default=5000)
     p.add_argument("--sse-share", type=float, default=0.5)
-    p.add_argument("--client-procs", type=int, default=4)
+    p.add_argument("--client-procs", type=int, default=2)
     p.add_argument("--stream-workers", type=int, default=1)
     p.add_argument("--images", type=int, default=20_000)
     p.add_argument("--rate", type=float, default=20.0, help="committed changes per second")
