@@ -367,7 +367,8 @@ class EventHub:
         # each other or taking the CPU from the processes beside them (the API, Postgres).
         took = max(loop.time() - started, self._round_cpu / self.fanout_share if self.fanout_share > 0 else 0.0)
         self._last_flush = started + max(0.0, took - self.window)
-        if self._pending or self._logged > floor:  # changes heard mid-round: the round's first part
+        # changes heard mid-round are still owed to the subscribers the round had passed
+        if self._pending or self._logged > floor:
             self._schedule()
 
     # ------------------------------------------------------------ subscribers
