@@ -6,12 +6,19 @@ order. The hub turns them into wire messages and writes them to every subscriber
 see them (the shared catalog: everyone; an own image: its owner).
 
 Cost per change does not depend on the number of subscribers beyond one socket write each:
-changes are gathered for a short window (EVENTS_COALESCE_SECONDS, measured from the previous
-flush, so the first change after a quiet spell goes out at once), each message is encoded
-once as a WebSocket frame and as an SSE record, and one pre-encoded batch is written to each
-subscriber's transport (server frames are not masked, so the bytes are the same for every
-client). Nobody waits on a client: a subscriber whose unsent bytes pass its buffer
-(EVENTS_BUFFER messages, counted at 1 KiB each) is closed with a reason.
+changes are gathered for a short window (EVENTS_COALESCE_SECONDS, measured from the start of
+the previous round of writes, so the first change after a quiet spell goes out at once;
+longer when a round's CPU time passes EVENTS_FANOUT_SHARE of the time since it started), each
+message is encoded once as a WebSocket frame and as an SSE record and appended to a short log,
+and a round writes to each subscriber, in one pre-encoded batch, what the log holds past what
+that subscriber has had (server frames are not masked, so the bytes are the same for every
+client that has had the same). A round writes to SLICE subscribers per turn of the event loop,
+so notifications keep being read while it runs: a change heard mid-round goes to the
+subscribers the round has not reached yet at once, and to the others in the next round (the
+kernel's part of one socket write, a few microseconds, is most of a round's cost, so with
+thousands of subscribers a round takes tens of milliseconds). Nobody waits on a client: a
+subscriber whose unsent bytes pass its buffer (EVENTS_BUFFER messages, counted at 1 KiB each)
+is closed with a reason.
 
 Coalescing, within a window: a second `update` of a resource replaces the first (latest
 state, moved to its latest position); creates and deletes are always sent. More than
@@ -27,7 +34,9 @@ a Docker Hub lookup (api/hub_lookup.py). An API process that does not serve the 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +57,7 @@ HEALTH_EVERY = 10.0  # seconds between checks that the LISTEN connection still a
 RECONNECT_MAX = 10.0
 TAG_BURST = 50  # tag changes of one image in one window that become one image update
 MESSAGE_BYTES = 1024  # EVENTS_BUFFER counts messages of this size
+SLICE = 500  # subscribers written per turn of the event loop in a round (a few milliseconds)
 
 
 def ws_frame(payload: bytes) -> bytes:
@@ -80,13 +90,14 @@ class Batch:
 class Subscriber:
     """One connected client: the transport the hub writes to, and why it was closed."""
 
-    __slots__ = ("account_id", "done", "joined", "kind", "reason", "transport")
+    __slots__ = ("account_id", "done", "joined", "kind", "reason", "sent", "transport")
 
     def __init__(self, account_id: int, transport: asyncio.Transport, kind: int, joined: int) -> None:
         self.account_id = account_id
         self.transport = transport
         self.kind = kind
         self.joined = joined  # the hub's count of received changes when this client joined
+        self.sent = joined  # the changes up to this number are written (or were before it joined)
         self.reason: str | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -103,11 +114,12 @@ class TooManyStreamsError(Exception):
 class EventHub:
     """The process's LISTEN connection, its pending changes and its subscribers."""
 
-    def __init__(self, dsn: str, *, buffer_size: int = 256, window: float = 0.1,
+    def __init__(self, dsn: str, *, buffer_size: int = 256, window: float = 0.1, fanout_share: float = 0.5,
                  max_per_account: int = 20, serve_events: bool = True) -> None:
         self._dsn = dsn
         self.limit = buffer_size * MESSAGE_BYTES
         self.window = window
+        self.fanout_share = fanout_share  # of one core's time that the rounds may take (0: no limit)
         self.max_per_account = max_per_account
         self.serve_events = serve_events
         self._everyone: set[Subscriber] = set()
@@ -119,8 +131,17 @@ class EventHub:
         self._pending: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._tag_counts: dict[tuple[Any, str], int] = {}
         self._received = 0  # changes received so far; a pending change's "seq" is its number
+        self._logged = 0  # changes up to this number are on the log (or were coalesced away)
+        self._log: list[tuple[int, int | None, bytes]] = []  # (seq, owner, encoded message)
+        self._log_seqs: list[int] = []
+        self._own_last: dict[int, int] = {}  # account -> seq of its latest own change on the log
+        self._batches: dict[tuple[int, int | None], tuple[tuple[bytes, bytes, bytes], int]] = {}
+        self._round: tuple[Subscriber, ...] = ()  # the subscribers of the round under way
+        self._round_at = 0  # how far that round has got
+        self._round_started = 0.0
+        self._round_cpu = 0.0  # CPU time the round under way has taken so far
         self._flush_at: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._last_flush = 0.0
+        self._last_flush = 0.0  # when the last round started, or later when it took long
         self.delivered = 0  # messages written to subscribers, for metrics and benchmarks
         self.dropped = 0  # subscribers closed for lagging
 
@@ -141,6 +162,9 @@ class EventHub:
 
     async def stop(self) -> None:
         self.close_all("the server is shutting down")
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -237,51 +261,77 @@ class EventHub:
             return
         loop = asyncio.get_running_loop()
         wait = self._last_flush + self.window - loop.time()
-        # call_soon even when due: the other notifications of the same read join this flush
-        self._flush_at = loop.call_later(wait, self.flush) if wait > 0 else loop.call_soon(self.flush)
+        # call_soon even when due: the other notifications of the same read join this round
+        self._flush_at = loop.call_later(wait, self._step) if wait > 0 else loop.call_soon(self._step)
 
     # ------------------------------------------------------------ fan-out
 
     def flush(self) -> None:
-        """Write the pending changes to every subscriber allowed to see them."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        self._flush_at = None
-        events = list(self._pending.values())
-        self._pending.clear()
-        self._tag_counts.clear()
-        if events and self._everyone:
-            self._fan_out(events)
-        # The next flush waits for the window, or as long as this one took when that is longer:
-        # with many clients the batches grow instead of the flushes queueing up behind each other.
-        self._last_flush = started + max(0.0, loop.time() - started - self.window)
+        """Write the pending changes to every subscriber allowed to see them, now and in one go
+        (the scheduled rounds do the same SLICE subscribers per turn of the event loop)."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        started, cpu = asyncio.get_running_loop().time(), time.thread_time()
+        self._append_pending()
+        self._round = ()
+        self._write(tuple(self._everyone))
+        self._round_cpu = time.thread_time() - cpu
+        self._end_round(started)
 
-    def _fan_out(self, events: list[dict[str, Any]]) -> None:
-        encoded = [(e.get("owner"), orjson.dumps(serializers.event(e))) for e in events]
-        catalog_bodies = [body for owner, body in encoded if owner is None]
-        catalog = Batch.of(catalog_bodies).wire if catalog_bodies else None
-        # an account with changes of its own gets them in commit order among the catalog's
-        owners = {owner for owner, _ in encoded if owner is not None and owner in self._by_account}
-        per_account = {a: (Batch.of([body for owner, body in encoded if owner in (None, a)]).wire,
-                           sum(owner in (None, a) for owner, _ in encoded)) for a in owners}
-        # A client that joined while these changes were pending gets only those received after
-        # it joined: a stream starts at its connection, not at the hub's last flush.
-        first, late = events[0]["seq"], {}
+    def _step(self) -> None:
+        """One slice of a round: starts a round if none is under way, puts the changes heard
+        since the previous slice on the log, and writes to the next SLICE subscribers."""
+        self._flush_at = None
+        loop = asyncio.get_running_loop()
+        if not self._round:
+            if not self._pending and self._logged <= self._floor():
+                return
+            self._round, self._round_at, self._round_started = tuple(self._everyone), 0, loop.time()
+            self._round_cpu = 0.0
+        cpu = time.thread_time()
+        self._append_pending()
+        end = self._round_at + SLICE
+        self._write(self._round[self._round_at:end])
+        self._round_at = end
+        self._round_cpu += time.thread_time() - cpu
+        if end < len(self._round):
+            self._flush_at = loop.call_soon(self._step)
+            return
+        self._round = ()
+        self._end_round(self._round_started)
+
+    def _append_pending(self) -> None:
+        """Encode the pending changes, once each, onto the log."""
+        if self._pending:
+            for e in self._pending.values():
+                owner, seq = e.get("owner"), e["seq"]
+                self._log.append((seq, owner, orjson.dumps(serializers.event(e))))
+                self._log_seqs.append(seq)
+                if owner is not None:
+                    self._own_last[owner] = seq
+            self._pending.clear()
+            self._tag_counts.clear()
+            self._batches.clear()
+        self._logged = self._received
+
+    def _write(self, subscribers: tuple[Subscriber, ...]) -> None:
+        upto, own_last, batches = self._logged, self._own_last, self._batches
         limit, delivered = self.limit, 0
-        for sub in tuple(self._everyone):  # the hot loop: one socket write per subscriber
-            if sub.joined >= first:
-                if (sub.account_id, sub.joined) not in late:
-                    late[sub.account_id, sub.joined] = self._since(events, encoded, sub)
-                wire, n = late[sub.account_id, sub.joined]
-            elif per_account and sub.account_id in per_account:
-                wire, n = per_account[sub.account_id]
-            elif catalog is not None:
-                wire, n = catalog, len(catalog_bodies)
-            else:
+        for sub in subscribers:  # the hot loop: one socket write per subscriber
+            sent = sub.sent
+            if sent >= upto or sub.reason is not None:
+                continue
+            sub.sent = upto
+            # an account with changes of its own gets them in commit order among the catalog's
+            key = (sent, sub.account_id if own_last and own_last.get(sub.account_id, 0) > sent else None)
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = self._batch(*key)
+            wire, n = batch
+            if n == 0:
                 continue
             t = sub.transport
-            if sub.reason is not None or n == 0:
-                continue
             if t.is_closing():
                 sub.close("client closed")
             elif t.get_write_buffer_size() > limit:
@@ -292,12 +342,34 @@ class EventHub:
                 delivered += n
         self.delivered += delivered
 
-    @staticmethod
-    def _since(events: list[dict[str, Any]], encoded: list[tuple[Any, bytes]],
-               sub: Subscriber) -> tuple[tuple[bytes, bytes, bytes], int]:
-        bodies = [body for e, (owner, body) in zip(events, encoded, strict=True)
-                  if e["seq"] > sub.joined and owner in (None, sub.account_id)]
+    def _batch(self, after: int, account: int | None) -> tuple[tuple[bytes, bytes, bytes], int]:
+        """The wire bytes of the logged changes past `after` that `account` may see (None: the
+        catalog's only), and how many they are."""
+        bodies = [body for _, owner, body in self._log[bisect.bisect_right(self._log_seqs, after):]
+                  if owner is None or owner == account]
         return Batch.of(bodies).wire, len(bodies)
+
+    def _floor(self) -> int:
+        """The last change every open subscriber has had."""
+        return min((s.sent for s in self._everyone if s.reason is None), default=self._logged)
+
+    def _end_round(self, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        floor = self._floor()
+        cut = bisect.bisect_right(self._log_seqs, floor)
+        if cut:
+            del self._log[:cut], self._log_seqs[:cut]
+            self._own_last = {a: seq for a, seq in self._own_last.items() if seq > floor}
+            self._batches.clear()
+        # The next round waits for the window, or as long as this one took when that is longer,
+        # or longer still when its CPU time passes EVENTS_FANOUT_SHARE of the time since it
+        # started: with many clients the batches grow instead of the rounds queueing up behind
+        # each other or taking the CPU from the processes beside them (the API, Postgres).
+        took = max(loop.time() - started, self._round_cpu / self.fanout_share if self.fanout_share > 0 else 0.0)
+        self._last_flush = started + max(0.0, took - self.window)
+        # changes heard mid-round are still owed to the subscribers the round had passed
+        if self._pending or self._logged > floor:
+            self._schedule()
 
     # ------------------------------------------------------------ subscribers
 
@@ -355,7 +427,8 @@ EVENT_HUB = web.AppKey("event_hub", EventHub)
 def make_hub(app: web.Application, *, serve_events: bool) -> EventHub:
     s = app[SETTINGS]
     return EventHub(s.database_url, buffer_size=s.events_buffer, window=s.events_coalesce_seconds,
-                    max_per_account=s.events_max_per_account, serve_events=serve_events)
+                    fanout_share=s.events_fanout_share, max_per_account=s.events_max_per_account,
+                    serve_events=serve_events)
 
 
 async def listen(app: web.Application) -> AsyncIterator[None]:

@@ -72,6 +72,7 @@ class Settings:
     events_buffer: int = 256
     events_ping_seconds: float = 25.0
     events_coalesce_seconds: float = 0.1
+    events_fanout_share: float = 0.5
     events_max_per_account: int = 20
     events_in_web: bool = True
     stream_port: int = 8001

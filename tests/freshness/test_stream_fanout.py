@@ -15,7 +15,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
-from api import serializers
+from api import serializers, stream
 from api.app import create_app
 from api.stream import EVENT_HUB, SSE, TAG_BURST, WS, EventHub, ws_frame
 from api.stream_app import create_stream_app
@@ -139,6 +139,47 @@ async def test_a_stream_starts_at_its_connection_not_at_the_last_flush() -> None
     hub.add(_change("team/c"))
     hub.flush()
     assert len(early.writes) == len(late.writes) == 2 and early.writes[1] is late.writes[1]
+
+
+async def test_a_change_heard_mid_round_reaches_everyone_once_in_order(monkeypatch) -> None:
+    """A round writes to a slice of subscribers per turn of the event loop: a change heard
+    while it runs goes to the subscribers it has not reached yet in the same write, to the
+    others in the next round; each client gets every change once, in commit order, and the
+    log is empty once everyone has had it."""
+    monkeypatch.setattr(stream, "SLICE", 2)
+    hub = EventHub("postgresql://unused", window=0)
+    transports = [FakeTransport() for _ in range(7)]
+    for t in transports:
+        hub.subscribe(1, t, WS)
+    hub.add(_change("team/a"))
+    await asyncio.sleep(0)  # the round's first slice
+    assert sum(bool(t.writes) for t in transports) == 2
+    hub.add(_change("team/b"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    uris = ["/api/v1/image/team/a/", "/api/v1/image/team/b/"]
+    for t in transports:
+        assert [m["resource_uri"] for w in t.writes for m in _ws_payloads(w)] == uris
+    assert sorted(len(t.writes) for t in transports) == [1] * 5 + [2] * 2
+    assert hub._log == [] and hub.delivered == 14
+
+
+async def test_costly_rounds_go_out_less_often(monkeypatch) -> None:
+    """A round whose CPU time passes EVENTS_FANOUT_SHARE of the time since it started pushes
+    the next one back: with many clients the batches grow instead of the fan-out taking a
+    whole core from the processes beside it."""
+    hub = EventHub("postgresql://unused", window=0.1, fanout_share=0.5)
+    t = FakeTransport()
+    hub.subscribe(1, t, WS)
+    cpu = iter([10.0, 10.2])  # the round's writes take 0.2 s of CPU
+    monkeypatch.setattr(stream.time, "thread_time", lambda: next(cpu, 10.2))
+    hub.add(_change("team/a"))
+    await asyncio.sleep(0)  # the first change after a quiet spell goes out at once
+    assert len(t.writes) == 1
+    hub.add(_change("team/b"))
+    loop = asyncio.get_running_loop()
+    assert isinstance(hub._flush_at, asyncio.TimerHandle)
+    assert 0.3 < hub._flush_at.when() - loop.time() <= 0.4, "0.2 s of CPU at a share of 0.5: 0.4 s apart"
 
 
 async def test_a_lagging_subscriber_alone_is_closed() -> None:
