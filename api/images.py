@@ -40,13 +40,16 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         raise BadRequestError(f"invalid image name: {problem}", field="name")
     target = readings[0]
     image = None
+    pool = request.app[POOL]
+    with_tag = False  # `image` came with the columns of its tag target.tag (get_image_of)
     if len(readings) > 1:
-        # Ambiguous: an existing image of the full name wins over the suffix reading.
-        assert target.image is not None and readings[1].image is not None
-        image = await queries.get_image_of(request.app[POOL], account.id, target.image.name,
-                                           readings[1].image.name)
+        # Ambiguous: an existing image of the full name wins over the suffix reading (whose
+        # tag, when it names one, comes in the same round trip).
+        shorter = readings[1]
+        assert target.image is not None and shorter.image is not None
+        image = await queries.get_image_of(pool, account.id, target.image.name, shorter.image.name, shorter.tag)
         if image is None or image["name"] != target.image.name:
-            target = readings[1]
+            target, with_tag = shorter, image is not None and shorter.tag is not None
     allowed = paths.ALLOWED[target.kind]
     method = "GET" if request.method == "HEAD" else request.method
     if method not in allowed:
@@ -54,9 +57,11 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if target.kind == paths.COLLECTION:
         return await (list_images(request, account) if method == "GET" else create_image(request, account))
     assert target.image is not None
-    pool = request.app[POOL]
     if target.kind == paths.IMAGE and (image is not None or len(readings) == 1):
         image = await queries.get_image(pool, account.id, target.image.name)  # every field
+    elif len(readings) == 1 and target.tag is not None:  # the image with its tag, one round trip
+        image = await queries.get_image_of(pool, account.id, target.image.name, target.image.name, target.tag)
+        with_tag = image is not None
     elif len(readings) == 1:
         image = await queries.get_image_ref(pool, account.id, target.image.name)
     if image is None and method == "GET" and target.image.is_hub:
@@ -79,12 +84,15 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if target.kind == paths.SYNC:
         return await sync_status(request, image)
     assert target.tag is not None
-    tag = await queries.get_tag(request.app[POOL], image["id"], target.tag)
+    if with_tag:
+        tag = image if image["tag_name"] is not None else None
+    else:  # the full name won, or the image came from the hub look-up
+        tag = await queries.get_tag(pool, image["id"], target.tag)
     if tag is None:
         raise NotFoundError(f"image '{image['name']}' has no tag '{target.tag}'")
     if target.kind == paths.BUILD:
         _check_writable(account, image)
-        await queries.request_sync(request.app[POOL], image["id"], fallback_in=FALLBACK_SECONDS)
+        await queries.request_sync(pool, image["id"], fallback_in=FALLBACK_SECONDS)
         await queue_priority_sync(request.app, image["id"])
         return json_response(serializers.tag(image["name"], tag), status=202)
     return json_response(serializers.tag(image["name"], tag))

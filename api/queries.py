@@ -54,28 +54,36 @@ async def get_image_ref(conn: Conn, account_id: int, name: str) -> asyncpg.Recor
     return await conn.fetchrow(GET_IMAGE_REF_SQL, account_id, name)
 
 
-# A path that reads both ways (`team/tag/app`): the image of the full name if the caller sees
-# one, else the image of the shorter reading, in one round trip.
-GET_IMAGE_OF_SQL = f"""
-SELECT {IMAGE_REF_COLUMNS}
-  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
- WHERE i.name IN ($2, $3) AND (i.owner_id = $1 OR i.owner_id IS NULL)
- ORDER BY i.name = $2 DESC, i.owner_id NULLS LAST
- LIMIT 1
-"""
-
-
-async def get_image_of(conn: Conn, account_id: int, full: str, shorter: str) -> asyncpg.Record | None:
-    """The image `full` as `account_id` sees it, else the image `shorter`, else None (the
-    columns of get_image_ref)."""
-    return await conn.fetchrow(GET_IMAGE_OF_SQL, account_id, full, shorter)
-
-
 TAG_COLUMNS = """
     t.name AS tag_name, t.state AS tag_state, t.buildable, t.config_digest,
     l.author, l.created, l.entrypoint, l.run_command, l.envvars, l.labels, l.ports, l.volumes,
     l.fetched_at AS layer_fetched_at
 """
+
+# A path that reads both ways (`team/tag/app`): the image of the full name ($2) if the caller
+# sees one, else the image of the shorter reading ($3), with the columns of its tag $4 (all
+# NULL when it has no such tag, when the full name won, or for a NULL $4), in one round trip.
+# A tag path that reads one way passes its image's name as both.
+GET_IMAGE_OF_SQL = f"""
+SELECT i.*, {TAG_COLUMNS}
+  FROM (SELECT {IMAGE_REF_COLUMNS}
+          FROM images AS i JOIN registries AS r ON r.id = i.registry_id
+         WHERE i.name IN ($2, $3) AND (i.owner_id = $1 OR i.owner_id IS NULL)
+         ORDER BY i.name = $2 DESC, i.owner_id NULLS LAST
+         LIMIT 1) AS i
+  LEFT JOIN tags AS t ON t.image_id = i.id AND t.name = $4 AND i.name = $3
+  LEFT JOIN layers AS l ON l.config_digest = t.config_digest
+"""
+
+
+async def get_image_of(
+    conn: Conn, account_id: int, full: str, shorter: str, tag: str | None = None
+) -> asyncpg.Record | None:
+    """The image `full` as `account_id` sees it, else the image `shorter`, else None: the
+    columns of get_image_ref, and those of get_tag for the tag `tag` of `shorter` (`tag_name`
+    is None when the image is `full`, when `shorter` has no such tag, or for no `tag`)."""
+    return await conn.fetchrow(GET_IMAGE_OF_SQL, account_id, full, shorter, tag)
+
 
 GET_TAG_SQL = f"""
 SELECT {TAG_COLUMNS}

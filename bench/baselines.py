@@ -4,9 +4,8 @@
   the API answers (a list page for the collection, a detail for anything else): the ceiling
   of the framework on this machine;
 - `lookup`: bare aiohttp + asyncpg doing the same look-up the API does for an image or a tag
-  (api/queries.py GET_IMAGE_SQL; GET_IMAGE_REF_SQL and GET_TAG_SQL for a tag; the same pool
-  settings) and answering the row
-  as JSON: the ceiling of framework + database.
+  (api/queries.py GET_IMAGE_SQL; GET_IMAGE_OF_SQL for a tag, whose path reads both ways; the
+  same pool settings) and answering the row as JSON: the ceiling of framework + database.
 
     python -m bench.baselines constant PORT DETAIL_FILE LIST_FILE [--workers N]
     python -m bench.baselines lookup PORT DSN ACCOUNT_ID [--workers N]
@@ -17,13 +16,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
 
-from api.queries import GET_IMAGE_REF_SQL, GET_IMAGE_SQL, GET_TAG_SQL
+from api.queries import GET_IMAGE_OF_SQL, GET_IMAGE_SQL
 from api.server import run_processes
 from bench.common import HOST
 from core.db import create_pool
@@ -57,16 +55,12 @@ def _lookup(port: int, dsn: str, account_id: int, reuse_port: bool) -> None:
     async def handler(request: web.Request) -> web.Response:
         tail = request.match_info["tail"].removesuffix("/")
         name, sep, tag = tail.rpartition("/tag/")
-        # as the API: the whole image for its detail, its id and name for one of its tags
-        image = await request.app[POOL].fetchrow(GET_IMAGE_REF_SQL if sep else GET_IMAGE_SQL, account_id,
-                                                 name if sep else tail)
-        if image is None:
+        # as the API: the whole image for its detail, the image with its tag for one of its tags
+        pool = request.app[POOL]
+        body = await (pool.fetchrow(GET_IMAGE_OF_SQL, account_id, tail, name, tag) if sep
+                      else pool.fetchrow(GET_IMAGE_SQL, account_id, tail))
+        if body is None or (sep and body["tag_name"] is None):
             raise web.HTTPNotFound()
-        body: Any = image
-        if sep:
-            body = await request.app[POOL].fetchrow(GET_TAG_SQL, image["id"], tag)
-            if body is None:
-                raise web.HTTPNotFound()
         return web.Response(body=dump(body), content_type="application/json")
 
     async def healthz(_: web.Request) -> web.Response:
