@@ -7,6 +7,8 @@ path (`/api/v1/webhooks/quay/<secret>/`), so whatever follows a receiver's name 
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import secrets
 import time
@@ -20,6 +22,24 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 REDACTED = "[redacted]"
 RECEIVERS = frozenset({"registry", "dockerhub", "harbor", "quay", "build", "github"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _RequestIds:
+    """Request ids as unique as a uuid4's hex without reading the system's random source on
+    every request: a random prefix per process (drawn again in a forked child) and a counter."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._prefix, self._counter = secrets.token_hex(8), itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_IDS = _RequestIds()
+os.register_at_fork(after_in_child=_IDS.reset)
 
 
 def logged_path(request: web.BaseRequest) -> str:
@@ -39,7 +59,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Bind a request id to every log line of this request and log one line when it ends."""
     rid = request.headers.get("X-Request-ID", "")
     if not _REQUEST_ID.fullmatch(rid):
-        rid = secrets.token_hex(16)  # as unique as a uuid4's hex, without building a UUID
+        rid = _IDS.next()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=rid)
     started = time.perf_counter()
