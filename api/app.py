@@ -3,6 +3,7 @@ an async generator in `cleanup_ctx`."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -26,7 +27,7 @@ from api import (
 from api.auth import AUTH_CACHE, AuthCache, auth_middleware
 from api.errors import error_middleware
 from api.etag import etag_middleware
-from api.keys import CREDENTIAL_BOX, MAX_BODY, POOL, SETTINGS
+from api.keys import CREDENTIAL_BOX, LOG_REQUESTS, MAX_BODY, POOL, SETTINGS
 from api.request_log import request_context
 from core.address_policy import AddressPolicy
 from core.crypto import CredentialBox
@@ -55,6 +56,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[MAX_BODY] = settings.max_body_bytes
+    level = logging.getLevelName(settings.log_level.upper())
+    app[LOG_REQUESTS] = not isinstance(level, int) or level <= logging.INFO
     app[CREDENTIAL_BOX] = CredentialBox(settings.secret_key, settings.secret_keys_old)
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
     app[targets.ADDRESS_POLICY] = AddressPolicy.from_settings(settings)

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from api.keys import LOG_REQUESTS
+
 log = structlog.get_logger("api")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 REDACTED = "[redacted]"
@@ -65,8 +67,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     response = await handler(request)
     response.headers["X-Request-ID"] = rid
-    log.info(
-        "request.done", method=request.method, path=logged_path(request), status=response.status,
-        ms=round((time.perf_counter() - started) * 1000, 2),
-    )
+    if request.app[LOG_REQUESTS]:  # else log.info drops the line, after its fields were built
+        log.info(
+            "request.done", method=request.method, path=logged_path(request), status=response.status,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
     return response
