@@ -226,3 +226,15 @@ SELECT r.host, r.name, r.icon_url, r.is_ssl, r.is_tutum_registry
 
 async def get_registry(conn: Conn, account_id: int, hub_host: str, host: str) -> asyncpg.Record | None:
     return await conn.fetchrow(GET_REGISTRY_SQL, account_id, hub_host, host)
+
+
+# The events stream (api/stream.py): the names of an account's own images that the catalog has
+# too, whose catalog images the account does not see.
+SHADOWED_SQL = """
+SELECT o.name FROM images AS o
+ WHERE o.owner_id = $1 AND EXISTS (SELECT 1 FROM images AS c WHERE c.name = o.name AND c.owner_id IS NULL)
+"""
+
+
+async def shadowed_names(conn: Conn, account_id: int) -> list[str]:
+    return [r["name"] for r in await conn.fetch(SHADOWED_SQL, account_id)]

@@ -3,7 +3,10 @@
 Postgres triggers (schema.sql, freshness section) NOTIFY `registry_sync_events` from the
 transaction that changes an image or a tag, so only committed changes are heard, in commit
 order. The hub turns them into wire messages and writes them to every subscriber allowed to
-see them (the shared catalog: everyone; an own image: its owner).
+see them (the shared catalog: everyone; an own image: its owner). An account that registered
+a name the catalog also has sees its own image at that URI (SPEC §1), so the catalog image's
+changes do not go to it: the hub keeps, for each subscribed account, the names it shadows
+(read when its streams connect, kept by its own images' creates and deletes).
 
 Cost per change does not depend on the number of subscribers beyond one socket write each:
 changes are gathered for a short window (EVENTS_COALESCE_SECONDS, measured from the start of
@@ -37,7 +40,7 @@ import asyncio
 import bisect
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,9 +135,15 @@ class EventHub:
         self._tag_counts: dict[tuple[Any, str], int] = {}
         self._received = 0  # changes received so far; a pending change's "seq" is its number
         self._logged = 0  # changes up to this number are on the log (or were coalesced away)
-        self._log: list[tuple[int, int | None, bytes]] = []  # (seq, owner, encoded message)
+        self._log: list[tuple[int, int | None, str, bytes]] = []  # (seq, owner, name, encoded message)
         self._log_seqs: list[int] = []
-        self._own_last: dict[int, int] = {}  # account -> seq of its latest own change on the log
+        # account -> seq of the latest change on the log that makes the account's batch differ
+        # from the catalog's: a change of its own, or a catalog change of a name it shadows
+        self._differs_at: dict[int, int] = {}
+        # Names that subscribed accounts own and the catalog has too: the account sees its own
+        # image at that URI, so the catalog image's changes are not about anything it can see.
+        self._shadowed: dict[int, set[str]] = {}
+        self._shadowers: dict[str, set[int]] = {}
         self._batches: dict[tuple[int, int | None], tuple[tuple[bytes, bytes, bytes], int]] = {}
         self._round: tuple[Subscriber, ...] = ()  # the subscribers of the round under way
         self._round_at = 0  # how far that round has got
@@ -305,18 +314,28 @@ class EventHub:
         """Encode the pending changes, once each, onto the log."""
         if self._pending:
             for e in self._pending.values():
-                owner, seq = e.get("owner"), e["seq"]
-                self._log.append((seq, owner, orjson.dumps(serializers.event(e))))
+                owner, seq, name = e.get("owner"), e["seq"], e["name"]
+                self._log.append((seq, owner, name, orjson.dumps(serializers.event(e))))
                 self._log_seqs.append(seq)
-                if owner is not None:
-                    self._own_last[owner] = seq
+                if owner is None:
+                    for account in self._shadowers.get(name, ()):
+                        self._differs_at[account] = seq
+                    continue
+                self._differs_at[owner] = seq
+                if e["type"] == "image" and owner in self._shadowed:
+                    # a subscribed account's own image appears or goes: it shadows that name
+                    # or no longer does (the name may not be in the catalog: no harm)
+                    if e["action"] == "create":
+                        self._shadow(owner, (name,))
+                    elif e["action"] == "delete":
+                        self._unshadow(owner, name)
             self._pending.clear()
             self._tag_counts.clear()
             self._batches.clear()
         self._logged = self._received
 
     def _write(self, subscribers: tuple[Subscriber, ...]) -> None:
-        upto, own_last, batches = self._logged, self._own_last, self._batches
+        upto, differs_at, batches = self._logged, self._differs_at, self._batches
         limit, delivered = self.limit, 0
         for sub in subscribers:  # the hot loop: one socket write per subscriber
             sent = sub.sent
@@ -324,7 +343,8 @@ class EventHub:
                 continue
             sub.sent = upto
             # an account with changes of its own gets them in commit order among the catalog's
-            key = (sent, sub.account_id if own_last and own_last.get(sub.account_id, 0) > sent else None)
+            # (and not the catalog's changes of the names it shadows)
+            key = (sent, sub.account_id if differs_at and differs_at.get(sub.account_id, 0) > sent else None)
             batch = batches.get(key)
             if batch is None:
                 batch = batches[key] = self._batch(*key)
@@ -345,8 +365,9 @@ class EventHub:
     def _batch(self, after: int, account: int | None) -> tuple[tuple[bytes, bytes, bytes], int]:
         """The wire bytes of the logged changes past `after` that `account` may see (None: the
         catalog's only), and how many they are."""
-        bodies = [body for _, owner, body in self._log[bisect.bisect_right(self._log_seqs, after):]
-                  if owner is None or owner == account]
+        shadowed = self._shadowed.get(account, ()) if account is not None else ()
+        bodies = [body for _, owner, name, body in self._log[bisect.bisect_right(self._log_seqs, after):]
+                  if owner == account or (owner is None and name not in shadowed)]
         return Batch.of(bodies).wire, len(bodies)
 
     def _floor(self) -> int:
@@ -359,7 +380,7 @@ class EventHub:
         cut = bisect.bisect_right(self._log_seqs, floor)
         if cut:
             del self._log[:cut], self._log_seqs[:cut]
-            self._own_last = {a: seq for a, seq in self._own_last.items() if seq > floor}
+            self._differs_at = {a: seq for a, seq in self._differs_at.items() if seq > floor}
             self._batches.clear()
         # The next round waits for the window, or as long as this one took when that is longer,
         # or longer still when its CPU time passes EVENTS_FANOUT_SHARE of the time since it
@@ -379,12 +400,16 @@ class EventHub:
             raise TooManyStreamsError(
                 f"this account has {self.max_per_account} event streams open already; close one first")
 
-    def subscribe(self, account_id: int, transport: asyncio.Transport, kind: int) -> Subscriber:
-        """Raises TooManyStreamsError past EVENTS_MAX_PER_ACCOUNT for the account."""
+    def subscribe(self, account_id: int, transport: asyncio.Transport, kind: int,
+                  shadowed: Iterable[str] = ()) -> Subscriber:
+        """Raises TooManyStreamsError past EVENTS_MAX_PER_ACCOUNT for the account. `shadowed`:
+        the names of the account's own images that the catalog has too (queries.shadowed_names)."""
         self.check_room(account_id)
         sub = Subscriber(account_id, transport, kind, self._received)
         self._everyone.add(sub)
         self._by_account.setdefault(account_id, set()).add(sub)
+        self._shadowed.setdefault(account_id, set())
+        self._shadow(account_id, shadowed)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -394,6 +419,23 @@ class EventHub:
             mine.discard(sub)
             if not mine:
                 del self._by_account[sub.account_id]
+                for name in tuple(self._shadowed.get(sub.account_id, ())):
+                    self._unshadow(sub.account_id, name)
+                del self._shadowed[sub.account_id]
+
+    def _shadow(self, account_id: int, names: Iterable[str]) -> None:
+        mine = self._shadowed[account_id]
+        for name in names:
+            mine.add(name)
+            self._shadowers.setdefault(name, set()).add(account_id)
+
+    def _unshadow(self, account_id: int, name: str) -> None:
+        self._shadowed[account_id].discard(name)
+        accounts = self._shadowers.get(name)
+        if accounts is not None:
+            accounts.discard(account_id)
+            if not accounts:
+                del self._shadowers[name]
 
     def close_all(self, reason: str) -> None:
         for sub in tuple(self._everyone):

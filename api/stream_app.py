@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from api import outage, throttle
+from api import outage, queries, throttle
 from api.auth import AUTH_CACHE, AuthCache, auth_middleware, request_account
 from api.errors import BadRequestError, ThrottledError, UnavailableError, error_middleware, json_response
 from api.keys import POOL, SETTINGS
@@ -61,23 +61,25 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise UnavailableError("the events stream is reconnecting to the database; try again shortly",
                                headers={"Retry-After": "2"})
     every = request.app[SETTINGS].events_ping_seconds
+    shadowed = await queries.shadowed_names(request.app[POOL], account.id)
     if wants_ws:
-        return await _websocket(request, hub, account.id, every)
+        return await _websocket(request, hub, account.id, every, shadowed)
     try:
         hub.check_room(account.id)
     except TooManyStreamsError as exc:
         raise ThrottledError(str(exc), headers={"Retry-After": "30"}) from None
-    return await _sse(request, hub, account.id, every)
+    return await _sse(request, hub, account.id, every, shadowed)
 
 
-async def _websocket(request: web.Request, hub: EventHub, account_id: int, every: float) -> web.StreamResponse:
+async def _websocket(request: web.Request, hub: EventHub, account_id: int, every: float,
+                     shadowed: list[str]) -> web.StreamResponse:
     # aiohttp's heartbeat pings every `every` s and closes a peer that does not answer. No
     # permessage-deflate: the hub writes the same uncompressed frames to every client.
     ws = web.WebSocketResponse(heartbeat=every, max_msg_size=4096, compress=False)
     await ws.prepare(request)
     assert request.transport is not None
     try:
-        sub = hub.subscribe(account_id, request.transport, WS)
+        sub = hub.subscribe(account_id, request.transport, WS, shadowed)
     except TooManyStreamsError as exc:
         await _close_ws(request, ws, str(exc), WSCloseCode.POLICY_VIOLATION)
         return ws
@@ -110,7 +112,8 @@ async def _close_ws(request: web.Request, ws: web.WebSocketResponse, reason: str
             request.transport.abort()
 
 
-async def _sse(request: web.Request, hub: EventHub, account_id: int, every: float) -> web.StreamResponse:
+async def _sse(request: web.Request, hub: EventHub, account_id: int, every: float,
+               shadowed: list[str]) -> web.StreamResponse:
     resp = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
@@ -120,7 +123,7 @@ async def _sse(request: web.Request, hub: EventHub, account_id: int, every: floa
     await resp.write(b": ping\n\n")  # sends the headers before the hub writes to the socket
     kind = SSE if request.version >= (1, 1) else SSE_UNCHUNKED
     try:
-        sub = hub.subscribe(account_id, request.transport, kind)
+        sub = hub.subscribe(account_id, request.transport, kind, shadowed)
     except TooManyStreamsError as exc:
         await resp.write(b"data: %b\n\n" % _error(str(exc)))
         return resp

@@ -134,6 +134,48 @@ async def test_catalog_changes_reach_every_account(
             await li.close()
 
 
+async def test_an_account_that_shadows_a_catalog_name_hears_only_its_own_image(
+    client: TestClient, make_user: MakeUser, pool: asyncpg.Pool
+) -> None:
+    """Alice registered a name the catalog has too: that URI is her own image (SPEC §1), so the
+    catalog image's changes are not sent to her (a catalog delete would read as hers); Bob
+    gets them. Once her image is gone the catalog's is hers to see again."""
+    from tests.conftest import insert_image
+
+    alice, bob = await make_user(), await make_user()
+    name = f"example.com/{unique('shadow')}/app"
+    uri = f"/api/v1/image/{name}/"
+    catalog = await insert_image(pool, name=name)
+    own = await insert_image(pool, name=name, owner_id=alice.account.id)
+    url = str(client.make_url("/api/v1/events/"))
+    a, b = [await Listener.websocket(client.session, url, headers=u.headers) for u in (alice, bob)]
+    try:
+        await _subscribed(client, 2)
+        await pool.execute("UPDATE images SET star_count = 1, state = 'Building' WHERE id = $1", catalog)
+        await pool.execute("UPDATE images SET star_count = 2, state = 'Failed' WHERE id = $1", own)
+        await a.wait(lambda li: len(li.about(uri)) >= 1)
+        await b.wait(lambda li: len(li.about(uri)) >= 1)
+        await asyncio.sleep(0.3)  # what would reach Alice wrongly has had its time
+        assert a.about(uri) == [("image", "update", uri, "Failed")]
+        assert b.about(uri) == [("image", "update", uri, "Building")]
+
+        await pool.execute("DELETE FROM images WHERE id = $1", own)
+        await a.wait(lambda li: len(li.about(uri)) == 2)
+        await pool.execute("UPDATE images SET state = 'Success' WHERE id = $1", catalog)
+        await a.wait(lambda li: len(li.about(uri)) == 3)
+        assert a.about(uri)[1:] == [("image", "delete", uri, "Failed"), ("image", "update", uri, "Success")]
+        # and an image she registers after connecting shadows the catalog's again
+        await _register(client, alice, name, pool)
+        await a.wait(lambda li: len(li.about(uri)) == 4)
+        await pool.execute("UPDATE images SET state = 'Building' WHERE id = $1", catalog)
+        await b.wait(lambda li: li.about(uri)[-1] == ("image", "update", uri, "Building"))
+        await asyncio.sleep(0.3)
+        assert a.about(uri)[3:] == [("image", "create", uri, "Empty")]
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_uncommitted_changes_are_not_sent(client: TestClient, make_user: MakeUser, pool: asyncpg.Pool) -> None:
     from core.names import parse_image_name
     from core.registries import ensure_registry

@@ -182,6 +182,30 @@ async def test_costly_rounds_go_out_less_often(monkeypatch) -> None:
     assert 0.3 < hub._flush_at.when() - loop.time() <= 0.4, "0.2 s of CPU at a share of 0.5: 0.4 s apart"
 
 
+async def test_catalog_changes_of_a_shadowed_name_skip_the_account_that_shadows_it() -> None:
+    hub = EventHub("postgresql://unused", window=0)
+    mine, other = FakeTransport(), FakeTransport()
+    hub.subscribe(7, mine, WS, ["team/a"])
+    hub.subscribe(8, other, WS)
+    hub.add(_change("team/a", state="Building"))  # the catalog's team/a: not what 7 sees
+    hub.add(_change("team/a", state="Failed", owner=7))
+    hub.add(_change("team/b", action="create", state="Empty", owner=7))  # 7 now shadows team/b
+    hub.add(_change("team/b", state="Building"))
+    hub.add(_change("team/c"))
+    hub.flush()
+
+    def got(t: FakeTransport) -> list[tuple[str, str]]:
+        return [(m["resource_uri"], m["state"]) for w in t.writes for m in _ws_payloads(w)]
+
+    a, b, c = "/api/v1/image/team/a/", "/api/v1/image/team/b/", "/api/v1/image/team/c/"
+    assert got(mine) == [(a, "Failed"), (b, "Empty"), (c, "Success")]
+    assert got(other) == [(a, "Building"), (b, "Building"), (c, "Success")]
+    hub.add(_change("team/a", action="delete", state="Failed", owner=7))  # its own team/a goes
+    hub.add(_change("team/a", state="Success"))
+    hub.flush()
+    assert got(mine)[3:] == [(a, "Failed"), (a, "Success")]
+
+
 async def test_a_lagging_subscriber_alone_is_closed() -> None:
     hub = EventHub("postgresql://unused", window=0, buffer_size=4)
     slow, fast = FakeTransport(backlog=5000), FakeTransport()
