@@ -61,13 +61,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise UnavailableError("the events stream is reconnecting to the database; try again shortly",
                                headers={"Retry-After": "2"})
     every = request.app[SETTINGS].events_ping_seconds
+    if not wants_ws:  # (a WebSocket over the cap is told after the upgrade, in its own protocol)
+        try:
+            hub.check_room(account.id)
+        except TooManyStreamsError as exc:
+            raise ThrottledError(str(exc), headers={"Retry-After": "30"}) from None
     shadowed = await queries.shadowed_names(request.app[POOL], account.id)
     if wants_ws:
         return await _websocket(request, hub, account.id, every, shadowed)
-    try:
-        hub.check_room(account.id)
-    except TooManyStreamsError as exc:
-        raise ThrottledError(str(exc), headers={"Retry-After": "30"}) from None
     return await _sse(request, hub, account.id, every, shadowed)
 
 
