@@ -18,7 +18,6 @@ from api import (
     publish,
     read_marks,
     resources,
-    stream,
     stream_app,
     targets,
     throttle,
@@ -62,11 +61,11 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTH_CACHE] = AuthCache(ttl=settings.auth_cache_seconds)
     app[targets.ADDRESS_POLICY] = AddressPolicy.from_settings(settings)
     app[targets.RESOLVER] = targets.SystemResolver()
-    app.cleanup_ctx.extend([_database, outage.watch_ctx, publish.broker, stream.listen, health.redis_client,
+    app.cleanup_ctx.extend([_database, outage.watch_ctx, publish.broker, stream_app.listen, health.redis_client,
                            read_marks.keep, list_upkeep.bucket_upkeep])
     throttle.configure(app, settings)
     # Open event streams must end before the server waits for its handlers to finish.
-    app.on_shutdown.append(stream.close_streams)
+    app.on_shutdown.append(stream_app.close_streams)
 
     slash = "{slash:/?}"
     app.router.add_get("/healthz", resources.healthz)

@@ -3,25 +3,20 @@
 Postgres triggers (schema.sql, freshness section) NOTIFY `registry_sync_events` from the
 transaction that changes an image or a tag, so only committed changes are heard, in commit
 order. The hub turns them into wire messages and writes them to every subscriber allowed to
-see them (the shared catalog: everyone; an own image: its owner). An account that registered
-a name the catalog also has sees its own image at that URI (SPEC §1), so the catalog image's
-changes do not go to it: the hub keeps, for each subscribed account, the names it shadows
-(read when its streams connect, kept by its own images' creates and deletes).
+see them (the shared catalog: everyone but the accounts that shadow the name with an image
+of their own, api/stream_clients.py Shadows; an own image: its owner).
 
-Cost per change does not depend on the number of subscribers beyond one socket write each:
-changes are gathered for a short window (EVENTS_COALESCE_SECONDS, measured from the start of
-the previous round of writes, so the first change after a quiet spell goes out at once;
-longer when a round's CPU time passes EVENTS_FANOUT_SHARE of the time since it started), each
-message is encoded once as a WebSocket frame and as an SSE record and appended to a short log,
-and a round writes to each subscriber, in one pre-encoded batch, what the log holds past what
-that subscriber has had (server frames are not masked, so the bytes are the same for every
-client that has had the same). A round writes to SLICE subscribers per turn of the event loop,
-so notifications keep being read while it runs: a change heard mid-round goes to the
-subscribers the round has not reached yet at once, and to the others in the next round (the
-kernel's part of one socket write, a few microseconds, is most of a round's cost, so with
-thousands of subscribers a round takes tens of milliseconds). Nobody waits on a client: a
-subscriber whose unsent bytes pass its buffer (EVENTS_BUFFER messages, counted at 1 KiB each)
-is closed with a reason.
+Cost per change does not depend on the number of subscribers beyond one socket write each.
+Changes are gathered for EVENTS_COALESCE_SECONDS (from the start of the previous round of
+writes, so the first change after a quiet spell goes out at once; longer when a round's CPU
+time passes EVENTS_FANOUT_SHARE of its time), encoded once (WebSocket frame, SSE record) onto
+a short log, and a round writes to each subscriber one pre-encoded batch of what the log holds
+past what it has had (the same bytes for every client that has had the same). A round writes
+to SLICE subscribers per turn of the event loop, so notifications are read while it runs: a
+change heard mid-round reaches the subscribers not reached yet at once, the others in the next
+round (the kernel's part of a socket write is most of a round's cost: tens of milliseconds for
+thousands of subscribers). Nobody waits on a client: one whose unsent bytes pass EVENTS_BUFFER
+messages (counted at 1 KiB each) is closed with a reason.
 
 Coalescing, within a window: a second `update` of a resource replaces the first (latest
 state, moved to its latest position); creates and deletes are always sent. More than
@@ -40,8 +35,7 @@ import asyncio
 import bisect
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import asyncpg
@@ -50,7 +44,7 @@ import structlog
 from aiohttp import web
 
 from api import serializers
-from api.keys import SETTINGS
+from api.stream_clients import MESSAGE_BYTES, Batch, Shadows, Subscriber, TooManyStreamsError
 
 log = structlog.get_logger("api.stream")
 
@@ -59,59 +53,7 @@ INSPECT_CHANNEL = "registry_sync_inspect"
 HEALTH_EVERY = 10.0  # seconds between checks that the LISTEN connection still answers
 RECONNECT_MAX = 10.0
 TAG_BURST = 50  # tag changes of one image in one window that become one image update
-MESSAGE_BYTES = 1024  # EVENTS_BUFFER counts messages of this size
 SLICE = 500  # subscribers written per turn of the event loop in a round (a few milliseconds)
-
-
-def ws_frame(payload: bytes) -> bytes:
-    """One unmasked, final WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
-
-
-WS, SSE, SSE_UNCHUNKED = 0, 1, 2  # what a subscriber's transport carries
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Messages ready for the wire, by transport: WebSocket frames, SSE records as one
-    HTTP/1.1 chunk (the stream's response is chunked), and the bare records (HTTP/1.0)."""
-
-    wire: tuple[bytes, bytes, bytes]
-
-    @classmethod
-    def of(cls, bodies: list[bytes]) -> Batch:
-        records = b"".join(b"data: %b\n\n" % b for b in bodies)
-        chunk = b"%x\r\n%b\r\n" % (len(records), records)
-        return cls((b"".join(ws_frame(b) for b in bodies), chunk, records))
-
-
-class Subscriber:
-    """One connected client: the transport the hub writes to, and why it was closed."""
-
-    __slots__ = ("account_id", "done", "joined", "kind", "reason", "sent", "transport")
-
-    def __init__(self, account_id: int, transport: asyncio.Transport, kind: int, joined: int) -> None:
-        self.account_id = account_id
-        self.transport = transport
-        self.kind = kind
-        self.joined = joined  # the hub's count of received changes when this client joined
-        self.sent = joined  # the changes up to this number are written (or were before it joined)
-        self.reason: str | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def close(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-            self.done.set_result(None)
-
-
-class TooManyStreamsError(Exception):
-    """The account has EVENTS_MAX_PER_ACCOUNT streams open on this process already."""
 
 
 class EventHub:
@@ -140,10 +82,7 @@ class EventHub:
         # account -> seq of the latest change on the log that makes the account's batch differ
         # from the catalog's: a change of its own, or a catalog change of a name it shadows
         self._differs_at: dict[int, int] = {}
-        # Names that subscribed accounts own and the catalog has too: the account sees its own
-        # image at that URI, so the catalog image's changes are not about anything it can see.
-        self._shadowed: dict[int, set[str]] = {}
-        self._shadowers: dict[str, set[int]] = {}
+        self._shadows = Shadows()  # the catalog names that subscribed accounts shadow
         self._batches: dict[tuple[int, int | None], tuple[tuple[bytes, bytes, bytes], int]] = {}
         self._round: tuple[Subscriber, ...] = ()  # the subscribers of the round under way
         self._round_at = 0  # how far that round has got
@@ -318,17 +257,12 @@ class EventHub:
                 self._log.append((seq, owner, name, orjson.dumps(serializers.event(e))))
                 self._log_seqs.append(seq)
                 if owner is None:
-                    for account in self._shadowers.get(name, ()):
+                    for account in self._shadows.accounts(name):
                         self._differs_at[account] = seq
                     continue
                 self._differs_at[owner] = seq
-                if e["type"] == "image" and owner in self._shadowed:
-                    # a subscribed account's own image appears or goes: it shadows that name
-                    # or no longer does (the name may not be in the catalog: no harm)
-                    if e["action"] == "create":
-                        self._shadow(owner, (name,))
-                    elif e["action"] == "delete":
-                        self._unshadow(owner, name)
+                if e["type"] == "image":
+                    self._shadows.follow(owner, e["action"], name)
             self._pending.clear()
             self._tag_counts.clear()
             self._batches.clear()
@@ -365,7 +299,7 @@ class EventHub:
     def _batch(self, after: int, account: int | None) -> tuple[tuple[bytes, bytes, bytes], int]:
         """The wire bytes of the logged changes past `after` that `account` may see (None: the
         catalog's only), and how many they are."""
-        shadowed = self._shadowed.get(account, ()) if account is not None else ()
+        shadowed = self._shadows.names(account) if account is not None else ()
         bodies = [body for _, owner, name, body in self._log[bisect.bisect_right(self._log_seqs, after):]
                   if owner == account or (owner is None and name not in shadowed)]
         return Batch.of(bodies).wire, len(bodies)
@@ -408,8 +342,7 @@ class EventHub:
         sub = Subscriber(account_id, transport, kind, self._received)
         self._everyone.add(sub)
         self._by_account.setdefault(account_id, set()).add(sub)
-        self._shadowed.setdefault(account_id, set())
-        self._shadow(account_id, shadowed)
+        self._shadows.add(account_id, shadowed)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -419,23 +352,7 @@ class EventHub:
             mine.discard(sub)
             if not mine:
                 del self._by_account[sub.account_id]
-                for name in tuple(self._shadowed.get(sub.account_id, ())):
-                    self._unshadow(sub.account_id, name)
-                del self._shadowed[sub.account_id]
-
-    def _shadow(self, account_id: int, names: Iterable[str]) -> None:
-        mine = self._shadowed[account_id]
-        for name in names:
-            mine.add(name)
-            self._shadowers.setdefault(name, set()).add(account_id)
-
-    def _unshadow(self, account_id: int, name: str) -> None:
-        self._shadowed[account_id].discard(name)
-        accounts = self._shadowers.get(name)
-        if accounts is not None:
-            accounts.discard(account_id)
-            if not accounts:
-                del self._shadowers[name]
+                self._shadows.drop(sub.account_id)
 
     def close_all(self, reason: str) -> None:
         for sub in tuple(self._everyone):
@@ -464,27 +381,3 @@ class EventHub:
 
 
 EVENT_HUB = web.AppKey("event_hub", EventHub)
-
-
-def make_hub(app: web.Application, *, serve_events: bool) -> EventHub:
-    s = app[SETTINGS]
-    return EventHub(s.database_url, buffer_size=s.events_buffer, window=s.events_coalesce_seconds,
-                    fanout_share=s.events_fanout_share, max_per_account=s.events_max_per_account,
-                    serve_events=serve_events)
-
-
-async def listen(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx of the API: the process's one LISTEN connection (Hub lookups; the events
-    too unless EVENTS_IN_WEB=0)."""
-    hub = make_hub(app, serve_events=app[SETTINGS].events_in_web)
-    await hub.start()
-    app[EVENT_HUB] = hub
-    yield
-    await hub.stop()
-
-
-async def close_streams(app: web.Application) -> None:
-    """on_shutdown: end the open streams first, or the server would wait for them to time out
-    before cleanup_ctx (which closes the hub) ever runs."""
-    if EVENT_HUB in app:
-        app[EVENT_HUB].close_all("the server is shutting down")

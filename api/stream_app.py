@@ -31,7 +31,8 @@ from api import outage, queries, throttle
 from api.auth import AUTH_CACHE, AuthCache, auth_middleware, request_account
 from api.errors import BadRequestError, ThrottledError, UnavailableError, error_middleware, json_response
 from api.keys import POOL, SETTINGS
-from api.stream import EVENT_HUB, SSE, SSE_UNCHUNKED, WS, EventHub, TooManyStreamsError, close_streams, make_hub
+from api.stream import EVENT_HUB, EventHub
+from api.stream_clients import SSE, SSE_UNCHUNKED, WS, TooManyStreamsError
 from core import metrics
 from core.db import create_pool
 from core.settings import Settings
@@ -141,6 +142,30 @@ async def _sse(request: web.Request, hub: EventHub, account_id: int, every: floa
     finally:
         hub.unsubscribe(sub)
     return resp
+
+
+def make_hub(app: web.Application, *, serve_events: bool) -> EventHub:
+    s = app[SETTINGS]
+    return EventHub(s.database_url, buffer_size=s.events_buffer, window=s.events_coalesce_seconds,
+                    fanout_share=s.events_fanout_share, max_per_account=s.events_max_per_account,
+                    serve_events=serve_events)
+
+
+async def listen(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx of the API: the process's one LISTEN connection (Hub lookups; the events
+    too unless EVENTS_IN_WEB=0)."""
+    hub = make_hub(app, serve_events=app[SETTINGS].events_in_web)
+    await hub.start()
+    app[EVENT_HUB] = hub
+    yield
+    await hub.stop()
+
+
+async def close_streams(app: web.Application) -> None:
+    """on_shutdown: end the open streams first, or the server would wait for them to time out
+    before cleanup_ctx (which closes the hub) ever runs."""
+    if EVENT_HUB in app:
+        app[EVENT_HUB].close_all("the server is shutting down")
 
 
 # ---------------------------------------------------------------- `registry-sync stream`

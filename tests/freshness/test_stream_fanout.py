@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api import serializers, stream
 from api.app import create_app
-from api.stream import EVENT_HUB, SSE, TAG_BURST, WS, EventHub, ws_frame
+from api.stream import EVENT_HUB, TAG_BURST, EventHub
 from api.stream_app import create_stream_app
+from api.stream_clients import SSE, WS, ws_frame
 from core.settings import Settings
 from tests.conftest import MakeUser, insert_image, unique
 from tests.freshness.streams import Listener
