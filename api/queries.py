@@ -21,13 +21,15 @@ IMAGE_COLUMNS = """
            WHERE ic.image_id = i.id ORDER BY c.name COLLATE "C") AS categories
 """
 
-GET_IMAGE_SQL = f"""
-SELECT {IMAGE_COLUMNS}
+# The image $2 as account $1 sees it: its own if it has one, else the catalog's.
+_VISIBLE_IMAGE = """
   FROM images AS i JOIN registries AS r ON r.id = i.registry_id
  WHERE i.name = $2 AND (i.owner_id = $1 OR i.owner_id IS NULL)
  ORDER BY i.owner_id NULLS LAST
  LIMIT 1
 """
+
+GET_IMAGE_SQL = f"SELECT {IMAGE_COLUMNS} {_VISIBLE_IMAGE}"
 
 
 async def get_image(conn: Conn, account_id: int, name: str) -> asyncpg.Record | None:
@@ -39,13 +41,7 @@ async def get_image(conn: Conn, account_id: int, name: str) -> asyncpg.Record | 
 # hold MAX_TAGS_PER_IMAGE names.
 IMAGE_REF_COLUMNS = "i.id, i.name, i.owner_id, i.state, r.host AS registry_host"
 
-GET_IMAGE_REF_SQL = f"""
-SELECT {IMAGE_REF_COLUMNS}
-  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
- WHERE i.name = $2 AND (i.owner_id = $1 OR i.owner_id IS NULL)
- ORDER BY i.owner_id NULLS LAST
- LIMIT 1
-"""
+GET_IMAGE_REF_SQL = f"SELECT {IMAGE_REF_COLUMNS} {_VISIBLE_IMAGE}"
 
 
 async def get_image_ref(conn: Conn, account_id: int, name: str) -> asyncpg.Record | None:
