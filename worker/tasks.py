@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+import asyncpg
 import structlog
 from celery import Celery, Task
 from celery.exceptions import Reject
@@ -33,6 +34,24 @@ async def _with_task_id(task_id: str | None, work: Awaitable[T]) -> T:
 RELEASE_CLAIMS_SQL = """
 UPDATE images SET lease_owner = NULL, lease_until = NULL WHERE id = ANY ($1::bigint[]) AND lease_owner = $2
 """
+# The batch's images whose syncs have not taken their run lease yet (they still hold the claim).
+KEEP_CLAIMS_SQL = """
+UPDATE images SET lease_until = now() + make_interval(secs => $3) WHERE id = ANY ($1::bigint[]) AND lease_owner = $2
+"""
+
+
+async def _keep_claims(rt: Runtime, image_ids: Sequence[int], claim: str) -> None:
+    """Renew the claims of a batch this process holds until every sync took its run lease.
+    Beat renews a claim only while its message waits in the queue; once a worker took the
+    message, a sync still waiting for a database connection (a busy process) must not let
+    the claim lapse, or beat would claim and queue the image again."""
+    lease = rt.settings.lease_seconds
+    while True:
+        await asyncio.sleep(lease / 3)
+        try:
+            await rt.pool.execute(KEEP_CLAIMS_SQL, list(image_ids), claim, lease)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # tried again next turn
+            log.warning("batch.claims_not_renewed", error=type(exc).__name__)
 
 
 async def sync_batch(rt: Runtime, image_ids: Sequence[int], claim: str, release: Release) -> dict[str, int]:
@@ -46,11 +65,14 @@ async def sync_batch(rt: Runtime, image_ids: Sequence[int], claim: str, release:
         finally:
             release()
 
+    keeper = asyncio.create_task(_keep_claims(rt, image_ids, claim))
     try:
         outcomes = await asyncio.gather(*(one(i) for i in image_ids), return_exceptions=True)
     except asyncio.CancelledError:
         await asyncio.shield(rt.pool.execute(RELEASE_CLAIMS_SQL, list(image_ids), claim))
         raise
+    finally:
+        keeper.cancel()
     counts: dict[str, int] = {}
     for image_id, o in zip(image_ids, outcomes, strict=True):
         if isinstance(o, asyncio.CancelledError):
