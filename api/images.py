@@ -9,7 +9,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from api import hub_lookup, pages, paths, queries, read_marks, serializers, targets
+from api import history, hub_lookup, pages, paths, queries, read_marks, serializers, targets
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -88,6 +88,8 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         tag = image if image["tag_name"] is not None else None
     else:  # the full name won, or the image came from the hub look-up
         tag = await queries.get_tag(pool, image["id"], target.tag)
+    if target.kind == paths.HISTORY:  # also of a tag that is gone
+        return await history.tag_history(request, image, target.tag, tag_exists=tag is not None)
     if tag is None:
         raise NotFoundError(f"image '{image['name']}' has no tag '{target.tag}'")
     if target.kind == paths.BUILD:

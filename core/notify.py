@@ -21,7 +21,7 @@ TAG_PUSHED, TAG_MOVED, TAG_DELETED = "tag.pushed", "tag.moved", "tag.deleted"
 IMAGE_STATE, SYNC_FAILING = "image.state", "sync.failing"
 EVENT_TYPES = (TAG_PUSHED, TAG_MOVED, TAG_DELETED, IMAGE_STATE, SYNC_FAILING)
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of the format, not a secret
 SECRET_BYTES = 32
 
 # A tag glob: the characters of tag names plus `*` (any run) and `?` (one character).

@@ -9,11 +9,12 @@ recorded as 'unknown'.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 import asyncpg
 
-WEBHOOK, POLL = "webhook", "poll"
+WEBHOOK: Final = "webhook"
+POLL: Final = "poll"
 
 OBSERVED_VIA_SQL = "SELECT set_config('registry_sync.observed_via', $1, true)"
 
