@@ -78,3 +78,40 @@ async def tag_history(request: web.Request, image: asyncpg.Record, tag: str, *, 
         (serializers.history_entry(r) for r in result.rows), path=path, params=[], page=page, result=result,
         key=_by_position,
     ))
+
+
+SET_IMMUTABLE_SQL = "UPDATE images SET immutable_tags = $2, updated_at = now() WHERE id = $1"
+
+
+async def set_immutable_tags(conn: asyncpg.Connection | asyncpg.Pool, image_id: int, patterns: list[str]) -> None:
+    """The image's globs of tags expected never to move (`[]`: none)."""
+    await conn.execute(SET_IMMUTABLE_SQL, image_id, patterns)
+
+
+# Moves of tags the image expects never to move, newest first: the entry that moved the tag
+# and the digest it replaced.
+UNEXPECTED_MOVES_SQL = """
+SELECT i.immutable_tags, m.tag, m.digest, m.valid_from, m.previous_digest
+  FROM images AS i
+  LEFT JOIN LATERAL (
+      SELECT h.tag, h.digest, h.valid_from,
+             (SELECT p.digest FROM tag_history AS p WHERE p.image_id = h.image_id AND p.tag = h.tag
+                AND p.seq < h.seq ORDER BY p.seq DESC LIMIT 1) AS previous_digest
+        FROM tag_history AS h WHERE h.image_id = i.id AND h.unexpected
+       ORDER BY h.id DESC LIMIT $2) AS m ON true
+ WHERE i.id = $1
+"""
+
+
+async def immutability(conn: asyncpg.Pool, image_id: int, limit: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """(the image's immutable_tags globs, the last `limit` moves of such tags as `…/sync/`
+    warnings, newest first)."""
+    rows = await conn.fetch(UNEXPECTED_MOVES_SQL, image_id, limit)
+    globs = list(rows[0]["immutable_tags"]) if rows else []
+    warnings = [
+        {"tag": r["tag"], "moved_at": serializers.rfc2822(r["valid_from"]), "digest": r["digest"],
+         "previous_digest": r["previous_digest"],
+         "warning": f"tag {r['tag']} matches immutable_tags but moved"}
+        for r in rows if r["tag"] is not None
+    ]
+    return globs, warnings
