@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS images (
     -- rejected sync and by new credentials. Webhook events apply only to such images.
     access_proven       boolean     NOT NULL DEFAULT false,
     tags_cut_at         integer,               -- the tag list was cut to this many at the last sync
+    -- globs of tags expected never to move (`v*.*.*`): a move is flagged (tag_history.unexpected)
+    immutable_tags      text[]      NOT NULL DEFAULT '{}',
     CONSTRAINT images_owner_name_key UNIQUE NULLS NOT DISTINCT (owner_id, name),
     CONSTRAINT images_state_check CHECK (state IN ('Empty', 'Success', 'Building', 'Failed'))
 );
@@ -722,4 +724,253 @@ CREATE OR REPLACE TRIGGER tags_unorphan_update AFTER UPDATE ON tags
     FOR EACH STATEMENT EXECUTE FUNCTION tags_unorphan_layers();
 -- ============================================================================================
 -- End of the polling section.
+-- ============================================================================================
+
+-- ============================================================================================
+-- Tag history and outgoing notifications (SPEC §7). Written only by the triggers below, in
+-- the transaction that changes a tag or an image, whichever path changed it; read by
+-- api/history.py and api/subscriptions.py, fanned out and delivered by worker/deliveries.py,
+-- pruned by worker/notify_retention.py. A writer says how it saw a change with
+-- `SET LOCAL registry_sync.observed_via = 'webhook' | 'poll'` (worker/history.py); a path
+-- that says nothing is recorded as 'unknown'.
+-- ============================================================================================
+
+-- A tag glob (`*` any run, `?` one character) as a LIKE pattern (tag names may contain `_`).
+CREATE OR REPLACE FUNCTION glob_like(pattern text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT replace(replace(replace(replace(replace(pattern, '\', '\\'), '_', '\_'), '%', '\%'), '*', '%'), '?', '_')
+$$;
+
+-- Every digest a tag pointed at, with the interval it held: `valid_until` NULL while it still
+-- does. `seq` counts a tag's entries (1, 2, …): retention keeps the last TAG_HISTORY_KEEP.
+CREATE TABLE IF NOT EXISTS tag_history (
+    id            bigserial   PRIMARY KEY,
+    image_id      bigint      NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    tag           text        NOT NULL,
+    digest        text        NOT NULL,
+    observed_via  text        NOT NULL,
+    valid_from    timestamptz NOT NULL,
+    valid_until   timestamptz,
+    seq           bigint      NOT NULL,
+    -- this digest replaced another of a tag its image expects never to move (immutable_tags)
+    unexpected    boolean     NOT NULL DEFAULT false,
+    CONSTRAINT tag_history_observed_via_check CHECK (observed_via IN ('webhook', 'poll', 'unknown'))
+);
+CREATE INDEX IF NOT EXISTS tag_history_tag_idx ON tag_history (image_id, tag, seq DESC);
+CREATE UNIQUE INDEX IF NOT EXISTS tag_history_open_idx ON tag_history (image_id, tag) WHERE valid_until IS NULL;
+CREATE INDEX IF NOT EXISTS tag_history_seq_idx ON tag_history (seq);
+CREATE INDEX IF NOT EXISTS tag_history_until_idx ON tag_history (valid_until) WHERE valid_until IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tag_history_unexpected_idx ON tag_history (image_id, id) WHERE unexpected;
+
+-- Who wants to hear of changes: an account's endpoint. Without `image`, the account's own
+-- images; with it, the image of that name as the account sees it (its own, else the
+-- catalog's). The secret signs deliveries (sealed with SECRET_KEY, core/crypto.py); after a
+-- rotation the previous one signs too for NOTIFY_ROTATION_GRACE_SECONDS.
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id               bigserial   PRIMARY KEY,
+    account_id       bigint      NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    url              text        NOT NULL,
+    events           text[]      NOT NULL,
+    image            text,
+    tag_pattern      text,
+    secret           bytea       NOT NULL,
+    previous_secret  bytea,
+    rotated_at       timestamptz,
+    disabled_at      timestamptz,
+    disabled_reason  text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- delivery (worker/deliveries.py): when the first pending delivery is due (NULL: none is
+    -- pending), how many deliveries the fan-out ever added (a deliverer that found none
+    -- pending tells by it whether new ones came meanwhile), and the deliverer's lease
+    next_attempt_at  timestamptz,
+    enqueued         bigint      NOT NULL DEFAULT 0,
+    lease_owner      text,
+    lease_until      timestamptz,
+    CONSTRAINT subscriptions_events_check CHECK (
+        cardinality(events) > 0
+        AND events <@ ARRAY['tag.pushed', 'tag.moved', 'tag.deleted', 'image.state', 'sync.failing']::text[])
+);
+CREATE INDEX IF NOT EXISTS subscriptions_account_idx ON subscriptions (account_id, id);
+CREATE INDEX IF NOT EXISTS subscriptions_image_idx ON subscriptions (image) WHERE image IS NOT NULL;
+CREATE INDEX IF NOT EXISTS subscriptions_due_idx ON subscriptions (next_attempt_at)
+    WHERE next_attempt_at IS NOT NULL AND disabled_at IS NULL;
+
+-- The transactional outbox: one row per change, written by the triggers below in the
+-- change's transaction (only while any subscription is enabled); `data` is the body's `data`.
+CREATE TABLE IF NOT EXISTS notification_events (
+    id           bigserial   PRIMARY KEY,
+    image_id     bigint      NOT NULL,  -- no foreign key: an image deleted later takes its events' audience with it
+    type         text        NOT NULL,
+    tag          text,
+    data         jsonb       NOT NULL,
+    occurred_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    fanned_out   boolean     NOT NULL DEFAULT false,
+    CONSTRAINT notification_events_type_check
+        CHECK (type IN ('tag.pushed', 'tag.moved', 'tag.deleted', 'image.state', 'sync.failing'))
+);
+CREATE INDEX IF NOT EXISTS notification_events_pending_idx ON notification_events (id) WHERE NOT fanned_out;
+CREATE INDEX IF NOT EXISTS notification_events_occurred_idx ON notification_events (occurred_at);
+
+-- One event for one subscription: `msg_id` is its `webhook-id` on every attempt (a
+-- redelivery is a new row with the same msg_id). A subscription's deliveries go out in id order.
+CREATE TABLE IF NOT EXISTS notification_deliveries (
+    id               bigserial   PRIMARY KEY,
+    subscription_id  bigint      NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    event_id         bigint      NOT NULL REFERENCES notification_events (id) ON DELETE CASCADE,
+    msg_id           text        NOT NULL,
+    status           text        NOT NULL DEFAULT 'pending',
+    attempts         integer     NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz,
+    note             text,
+    CONSTRAINT notification_deliveries_status_check
+        CHECK (status IN ('pending', 'delivered', 'failed', 'dropped'))
+);
+CREATE INDEX IF NOT EXISTS notification_deliveries_pending_idx ON notification_deliveries (subscription_id, id)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS notification_deliveries_subscription_idx
+    ON notification_deliveries (subscription_id, id DESC);
+CREATE INDEX IF NOT EXISTS notification_deliveries_event_idx ON notification_deliveries (event_id);
+CREATE INDEX IF NOT EXISTS notification_deliveries_finished_idx ON notification_deliveries (finished_at)
+    WHERE status <> 'pending';
+
+-- Each attempt of a delivery: HTTP status (NULL: no answer), time taken, the answer's start.
+CREATE TABLE IF NOT EXISTS notification_attempts (
+    id            bigserial   PRIMARY KEY,
+    delivery_id   bigint      NOT NULL REFERENCES notification_deliveries (id) ON DELETE CASCADE,
+    attempted_at  timestamptz NOT NULL DEFAULT now(),
+    status_code   integer,
+    duration_ms   double precision NOT NULL,
+    response      text        NOT NULL DEFAULT '',
+    error         text
+);
+CREATE INDEX IF NOT EXISTS notification_attempts_delivery_idx ON notification_attempts (delivery_id, id);
+
+-- The tag changes of one statement: ($1..$4)[i] is one tag whose digest went from olds[i] to
+-- news[i] (NULL: it had none / it is gone). Closes the open history entry, opens the new one
+-- and writes one outbox row per change. An image deleted with its tags records nothing.
+CREATE OR REPLACE FUNCTION record_tag_changes(ids bigint[], names text[], olds text[], news text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    via text := coalesce(nullif(current_setting('registry_sync.observed_via', true), ''), 'unknown');
+    at timestamptz := clock_timestamp();
+    notify boolean := EXISTS (SELECT 1 FROM subscriptions WHERE disabled_at IS NULL);
+BEGIN
+    -- first, in a statement of its own: the open entry is unique per tag
+    UPDATE tag_history AS h SET valid_until = at
+      FROM unnest(ids, names) AS u (image_id, tag)
+     WHERE h.image_id = u.image_id AND h.tag = u.tag AND h.valid_until IS NULL;
+    WITH c AS (
+        SELECT u.image_id, u.tag, u.old_digest, u.new_digest, i.name AS image_name,
+               (u.old_digest IS NOT NULL AND u.new_digest IS NOT NULL AND cardinality(i.immutable_tags) > 0
+                AND EXISTS (SELECT 1 FROM unnest(i.immutable_tags) AS p WHERE u.tag LIKE glob_like(p))) AS unexpected
+          FROM unnest(ids, names, olds, news) AS u (image_id, tag, old_digest, new_digest)
+          JOIN images AS i ON i.id = u.image_id
+    ), opened AS (
+        INSERT INTO tag_history (image_id, tag, digest, observed_via, valid_from, seq, unexpected)
+        SELECT c.image_id, c.tag, c.new_digest, via, at,
+               coalesce((SELECT h.seq FROM tag_history AS h WHERE h.image_id = c.image_id AND h.tag = c.tag
+                          ORDER BY h.seq DESC LIMIT 1), 0) + 1,
+               c.unexpected
+          FROM c WHERE c.new_digest IS NOT NULL
+    )
+    INSERT INTO notification_events (image_id, type, tag, data, occurred_at)
+    SELECT c.image_id,
+           CASE WHEN c.old_digest IS NULL THEN 'tag.pushed' WHEN c.new_digest IS NULL THEN 'tag.deleted'
+                ELSE 'tag.moved' END,
+           c.tag,
+           jsonb_strip_nulls(jsonb_build_object(
+               'image', c.image_name, 'tag', c.tag,
+               'resource_uri', '/api/v1/image/' || c.image_name || '/tag/' || c.tag || '/',
+               'digest', coalesce(c.new_digest, c.old_digest),
+               'previous_digest', CASE WHEN c.new_digest IS NOT NULL THEN c.old_digest END,
+               'observed_via', via))
+           || CASE WHEN c.old_digest IS NOT NULL AND c.new_digest IS NOT NULL
+                   THEN jsonb_build_object('expected_immutable', c.unexpected) ELSE '{}' END,
+           at
+      FROM c WHERE notify
+     ORDER BY c.image_id, c.tag;
+    IF notify AND cardinality(ids) > 0 THEN
+        PERFORM pg_notify('registry_sync_outbox', '');
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION tags_record_history() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+    names text[];
+    olds text[];
+    news text[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(n.image_id), array_agg(n.name), array_agg(NULL::text), array_agg(n.manifest_digest)
+          INTO ids, names, olds, news
+          FROM new_rows AS n WHERE n.manifest_digest IS NOT NULL;
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(n.image_id), array_agg(n.name), array_agg(o.manifest_digest), array_agg(n.manifest_digest)
+          INTO ids, names, olds, news
+          FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+         WHERE n.manifest_digest IS DISTINCT FROM o.manifest_digest;
+    ELSE
+        SELECT array_agg(o.image_id), array_agg(o.name), array_agg(o.manifest_digest), array_agg(NULL::text)
+          INTO ids, names, olds, news
+          FROM old_rows AS o WHERE o.manifest_digest IS NOT NULL;
+    END IF;
+    IF ids IS NOT NULL THEN
+        PERFORM record_tag_changes(ids, names, olds, news);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Statement-level, like every trigger on `tags`: a sync that writes fifty tags records them
+-- in one call. Triggers of one event fire in name order: `tags_add_*` before `tags_after_*`,
+-- so a tag's event is in the outbox before the image.state event it causes.
+CREATE OR REPLACE TRIGGER tags_add_history_insert AFTER INSERT ON tags
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_record_history();
+CREATE OR REPLACE TRIGGER tags_add_history_update AFTER UPDATE ON tags
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_record_history();
+CREATE OR REPLACE TRIGGER tags_add_history_delete AFTER DELETE ON tags
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tags_record_history();
+
+-- image.state (the aggregate moved) and sync.failing (the first failure after a success or
+-- since the image was added: once, not per retry). Per row with a WHEN, so the many updates
+-- of leases and schedules never call the function.
+CREATE OR REPLACE FUNCTION images_record_events() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM subscriptions WHERE disabled_at IS NULL) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_ARGV[0] = 'state' THEN
+        INSERT INTO notification_events (image_id, type, data)
+        VALUES (NEW.id, 'image.state', jsonb_build_object(
+            'image', NEW.name, 'resource_uri', '/api/v1/image/' || NEW.name || '/',
+            'previous_state', OLD.state, 'state', NEW.state));
+    ELSE
+        INSERT INTO notification_events (image_id, type, data)
+        VALUES (NEW.id, 'sync.failing', jsonb_build_object(
+            'image', NEW.name, 'resource_uri', '/api/v1/image/' || NEW.name || '/',
+            'error', NEW.sync_error, 'failing_since', NEW.sync_error_at));
+    END IF;
+    PERFORM pg_notify('registry_sync_outbox', '');
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER images_state_event AFTER UPDATE OF state ON images
+    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION images_record_events('state');
+CREATE OR REPLACE TRIGGER images_failing_event AFTER UPDATE OF sync_failures ON images
+    FOR EACH ROW WHEN (OLD.sync_failures = 0 AND NEW.sync_failures > 0)
+    EXECUTE FUNCTION images_record_events('failing');
+-- ============================================================================================
+-- End of the notifications section.
 -- ============================================================================================

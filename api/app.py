@@ -19,6 +19,7 @@ from api import (
     read_marks,
     resources,
     stream_app,
+    subscriptions,
     targets,
     throttle,
     webhooks,
@@ -81,4 +82,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_route("*", "/api/v1/image", images.image_resource)
     app.router.add_route("*", "/api/v1/image/{tail:.*}", images.image_resource)
     webhooks.add_routes(app)
+    subscriptions.add_routes(app)
     return app

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from api.errors import BadRequestError, UnsupportedMediaTypeError
-from core import tag_policy
+from core import notify, tag_policy
+from core.names import InvalidNameError, parse_image_name
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,10 +36,22 @@ class ImagePatch(_Body):
     # goes back to the default. Never part of the image's wire format; shown at …/sync/.
     tag_policy: dict[str, Any] | None = None
 
+    # Our extension: globs of tags expected never to move (`v*.*.*`); a move of one is
+    # flagged (a tag.moved notification with expected_immutable, and at …/sync/).
+    immutable_tags: list[str] | None = Field(default=None, max_length=50)
+
     @field_validator("tag_policy", mode="after")
     @classmethod
     def _tag_policy(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return None if value is None else tag_policy.parse(value).to_json()
+
+    @field_validator("immutable_tags", mode="after")
+    @classmethod
+    def _immutable_tags(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or ():
+            if not notify.is_tag_glob(pattern):
+                raise ValueError(f"has {pattern!r}, which is not a tag glob (tag characters, * and ?)")
+        return None if value is None else sorted(set(value))
 
     @property
     def sets_tag_policy(self) -> bool:
@@ -47,6 +61,67 @@ class ImagePatch(_Body):
 
 class ImageCreate(ImagePatch):
     name: str
+
+
+class SubscriptionPatch(_Body):
+    url: str | None = Field(default=None, max_length=2048)
+    events: list[str] | None = Field(default=None, min_length=1, max_length=len(notify.EVENT_TYPES))
+    image: str | None = Field(default=None, max_length=255)  # a name; null: the account's own images
+    tag_pattern: str | None = None  # a glob; null: every tag
+    enabled: bool | None = None
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            raise ValueError("must be an http:// or https:// URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry a user name or password: deliveries are signed instead")
+        del port
+        return value
+
+    @field_validator("events", mode="after")
+    @classmethod
+    def _events(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        unknown = sorted(set(value) - set(notify.EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"has unknown type(s) {', '.join(unknown)}; use {', '.join(notify.EVENT_TYPES)}")
+        return [t for t in notify.EVENT_TYPES if t in value]
+
+    @field_validator("image", mode="after")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return parse_image_name(value).name
+        except InvalidNameError as exc:
+            raise ValueError(f"is not a valid image name: {exc}") from None
+
+    @field_validator("tag_pattern", mode="after")
+    @classmethod
+    def _tag_pattern(cls, value: str | None) -> str | None:
+        if value is not None and not notify.is_tag_glob(value):
+            raise ValueError("must be a tag glob (tag characters, * and ?)")
+        return value
+
+    def names(self, field: str) -> bool:
+        """The body names `field` (a null clears image and tag_pattern)."""
+        return field in self.model_fields_set
+
+
+class SubscriptionCreate(SubscriptionPatch):
+    url: str = Field(max_length=2048)  # type: ignore[assignment]
+    events: list[str] = Field(min_length=1, max_length=len(notify.EVENT_TYPES))  # type: ignore[assignment]
 
 
 def credentials_pair(body: ImagePatch, stored: tuple[str, str] | None = None) -> tuple[str, str] | None:

@@ -9,7 +9,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from api import hub_lookup, pages, paths, queries, read_marks, serializers, targets
+from api import history, hub_lookup, pages, paths, queries, read_marks, serializers, targets
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -88,6 +88,8 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         tag = image if image["tag_name"] is not None else None
     else:  # the full name won, or the image came from the hub look-up
         tag = await queries.get_tag(pool, image["id"], target.tag)
+    if target.kind == paths.HISTORY:  # also of a tag that is gone
+        return await history.tag_history(request, image, target.tag, tag_exists=tag is not None)
     if tag is None:
         raise NotFoundError(f"image '{image['name']}' has no tag '{target.tag}'")
     if target.kind == paths.BUILD:
@@ -146,6 +148,8 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
         )
         if image_id is None:
             raise ConflictError(f"you have already registered '{name.name}'", field="name")
+        if body.immutable_tags:
+            await history.set_immutable_tags(conn, image_id, body.immutable_tags)
     log.info("image.created", image=name.name, image_id=image_id, with_credentials=sealed is not None)
     await queue_priority_sync(request.app, image_id)
     image = await queries.get_image(pool, account.id, name.name)
@@ -175,6 +179,8 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
             conn, image["id"], description=body.description, set_credentials=new_creds, credentials=sealed,
             set_tag_policy=body.sets_tag_policy, tag_policy=body.tag_policy,
         )
+        if body.immutable_tags is not None:
+            await history.set_immutable_tags(conn, image["id"], body.immutable_tags)
     if new_creds:
         log.info("image.credentials_changed", image=image["name"])
     if body.sets_tag_policy:
@@ -232,6 +238,7 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
         hub_default_max_tags=request.app[SETTINGS].hub_default_max_tags,
     )
     interval = row["sync_interval"] or request.app[SETTINGS].sync_interval_seconds
+    immutable, moved = await history.immutability(pool, image["id"], TAG_ISSUES_LISTED)
     return json_response({
         "image": serializers.image_uri(image["name"]),
         "state": image["state"],
@@ -253,4 +260,7 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
         ),
         "poll_interval_seconds": round(interval, 1),
         "tag_policy": {**policy.to_json(), "default": row["tag_policy"] is None},
+        # tags expected never to move (PATCH `immutable_tags`), and their moves, newest first
+        "immutable_tags": immutable,
+        "warnings": moved,
     })

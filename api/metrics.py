@@ -42,6 +42,7 @@ _IMAGE_TEMPLATES = {
     paths.TAG: "/api/v1/image/{name}/tag/{tag}/",
     paths.BUILD: "/api/v1/image/{name}/tag/{tag}/build/",
     paths.SYNC: "/api/v1/image/{name}/sync/",
+    paths.HISTORY: "/api/v1/image/{name}/tag/{tag}/history/",
 }
 
 # How far polling is behind: the oldest next_sync_at that has passed (images_due_idx).

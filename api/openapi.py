@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from api import openapi_notify
 from api.errors import json_response
 from api.openapi_schemas import SCHEMAS, ref
 
@@ -201,6 +202,7 @@ def _paths() -> dict[str, dict[str, Op]]:
                         "request is a 429. A 503 also when this process leaves the stream to "
                         "`registry-sync stream` processes (EVENTS_IN_WEB=0).")},
         **_webhook_paths(),
+        **openapi_notify.paths(_op, _body),
     }
 
 
@@ -250,10 +252,11 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"ApiKey": []}, {"Basic": []}],
-        "tags": [{"name": t} for t in ("images", "registries", "auth", "events", "webhooks", "operations")],
+        "tags": [{"name": t} for t in ("images", "registries", "auth", "events", "webhooks", "notifications",
+                                       "operations")],
         "paths": _paths(),
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": SCHEMAS | openapi_notify.SCHEMAS,
             "responses": ERRORS,
             "parameters": PARAMETERS,
             "headers": {

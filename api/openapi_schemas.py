@@ -59,6 +59,9 @@ _TAG_POLICY_FIELDS: dict[str, Schema] = {
 TAG_POLICY_IN = nullable(obj(_TAG_POLICY_FIELDS, optional=tuple(_TAG_POLICY_FIELDS),
                              description="An extension Tutum clients never send; null: the default"))
 
+IMMUTABLE_TAGS: Schema = {"type": "array", "items": STR, "maxItems": 50,
+                          "description": "Globs of tags expected never to move (`v*.*.*`): a move is flagged"}
+
 
 def _list(item: str) -> Schema:
     return obj({"meta": ref("Meta"), "objects": array(ref(item))},
@@ -137,6 +140,8 @@ SCHEMAS: dict[str, Schema] = {
         "tags_note": nullable(STR),
         "poll_interval_seconds": {"type": "number"},
         "tag_policy": obj({**_TAG_POLICY_FIELDS, "default": BOOL}),
+        "immutable_tags": array(STR),
+        "warnings": array(ref("ImmutableMove")),
     }, description="An extension: the image's last sync, its error and the next run; the tags"
                    " whose content could not be read (`error`, their last good data kept) or"
                    " has no layer (`note`), the first 100 by name; whether the tag list was"
@@ -146,7 +151,8 @@ SCHEMAS: dict[str, Schema] = {
         "username": {"type": "string", "maxLength": 255},
         "password": {"type": "string", "maxLength": 4096, "writeOnly": True},
         "tag_policy": TAG_POLICY_IN,
-    }, optional=("description", "username", "password", "tag_policy"),
+        "immutable_tags": IMMUTABLE_TAGS,
+    }, optional=("description", "username", "password", "tag_policy", "immutable_tags"),
         description="username and password go together; they are encrypted and never returned"),
     "ImageCreate": obj({
         "name": STR,
@@ -154,7 +160,8 @@ SCHEMAS: dict[str, Schema] = {
         "username": {"type": "string", "maxLength": 255},
         "password": {"type": "string", "maxLength": 4096, "writeOnly": True},
         "tag_policy": TAG_POLICY_IN,
-    }, optional=("description", "username", "password", "tag_policy")),
+        "immutable_tags": IMMUTABLE_TAGS,
+    }, optional=("description", "username", "password", "tag_policy", "immutable_tags")),
     "Health": obj({"status": {"const": "ok"}}),
     "Ready": obj({"status": {"const": "ok"},
                   "checks": obj({"postgres": STR, "redis": STR})}),

@@ -4,6 +4,7 @@
 `…/<name>/tag/`            → its tags
 `…/<name>/tag/<tag>/`      → one tag
 `…/<name>/tag/<tag>/build/`→ re-sync one tag at top priority
+`…/<name>/tag/<tag>/history/` → every digest the tag pointed at (api/history.py)
 `…/<name>/sync/`           → sync status (an extension: last sync, its error, next run)
 
 A path that reads both ways (`team/tag/app` is an image name, and tag `app` of `team`) is
@@ -18,6 +19,7 @@ from functools import lru_cache
 from core.names import ImageName, InvalidNameError, is_valid_tag, parse_image_name
 
 COLLECTION, IMAGE, TAG_LIST, TAG, BUILD, SYNC = "collection", "image", "tags", "tag", "build", "sync"
+HISTORY = "history"
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     COLLECTION: ("GET", "POST"),
@@ -26,6 +28,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     TAG: ("GET",),
     BUILD: ("POST",),
     SYNC: ("GET",),
+    HISTORY: ("GET",),
 }
 
 
@@ -73,4 +76,9 @@ def candidates(tail: str) -> tuple[tuple[Target, ...], str | None]:
         and (img := _name(parts[:-3]))
     ):
         readings.append(Target(BUILD, img, parts[-2]))
+    if (
+        n >= 4 and parts[-1] == "history" and parts[-3] == "tag" and is_valid_tag(parts[-2])
+        and (img := _name(parts[:-3]))
+    ):
+        readings.append(Target(HISTORY, img, parts[-2]))
     return tuple(readings), problem

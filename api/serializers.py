@@ -145,6 +145,18 @@ def envelope(
     }
 
 
+def offset_envelope(objects: list[dict[str, Any]], *, path: str, limit: int, offset: int,
+                    total: int) -> dict[str, Any]:
+    """The list envelope of a short list (an account's subscriptions, a delivery log), paged
+    by offset only."""
+    nxt = page_link(path, [], limit, offset + limit) if offset + len(objects) < total else None
+    prev = page_link(path, [], limit, max(offset - limit, 0)) if offset > 0 else None
+    return {
+        "meta": {"limit": limit, "offset": offset, "total_count": total, "next": nxt, "previous": prev},
+        "objects": objects,
+    }
+
+
 def event(payload: Mapping[str, Any]) -> dict[str, Any]:
     """One events-stream message (SPEC §5) from a trigger's NOTIFY payload (schema.sql:
     `type`, `action`, `name`, `tag` for tags, `state`, `at` as epoch seconds)."""
@@ -160,4 +172,65 @@ def event(payload: Mapping[str, Any]) -> dict[str, Any]:
         "state": payload["state"],
         "parents": parents,
         "datetime": rfc2822(datetime.fromtimestamp(float(payload["at"]), UTC)),
+    }
+
+
+def history_entry(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One digest a tag pointed at, and when (`until` null: it still does)."""
+    return {
+        "digest": row["digest"],
+        "from": rfc2822(row["valid_from"]),
+        "until": rfc2822(row["valid_until"]),
+        "observed_via": row["observed_via"],
+    }
+
+
+def subscription_uri(subscription_id: int) -> str:
+    return f"{API}/subscription/{subscription_id}/"
+
+
+def subscription(row: Mapping[str, Any], secret: str | None = None) -> dict[str, Any]:
+    """A subscription; `secret` (`whsec_…`) only in the answers that make one."""
+    out = {
+        "id": row["id"],
+        "resource_uri": subscription_uri(row["id"]),
+        "url": row["url"],
+        "events": list(row["events"]),
+        "image": row["image"],
+        "tag_pattern": row["tag_pattern"],
+        "enabled": row["disabled_at"] is None,
+        "disabled_reason": row["disabled_reason"],
+        "created_at": rfc2822(row["created_at"]),
+        "deliveries": f"{subscription_uri(row['id'])}delivery/",
+    }
+    if secret is not None:
+        out["secret"] = secret
+    return out
+
+
+def delivery(row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A delivery of one event to one subscription, with each of its attempts (oldest first)."""
+    uri = f"{subscription_uri(row['subscription_id'])}delivery/{row['id']}/"
+    return {
+        "id": row["id"],
+        "resource_uri": uri,
+        "webhook_id": row["msg_id"],
+        "type": row["type"],
+        "data": row["data"],
+        "status": row["status"],
+        "created_at": rfc2822(row["created_at"]),
+        "next_attempt_at": rfc2822(row["next_attempt_at"]) if row["status"] == "pending" else None,
+        "finished_at": rfc2822(row["finished_at"]),
+        "note": row["note"],
+        "attempts": [
+            {
+                "at": rfc2822(a["attempted_at"]),
+                "status": a["status_code"],
+                "duration_ms": a["duration_ms"],
+                "response": a["response"],
+                "error": a["error"],
+            }
+            for a in attempts
+        ],
+        "redeliver": f"{uri}redeliver/",
     }

@@ -54,26 +54,32 @@ async def check_registry_host(app: web.Application, name: ImageName) -> None:
     UnavailableError (503) when its host cannot be resolved right now."""
     if name.is_hub:
         return
+    await check_host(app, name.host, f"registry host '{name.host}'", "name")
+
+
+async def check_host(app: web.Application, host: str, subject: str, field: str) -> None:
+    """The rule of check_registry_host for any `host` (as in URLs and image names, with an
+    optional port): 400 naming `field` and `subject` when it may not be contacted, 503 when it
+    cannot be resolved right now. Also for the endpoints of notification subscriptions."""
     policy = app[ADDRESS_POLICY]
-    hostname = hostname_of(name.host)
-    subject = f"registry host '{name.host}'"
+    hostname = hostname_of(host)
     address = literal_address(hostname)
     if address is not None:
-        refusal = policy.refusal(address, name.host)
+        refusal = policy.refusal(address, host)
         if refusal is not None:
-            raise BadRequestError(refusal.message(subject, "is"), field="name")
+            raise BadRequestError(refusal.message(subject, "is"), field=field)
         return
     try:
         addresses = await app[RESOLVER].resolve(hostname)
     except socket.gaierror as exc:
         if exc.errno in _NO_SUCH_NAME:
-            raise BadRequestError(f"{subject} does not resolve to any address; check the name", field="name") from None
+            raise BadRequestError(f"{subject} does not resolve to any address; check the name", field=field) from None
         raise _unresolvable(subject) from None
     except (TimeoutError, OSError):
         raise _unresolvable(subject) from None
-    allowed, refusal = policy.screen(addresses, name.host)
+    allowed, refusal = policy.screen(addresses, host)
     if not allowed:
-        raise BadRequestError((refusal or Refusal(Kind.UNUSABLE)).message(subject), field="name")
+        raise BadRequestError((refusal or Refusal(Kind.UNUSABLE)).message(subject), field=field)
 
 
 def _unresolvable(subject: str) -> UnavailableError:

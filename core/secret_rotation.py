@@ -67,3 +67,39 @@ async def rotate_credentials(
         last_id = rows[-1]["id"]
         if progress:
             progress(result)
+
+
+SUBSCRIPTIONS_SQL = """
+SELECT id, secret, previous_secret FROM subscriptions WHERE id > $1 ORDER BY id LIMIT $2
+"""
+RESEAL_SUBSCRIPTION_SQL = """
+UPDATE subscriptions SET secret = $2, previous_secret = $3
+ WHERE id = $1 AND secret = $4 AND previous_secret IS NOT DISTINCT FROM $5
+"""
+
+
+async def rotate_subscription_secrets(
+    conn: asyncpg.Connection, box: CredentialBox, *, batch_size: int = 500,
+) -> RotationResult:
+    """Re-seal the signing secrets of notification subscriptions (and a rotated one still
+    honoured) like rotate_credentials; `unreadable` lists subscription ids."""
+    result = RotationResult()
+    last_id = 0
+    while rows := await conn.fetch(SUBSCRIPTIONS_SQL, last_id, batch_size):
+        async with conn.transaction():
+            for row in rows:
+                result.checked += 1
+                tokens = [bytes(t) if t is not None else None for t in (row["secret"], row["previous_secret"])]
+                if all(t is None or box.is_current(t) for t in tokens):
+                    result.current += 1
+                    continue
+                try:
+                    new = [box.reseal(t) if t is not None and not box.is_current(t) else t for t in tokens]
+                except ValueError:
+                    result.unreadable.append(str(row["id"]))
+                    continue
+                status = await conn.execute(RESEAL_SUBSCRIPTION_SQL, row["id"], *new, *tokens)
+                result.resealed += status.endswith(" 1")
+                result.current += status.endswith(" 0")
+        last_id = rows[-1]["id"]
+    return result

@@ -120,6 +120,21 @@ class Settings:
     retention_batch: int = 1000
     hub_inspection_retention_seconds: float = 86400.0
     layer_retention_seconds: float = 86400.0  # unreferenced this long: deleted
+    # tag history and outgoing notifications (SPEC §7; worker/deliveries.py)
+    tag_history_keep: int = 100  # entries kept per tag (0: all)
+    tag_history_retention_seconds: float = 0.0  # closed entries older than this go (0: never)
+    # seconds before each attempt of a delivery: the first at once, then the Standard Webhooks schedule
+    notify_retry_schedule: str = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
+    notify_retry_jitter: float = 0.1  # each wait is scaled by a random factor in [1 - j, 1 + j]
+    notify_retry_after_max_seconds: float = 86400.0  # a longer Retry-After is capped
+    notify_timeout_seconds: float = 15.0
+    notify_concurrency: int = 200  # subscriptions one deliverer process serves at once
+    notify_batch: int = 50  # deliveries of one subscription per turn
+    notify_poll_seconds: float = 1.0  # the deliverer looks for due work at least this often
+    notify_in_worker: bool = True  # `registry-sync worker` runs a deliverer process
+    notify_rotation_grace_seconds: float = 86400.0  # a rotated secret still signs this long
+    notify_log_retention_seconds: float = 30 * 86400.0  # finished deliveries and their attempts
+    notify_max_subscriptions: int = 100  # per account
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -170,6 +185,20 @@ class Settings:
     def secret_keys_old(self) -> tuple[str, ...]:
         """Previous SECRET_KEYs, newest first: credentials sealed with them still open."""
         return tuple(k.strip() for k in self.secret_key_old.split(",") if k.strip())
+
+    @property
+    def notify_schedule(self) -> tuple[float, ...]:
+        """NOTIFY_RETRY_SCHEDULE as seconds: the wait before attempt 1, 2, …; its length is
+        the number of attempts."""
+        try:
+            waits = tuple(float(x) for x in self.notify_retry_schedule.split(",") if x.strip())
+        except ValueError:
+            raise ConfigError(
+                f"NOTIFY_RETRY_SCHEDULE must be comma-separated seconds, got {self.notify_retry_schedule!r}"
+            ) from None
+        if not waits or any(w < 0 for w in waits):
+            raise ConfigError("NOTIFY_RETRY_SCHEDULE must list at least one wait, none negative")
+        return waits
 
     @property
     def platform_os(self) -> str:

@@ -25,6 +25,7 @@ from registry_sync_client.errors import (
     UnreachableError,
 )
 from registry_sync_client.models import Event, Image, Layer, Page, Registry, SyncStatus, Tag
+from registry_sync_client.notify_models import Delivery, HistoryEntry, Subscription
 from registry_sync_client.stream import EventStream
 
 __all__ = [
@@ -35,9 +36,11 @@ __all__ = [
     "Client",
     "ClientError",
     "ConflictError",
+    "Delivery",
     "Event",
     "EventStream",
     "ForbiddenError",
+    "HistoryEntry",
     "Image",
     "Layer",
     "NotFoundError",
@@ -46,6 +49,7 @@ __all__ = [
     "Registry",
     "ServerError",
     "Settings",
+    "Subscription",
     "SyncStatus",
     "Tag",
     "ThrottledError",

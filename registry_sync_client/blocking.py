@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar
 from registry_sync_client import config
 from registry_sync_client.client import AsyncClient
 from registry_sync_client.models import Event, Image, Layer, Page, Registry, SyncStatus, Tag
+from registry_sync_client.notify_models import Delivery, HistoryEntry, Subscription
 from registry_sync_client.stream import StatusCallback, Transport
 
 T = TypeVar("T")
@@ -124,6 +125,31 @@ class Client:
 
     def sync_status(self, name: str) -> SyncStatus:
         return self._run(self.aio.sync_status(name))
+
+    def tag_history(self, name: str, tag: str) -> Generator[HistoryEntry, None, None]:
+        return self._iterate(self.aio.tag_history(name, tag))
+
+    def subscriptions(self) -> Generator[Subscription, None, None]:
+        return self._iterate(self.aio.subscriptions())
+
+    def create_subscription(self, url: str, events: list[str], *, image: str | None = None,
+                            tag_pattern: str | None = None) -> Subscription:
+        return self._run(self.aio.create_subscription(url, events, image=image, tag_pattern=tag_pattern))
+
+    def update_subscription(self, subscription_id: int, **fields: Any) -> Subscription:
+        return self._run(self.aio.update_subscription(subscription_id, **fields))
+
+    def delete_subscription(self, subscription_id: int) -> None:
+        self._run(self.aio.delete_subscription(subscription_id))
+
+    def rotate_subscription_secret(self, subscription_id: int) -> Subscription:
+        return self._run(self.aio.rotate_subscription_secret(subscription_id))
+
+    def deliveries(self, subscription_id: int) -> Generator[Delivery, None, None]:
+        return self._iterate(self.aio.deliveries(subscription_id))
+
+    def redeliver(self, subscription_id: int, delivery_id: int) -> Delivery:
+        return self._run(self.aio.redeliver(subscription_id, delivery_id))
 
     def registries(self) -> Generator[Registry, None, None]:
         return self._iterate(self.aio.registries())

@@ -22,6 +22,7 @@ import aiohttp
 from registry_sync_client import config
 from registry_sync_client.errors import ProtocolError, error_for, unreachable
 from registry_sync_client.models import API_PREFIX, Image, Layer, Page, Registry, SyncStatus, Tag
+from registry_sync_client.notify_models import Delivery, HistoryEntry, Subscription
 from registry_sync_client.stream import EventStream, StatusCallback, Transport
 
 __version__ = "0.1.0"
@@ -258,6 +259,45 @@ class AsyncClient:
         """`GET …/sync/`: the last sync, its error and the next run."""
         body = await self.request("GET", f"image/{quote_name(name)}/sync/", subject="image", name=name)
         return SyncStatus.from_json(_object(body))
+
+    def tag_history(self, name: str, tag: str) -> AsyncIterator[HistoryEntry]:
+        """Every digest the tag pointed at, newest first (also of a tag that is gone)."""
+        path = f"image/{quote_name(name)}/tag/{quote(tag, safe='')}/history/"
+        return self._walk(path, [], HistoryEntry.from_json, "image tag", f"{name}:{tag}")
+
+    def subscriptions(self) -> AsyncIterator[Subscription]:
+        return self._walk("subscription/", [], Subscription.from_json)
+
+    async def create_subscription(self, url: str, events: list[str], *, image: str | None = None,
+                                  tag_pattern: str | None = None) -> Subscription:
+        """`POST /api/v1/subscription/`: the new subscription with its secret (shown only now)."""
+        body = _without_none({"url": url, "events": events, "image": image, "tag_pattern": tag_pattern})
+        return Subscription.from_json(_object(await self.request("POST", "subscription/", body=body)))
+
+    async def update_subscription(self, subscription_id: int, **fields: Any) -> Subscription:
+        """`PATCH`: url, events, image, tag_pattern (None clears these two), enabled."""
+        body = await self.request("PATCH", f"subscription/{int(subscription_id)}/", body=fields,
+                                  subject="subscription", name=str(subscription_id))
+        return Subscription.from_json(_object(body))
+
+    async def delete_subscription(self, subscription_id: int) -> None:
+        await self.request("DELETE", f"subscription/{int(subscription_id)}/", subject="subscription",
+                           name=str(subscription_id))
+
+    async def rotate_subscription_secret(self, subscription_id: int) -> Subscription:
+        body = await self.request("POST", f"subscription/{int(subscription_id)}/rotate/", subject="subscription",
+                                  name=str(subscription_id))
+        return Subscription.from_json(_object(body))
+
+    def deliveries(self, subscription_id: int) -> AsyncIterator[Delivery]:
+        """The subscription's delivery log, newest first, each with its attempts."""
+        return self._walk(f"subscription/{int(subscription_id)}/delivery/", [], Delivery.from_json,
+                          "subscription", str(subscription_id))
+
+    async def redeliver(self, subscription_id: int, delivery_id: int) -> Delivery:
+        path = f"subscription/{int(subscription_id)}/delivery/{int(delivery_id)}/redeliver/"
+        body = await self.request("POST", path, subject="delivery", name=str(delivery_id))
+        return Delivery.from_json(_object(body))
 
     def registries(self) -> AsyncIterator[Registry]:
         return self._walk("registry/", [], Registry.from_json)

@@ -30,7 +30,7 @@ from datetime import datetime
 import structlog
 
 from core.artifacts import METADATA
-from worker import layers
+from worker import history, layers
 from worker.locks import lock_images
 from worker.registry import ManifestNotFoundError, RegistryError, RepositoryNotFoundError, TagResolution, Target
 from worker.runtime import Runtime
@@ -221,6 +221,7 @@ def _columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
 async def _write(rt: Runtime, w: _Writes) -> None:
     async with rt.pool.acquire() as conn, conn.transaction():
         await lock_images(conn, w.image_ids())
+        await history.mark_observed(conn, history.WEBHOOK)
         for (registry_id, repository), (new, proven) in sorted(w.configs.items(), key=lambda kv: kv[0]):
             await layers.record(conn, registry_id, repository, new.values(), proven)
         if w.complete:

@@ -51,7 +51,7 @@ from core.names import HUB_HOST, InvalidNameError, parse_image_name
 from core.registries import ensure_registry
 from core.settings import Settings
 from core.tag_policy import TagPolicy, effective
-from worker import builds, enrich, sync
+from worker import builds, enrich, history, sync
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.inbox")
@@ -231,6 +231,7 @@ async def apply_pending(pool: asyncpg.Pool, settings: Settings, event_id: int) -
 async def _apply(conn: asyncpg.Connection, settings: Settings, events: list[asyncpg.Record]) -> Batch:
     if not events:
         return Batch()
+    await history.mark_observed(conn, history.WEBHOOK)
     places = sorted({(e["host"], e["repository"]) for e in events})
     matched = await conn.fetch(MATCH_IMAGES_SQL, [p[0] for p in places], [p[1] for p in places])
     images: dict[tuple[str, str], list[int]] = {}

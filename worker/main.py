@@ -6,6 +6,8 @@ prefetch. The parent restarts a consumer that exits (see run_worker).
 Each consumer process keeps one Runtime (loop, pool, session, caches, registry budgets) for
 all its tasks. Its few Celery threads only hand work to the event loop (worker/dispatch.py),
 which runs up to WORKER_CONCURRENCY syncs at once; on SIGTERM it drains them.
+With NOTIFY_IN_WORKER (the default) it also runs one deliverer process (worker/notifier.py),
+which sends the outgoing notifications and needs no queue: Postgres holds its work.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from core.logs import configure_logging
 from core.queue import PRIORITY_QUEUE, ROUTINE_QUEUE, make_celery
 from core.settings import Settings
 from worker.dispatch import Dispatcher
+from worker.notifier import run_notifier
 from worker.registry.limits import parse_limits
 from worker.runtime import LoopThread, Runtime
 from worker.tasks import register_tasks
@@ -36,6 +39,7 @@ log = structlog.get_logger("worker")
 
 # Celery threads per consumer: they only hand messages to the event loop (or wait for room)
 HANDOFF_THREADS = 4
+NOTIFY = "notify"  # the deliverer's name among the supervised processes
 
 
 def _die_with_parent() -> None:
@@ -71,6 +75,11 @@ def run_consumer(settings: Settings, queue: str, concurrency: int) -> None:
         loop.stop()
 
 
+def _notifier(settings: Settings) -> None:
+    _die_with_parent()
+    run_notifier(settings)
+
+
 RESTART_DELAY_MAX = 30.0  # seconds between restarts of a consumer that keeps exiting
 STABLE_AFTER = 60.0  # a consumer that ran this long starts its restart delay afresh
 
@@ -89,11 +98,16 @@ def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUT
     metrics_dir, made_dir = metrics.prepare_multiprocess_dir()
 
     def spawn(queue: str) -> multiprocessing.process.BaseProcess:
-        p = ctx.Process(target=run_consumer, name=f"worker-{queue}",
-                        args=(settings, queue, concurrency or settings.worker_concurrency))
+        if queue == NOTIFY:
+            p = ctx.Process(target=_notifier, name=f"worker-{NOTIFY}", args=(settings,))
+        else:
+            p = ctx.Process(target=run_consumer, name=f"worker-{queue}",
+                            args=(settings, queue, concurrency or settings.worker_concurrency))
         p.start()
         return p
 
+    if settings.notify_in_worker and NOTIFY not in queues:
+        queues = (*queues, NOTIFY)
     procs = {q: spawn(q) for q in queues}
     started = {q: time.monotonic() for q in queues}
     delays = dict.fromkeys(queues, 1.0)

@@ -10,7 +10,8 @@ long for it).
   with their `layer_sources` (ON DELETE CASCADE). A pass walks the table in config-digest
   order (a cursor, a batch per step) and stamps unreferenced layers `orphaned_at`; a trigger
   on `tags` clears the stamp when a tag points at the layer again (schema.sql), so the grace
-  period runs from the moment a layer lost its last tag. A sync that counted on a proven
+  period runs from the moment a layer lost its last tag.
+- the tag history and the notification log: worker/notify_retention.py. A sync that counted on a proven
   layer deleted under it (its repository pointed a tag back at a config unused for the whole
   grace period, in the very seconds of the delete) fails its write once and, on its next
   run, fetches the config again.
@@ -25,6 +26,7 @@ import structlog
 
 from core import metrics
 from core.settings import Settings
+from worker import notify_retention
 
 log = structlog.get_logger("worker.retention")
 
@@ -112,6 +114,7 @@ class Retention:
                 break
             self._cursor = row["last"]
         deleted["layers"] = await _drain(pool, DELETE_ORPHANS_SQL, self.layer_grace, batch, deadline)
+        deleted |= await notify_retention.prune(pool, s, batch, deadline)
         for table, n in deleted.items():
             if n:
                 metrics.RETENTION_DELETED.labels(table=table).inc(n)

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import asyncpg
 
-from worker import layers
+from worker import history, layers
 from worker.layers import LayerWrite
 from worker.schedule import PollPolicy
 
@@ -219,6 +219,7 @@ async def write_success(
         row = await conn.fetchrow(LOCK_FOR_WRITE_SQL, image.id, run_token)
         if row is None:
             raise LeaseLostError(f"lease on image {image.id} lost")
+        await history.mark_observed(conn, history.POLL)
         proven = [t.config_digest for t in result.tags if t.config_digest]
         await layers.record(conn, image.registry_id, image.repository, result.layers, proven)
         tags = result.tags

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from registry_sync_client import config
-from registry_sync_client.cli import images
+from registry_sync_client.cli import images, notify
 from registry_sync_client.cli.images import AUTH_ERROR_EXIT, FAILURE_EXIT, OK, err, explain, out
 from registry_sync_client.client import AsyncClient, __version__
 from registry_sync_client.errors import AuthError, ClientError
@@ -111,12 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(tags, "build", "Build an image tag (here: re-sync it at once)", images.tag_build,
                  ("refs", "identifier", "+", TAG_REF))
     p.add_argument("--sync", action="store_true", help="accepted for compatibility")
+    notify.add_commands(commands, tags)
     return parser
 
 
 # Commands that show their help when called without arguments, as the old CLI's did.
 _HELP_WHEN_BARE = {("image",), ("image", "tag"), ("image", "register"), ("image", "rm"), ("image", "update"),
-                   ("image", "inspect"), ("image", "sync"), ("image", "tag", "inspect"), ("image", "tag", "build")}
+                   ("image", "inspect"), ("image", "sync"), ("image", "tag", "inspect"), ("image", "tag", "build"),
+                   ("image", "tag", "history"), ("subscription",), ("subscription", "create"), ("subscription", "rm")}
 
 
 def _with_help(argv: list[str]) -> list[str]:

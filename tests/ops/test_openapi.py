@@ -26,6 +26,7 @@ _IMAGE_KINDS = {  # the image resource routes by suffix (api/paths.py)
     paths.COLLECTION: "/api/v1/image/", paths.IMAGE: "/api/v1/image/{name}/",
     paths.TAG_LIST: "/api/v1/image/{name}/tag/", paths.TAG: "/api/v1/image/{name}/tag/{tag}/",
     paths.BUILD: "/api/v1/image/{name}/tag/{tag}/build/", paths.SYNC: "/api/v1/image/{name}/sync/",
+    paths.HISTORY: "/api/v1/image/{name}/tag/{tag}/history/",
 }
 
 
@@ -57,7 +58,8 @@ async def test_every_described_path_is_served(settings: Settings) -> None:
     app = create_app(settings)
     for template, item in DOC["paths"].items():
         sample = (template.replace("{name}", "team/app").replace("{tag}", "v1").replace("{host}", "example.com")
-                  .replace("{docker_id}", "ab" * 32).replace("{token}", "secret"))
+                  .replace("{docker_id}", "ab" * 32).replace("{token}", "secret").replace("{id}", "1")
+                  .replace("{delivery}", "2"))
         for method in item:
             match = await app.router.resolve(make_mocked_request(method.upper(), sample, app=app))
             assert match.http_exception is None, f"{method.upper()} {template} is described but not served"
@@ -141,6 +143,25 @@ async def test_real_answers_validate_against_the_declared_schemas(
     await check(await client.get(f"/api/v1/registry/{host}/", headers=h), "/api/v1/registry/{host}/")
     await check(await client.post(f"{img}/tag/v1/build/", headers=h), "/api/v1/image/{name}/tag/{tag}/build/")
     await check(await client.patch(f"{img}/", json={"description": "d"}, headers=h), "/api/v1/image/{name}/")
+    await check(await client.patch(f"{img}/", json={"immutable_tags": ["v*"]}, headers=h), "/api/v1/image/{name}/")
+    await pool.execute("UPDATE tags SET manifest_digest = 'sha256:1' WHERE image_id = $1 AND name = 'v1'", image_id)
+    await pool.execute("UPDATE tags SET manifest_digest = 'sha256:2' WHERE image_id = $1 AND name = 'v1'", image_id)
+    status = await check(await client.get(f"{img}/sync/", headers=h), "/api/v1/image/{name}/sync/")
+    assert status["warnings"], "validated with a warning"
+    history = "/api/v1/image/{name}/tag/{tag}/history/"
+    assert (await check(await client.get(f"{img}/tag/v1/history/?limit=1", headers=h), history))["meta"]["next"]
+    subs = "/api/v1/subscription/"
+    sub = await check(await client.post(subs, json={"url": "http://127.0.0.1:9/h", "events": ["tag.moved"],
+                                                    "image": name, "tag_pattern": "v*"}, headers=h), subs)
+    one = sub["resource_uri"]
+    await check(await client.get(subs, headers=h), subs)
+    await check(await client.get(one, headers=h), f"{subs}{{id}}/")
+    await check(await client.patch(one, json={"enabled": False, "tag_pattern": None}, headers=h), f"{subs}{{id}}/")
+    await check(await client.post(f"{one}rotate/", headers=h), f"{subs}{{id}}/rotate/")
+    await check(await client.get(f"{one}delivery/", headers=h), f"{subs}{{id}}/delivery/")
+    await check(await client.get(f"{one}delivery/1/", headers=h), f"{subs}{{id}}/delivery/{{delivery}}/")
+    await check(await client.post(f"{subs}", json={"url": "ftp://x/", "events": ["tag.moved"]}, headers=h), subs)
+    await check(await client.delete(one, headers=h), f"{subs}{{id}}/")
     # conditional GET: 304 with no body
     etag = (await client.get(f"{img}/", headers=h)).headers["ETag"]
     await check(await client.get(f"{img}/", headers={**h, "If-None-Match": etag}), "/api/v1/image/{name}/")

@@ -3,12 +3,15 @@ against the real registry (which a pusher keeps changing), webhook pushes with t
 enrichment, webhook deletes, build events, the end of builds that time out, and PATCHes
 through the API. Afterwards every
 image's stored state and last_build_date must agree with the rule recomputed from its tags,
-and Postgres must have detected no deadlock."""
+Postgres must have detected no deadlock, and the tag history must hold every digest a tag was
+seen pointing at, in order, marked webhook or poll, with an open entry for exactly the tags
+that have a digest now."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import os
 import random
 import time
@@ -46,6 +49,37 @@ SELECT i.id, i.state, i.last_build_date, r.state AS want_state, r.last_build_dat
    AND (i.state, i.last_build_date) IS DISTINCT FROM (r.state, r.last_build_date)
 """
 DEADLOCKS_SQL = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+SEEN_SQL = """
+SELECT image_id, name, manifest_digest FROM tags WHERE image_id = ANY ($1::bigint[]) AND manifest_digest IS NOT NULL
+"""
+HISTORY_SQL = """
+SELECT image_id, tag, digest, observed_via, valid_from, valid_until FROM tag_history
+ WHERE image_id = ANY ($1::bigint[]) ORDER BY image_id, tag, seq
+"""
+
+
+async def _check_history(pool: asyncpg.Pool, ids: list[int], seen: set[tuple[int, str, str]]) -> list[str]:
+    """What is wrong with the history of these images, given the (image, tag, digest) triples
+    sampled during the race and the tags as they are now."""
+    problems = []
+    rows = await pool.fetch(HISTORY_SQL, ids)
+    kept = {(r["image_id"], r["tag"], r["digest"]) for r in rows}
+    problems += [f"seen but not in the history: {t}" for t in sorted(seen - kept)]
+    now = {(r["image_id"], r["name"]): r["manifest_digest"] for r in await pool.fetch(SEEN_SQL, ids)}
+    open_ = {(r["image_id"], r["tag"]): r["digest"] for r in rows if r["valid_until"] is None}
+    if open_ != now:
+        problems.append(f"open entries {open_} disagree with the tags {now}")
+    for prev, cur in itertools.pairwise(rows):
+        if (prev["image_id"], prev["tag"]) != (cur["image_id"], cur["tag"]):
+            continue
+        if prev["valid_until"] is None or prev["valid_until"] > cur["valid_from"]:
+            problems.append(f"overlapping entries: {dict(prev)} then {dict(cur)}")
+        elif prev["valid_until"] == cur["valid_from"] and prev["digest"] == cur["digest"]:
+            problems.append(f"a 'move' to the same digest: {dict(cur)}")
+    vias = {r["observed_via"] for r in rows}
+    if vias != {"webhook", "poll"}:
+        problems.append(f"observed_via: {vias}, want webhook and poll")
+    return problems
 
 
 async def _deadlocks(pool: asyncpg.Pool) -> int:
@@ -89,6 +123,7 @@ async def test_concurrent_writers_leave_every_image_true_and_never_deadlock(
     stop = time.monotonic() + SECONDS
     problems: list[str] = []
     counts: dict[str, int] = {}
+    seen: set[tuple[int, str, str]] = set()  # (image, tag, digest) sampled by `check`
 
     async def loop(label: str, step: Callable[[], Awaitable[object]]) -> None:
         while time.monotonic() < stop:
@@ -164,6 +199,7 @@ async def test_concurrent_writers_leave_every_image_true_and_never_deadlock(
         for row in await pool.fetch(DISAGREE_SQL, ids):
             problems.append(f"image {row['id']}: {row['state']}/{row['last_build_date']}, "
                             f"the tags say {row['want_state']}/{row['want_date']}")
+        seen.update((r["image_id"], r["name"], r["manifest_digest"]) for r in await pool.fetch(SEEN_SQL, ids))
         await asyncio.sleep(0.005)
         return None
 
@@ -182,6 +218,8 @@ async def test_concurrent_writers_leave_every_image_true_and_never_deadlock(
     assert not problems, problems[:10]
     assert all(counts.get(k, 0) > 5 for k in ("sync-1", "push-1", "delete", "build-1", "patch")), counts
     assert await pool.fetch(DISAGREE_SQL, ids) == []
+    history_problems = await _check_history(pool, ids, seen)
+    assert not history_problems, history_problems[:10]
     # A detected deadlock is counted by the backend that detected it when it reports its
     # statistics (at the latest when it exits): wait for the writers' backends to be gone.
     await _writers_gone(pool)

@@ -100,17 +100,18 @@ class GuardedConnector(aiohttp.TCPConnector):
 
 
 def make_session(
-    *, allow_private: bool = False, policy: AddressPolicy | None = None, timeout: float
+    *, allow_private: bool = False, policy: AddressPolicy | None = None, timeout: float, limit: int = 100,
+    user_agent: str = "registry-sync/0.1",
 ) -> aiohttp.ClientSession:
     """The worker's HTTP session for registry I/O; call it inside the running event loop and
     close it at shutdown. `policy` (AddressPolicy.from_settings) wins over `allow_private`.
     Proxies from the environment are ignored (they would bypass the guard's view of the
     destination)."""
     guard = Guard(allow_private=allow_private, policy=policy)
-    connector = GuardedConnector(guard, limit=100, ttl_dns_cache=60)
+    connector = GuardedConnector(guard, limit=limit, ttl_dns_cache=60)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout),
         trust_env=False,
-        headers={"User-Agent": "registry-sync/0.1"},
+        headers={"User-Agent": user_agent},
     )
