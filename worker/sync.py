@@ -171,6 +171,7 @@ async def _discover(
                 known_digest=resolved.manifest_digest if resolved else None,
                 known_platform_digest=resolved.platform_digest if resolved else None,
                 known_configs=proven,
+                known_config=resolved.config_digest if resolved else None,
             )
         except ManifestNotFoundError:
             return None  # deleted between the tag list and the HEAD: gone
@@ -181,8 +182,14 @@ async def _discover(
         if res is None or res.kind == METADATA:
             return  # gone, or a signature/attestation/SBOM: not a tag
         result.present.append(res.tag)
+        if res.unproven and res.digest is not None:
+            config = known[res.tag].config_digest
+            assert config is not None  # resolve_tag proves only a known config
+            result.unproven.append((res.tag, res.digest, config))
         if res.problem is not None:
             result.problems[res.tag] = res.problem[:1000]
+        elif res.unchanged and res.config_digest is not None:
+            result.reproven.append(res.config_digest)
         elif not res.unchanged and res.digest is not None:
             if res.layer is not None and res.config_digest:
                 result.layers.append(layers.layer_write(res.config_digest, res.layer))
