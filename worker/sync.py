@@ -21,9 +21,10 @@ from typing import TypeVar
 
 import structlog
 
-from core import metrics
+from core import accounts, metrics
 from core.artifacts import METADATA
 from core.crypto import Credentials
+from core.registries import namespace_refusal, on_own_registry
 from core.settings import Settings
 from worker import layers, store, tag_policy
 from worker.registry import TagResolution, Target
@@ -85,6 +86,7 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
     heartbeat = asyncio.create_task(_keep_lease(rt, image_id, run_token))
     progress = _Progress()
     try:
+        await _check_namespace(rt, image)
         creds = _credentials(rt, image.credentials) or rt.catalog_credentials(image.host, image.owner_id)
         target = Target(rt.network_host(image.host), image.repository, creds)
         async with rt.host_slot(image.host):
@@ -139,6 +141,20 @@ def _credentials(rt: Runtime, sealed: bytes | None) -> Credentials | None:
         return rt.box.open(sealed)
     except ValueError as exc:  # SECRET_KEY changed without SECRET_KEY_OLD: needs an operator
         raise RegistryAuthError(f"stored credentials are unreadable: {exc}") from None
+
+
+async def _check_namespace(rt: Runtime, image: store.ImageToSync) -> None:
+    """Raise RegistryAuthError (the image loses its proof of access) for an image on the
+    service's own registry in another account's namespace: the service reads that registry
+    with its own access, which the image's owner must not borrow (an image registered before
+    TUTUM_REGISTRY_HOST named the registry, or before the API refused such names)."""
+    if image.owner_id is None or not on_own_registry(image.host, rt.settings):
+        return
+    owner = await accounts.account_by_id(rt.pool, image.owner_id)
+    refusal = namespace_refusal(image.host, image.repository, owner.username if owner else "",
+                                owner is not None and owner.is_admin, rt.settings)
+    if refusal is not None:
+        raise RegistryAuthError(refusal)
 
 
 async def _keep_lease(rt: Runtime, image_id: int, run_token: str) -> None:

@@ -242,9 +242,9 @@ class RegistryClient:
                     headers["Authorization"] = retry_auth
                     reply = await send(method, url, kind, headers, target.host, limit)
         if not 200 <= reply.status < 300:
-            raise error_for_response(
-                reply.status, reply.body, reply.headers, where=where(method, url), kind=kind
-            )
+            # the body of a redirect hop's answer is not the registry's: not even its code
+            body = reply.body if urlsplit(reply.url)[:2] == urlsplit(url)[:2] else b""
+            raise error_for_response(reply.status, body, reply.headers, where=where(method, url), kind=kind)
         return reply
 
     async def _ping(self, host: str) -> Challenge | None:
