@@ -84,7 +84,7 @@ CREATE INDEX IF NOT EXISTS images_due_idx ON images (next_sync_at);
 -- One row per image config: every tag pointing at the same config digest shares it.
 -- Content-addressed, so a row never changes once written.
 CREATE TABLE IF NOT EXISTS layers (
-    config_digest  text        PRIMARY KEY,  -- sha256:<hex>; docker_id is the hex
+    config_digest  text        PRIMARY KEY,  -- sha256:<hex> (or sha512:); docker_id is the hex
     author         text        NOT NULL DEFAULT '',
     created        timestamptz,              -- NULL when missing or a reproducible-build placeholder
     entrypoint     text        NOT NULL DEFAULT '',

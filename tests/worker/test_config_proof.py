@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import MakeUser, User, unique
 from tests.support import content
+from tests.support.fake_registry import FakeRegistry
 from tests.support.hostile_registry import HostileRegistry
 from tests.support.registry import PushedImage, RegistryServer, push_image
 from tests.worker.conftest import ALICE, OpenRuntime
@@ -224,10 +225,11 @@ async def test_a_head_claim_on_record_is_proven_again_or_dropped(
     assert await sync.sync_image(fresh, iid_b) == sync.SYNCED
     await _leaks_nothing(client, bob, name_b, secret.config_digest,
                          f"config blob {secret.config_digest} is not in this repository (404)")
-    assert fresh.client.requests[("GET", "manifest")] == 0  # only the blob was asked for
+    # the blob (404), then the manifest, in case it is schema 1 and carries the config itself
+    assert fresh.client.requests[("GET", "manifest")] == 1
 
     assert await sync.sync_image(fresh, iid_a) == sync.SYNCED
-    assert fresh.client.requests[("GET", "manifest")] == 0
+    assert fresh.client.requests[("GET", "manifest")] == 1  # A's: the blob alone proves it
     assert fresh.client.requests[("GET", "blob")] == 2  # B's (404) and A's
     assert await pool.fetchval(
         "SELECT proven_by_content FROM layer_sources AS s JOIN images AS i"
@@ -276,3 +278,24 @@ async def test_sha512_is_proof_and_other_algorithms_are_not(
             expected = error.format(manifest=claim.manifest_digest, config=claim.config_digest)
             assert status["tag_issues"] == [{"tag": "latest", "note": None, "error": expected}]
     assert hostile.hits[("GET", f"/v2/{repo}/blobs/{claim.config_digest}")] == 0  # md5: nothing to ask
+
+
+async def test_a_schema1_config_on_record_is_proven_by_its_manifest(
+    client: TestClient, make_user: MakeUser, fake_registry: FakeRegistry, runtime: OpenRuntime,
+    pool: asyncpg.Pool,
+) -> None:
+    """A schema 1 manifest carries its config (its digest is the hash of those bytes): no blob
+    proves it, the manifest read again does, and the tag keeps its layer."""
+    user = await make_user()
+    name = f"{fake_registry.host}/schema1/{unique('old')}"
+    iid = await register(client, user, name)
+    assert await sync.sync_image(await runtime(fake_registry.host), iid) == sync.SYNCED
+    await pool.execute("UPDATE layer_sources SET proven_by_content = false WHERE repository = $1",
+                       name.split("/", 1)[1])
+    fresh = await runtime(fake_registry.host)
+    assert await sync.sync_image(fresh, iid) == sync.SYNCED
+    for tag in ("a", "b"):
+        assert (await get(client, user, f"/api/v1/image/{name}/tag/{tag}/"))["layer"] is not None
+    assert (await get(client, user, f"/api/v1/image/{name}/sync/"))["tag_issues"] == []
+    assert await pool.fetchval("SELECT bool_and(proven_by_content) FROM layer_sources WHERE repository = $1",
+                               name.split("/", 1)[1]) is True

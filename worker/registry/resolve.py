@@ -153,7 +153,7 @@ async def resolve_tag(
         head_digest = head.headers.get("Docker-Content-Digest")
         if head_digest and head_digest == known_digest:
             return await _unchanged(client, target, tag, head_digest, known_platform_digest,
-                                    known_config, known_configs)
+                                    known_config, known_configs, base)
     try:
         # by digest after a HEAD; by tag when there is nothing to compare (its
         # Docker-Content-Digest names it, so a HEAD would only add a request)
@@ -164,7 +164,8 @@ async def resolve_tag(
         return TagResolution(tag, head_digest, problem=str(exc))
     digest = head_digest or reply.headers.get("Docker-Content-Digest") or mf.sha256_digest(reply.body)
     if digest == known_digest:
-        return await _unchanged(client, target, tag, digest, known_platform_digest, known_config, known_configs)
+        return await _unchanged(
+            client, target, tag, digest, known_platform_digest, known_config, known_configs, base)
     try:
         return await _resolve_content(client, target, tag, digest, reply, base, known_configs)
     except RegistryProtocolError as exc:
@@ -173,15 +174,22 @@ async def resolve_tag(
 
 async def _unchanged(
     client: RegistryClient, target: Target, tag: str, digest: str, platform_digest: str | None,
-    known_config: str | None, known_configs: Container[str],
+    known_config: str | None, known_configs: Container[str], base: str,
 ) -> TagResolution:
     """An unchanged tag. Its config (read from a manifest this repository served earlier)
     counts when the repository's proof of it is on record; otherwise the blob is fetched once
-    to prove it, and the tag loses the config if that fails."""
+    to prove it, and the tag loses the config if that fails. A schema 1 manifest's config is
+    no blob: when the blob does not prove it, the manifest is read again, its content (the
+    config inside) is the proof."""
     if known_config is None or known_config in known_configs:
         return TagResolution(tag, digest, platform_digest, unchanged=True)
     try:
-        await proven_config(client, target, known_config)
+        try:
+            await proven_config(client, target, known_config)
+        except RegistryProtocolError:
+            manifest = parse_manifest(await client.call(target, "GET", base + digest, "manifest"), digest)
+            if not (isinstance(manifest, mf.Schema1Manifest) and manifest.config_digest == known_config):
+                raise
     except RegistryProtocolError as exc:  # not served (404), not matching, not an image config
         return TagResolution(tag, digest, platform_digest, unchanged=True, unproven=True,
                              problem=_config_problem(known_config, exc))
