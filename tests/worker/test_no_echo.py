@@ -38,24 +38,28 @@ def hostile_token() -> Iterator[HostileRegistry]:
         reg.stop()
 
 
-def _no_secret(status: dict[str, Any]) -> None:
+async def _synced(client: TestClient, make_user: MakeUser, runtime: OpenRuntime, reg: HostileRegistry,
+                  kind: str, outcome: str, *hosts: str, **client_kw: Any) -> tuple[str, dict[str, Any]]:
+    """Register `<reg>/<kind>/<unique>` for a new account, sync it once (expecting
+    `outcome`): the repository and its `…/sync/`, which holds nothing of any body."""
+    user = await make_user()
+    repo = f"{kind}/{unique('app')}"
+    name = f"{reg.host}/{repo}"
+    iid = await register(client, user, name)
+    assert await sync.sync_image(await runtime(reg.host, *hosts, **client_kw), iid) == outcome
+    status = await get(client, user, f"/api/v1/image/{name}/sync/")
     text = repr(status)
     for word in ("internal-only", "db01", "10.20.30.40", "AWS_SECRET", "AccessDenied", "wJalr"):
         assert word not in text, status
     assert SECRET not in text
+    return repo, status
 
 
 async def test_the_registrys_own_error_body_is_not_echoed(
     client: TestClient, make_user: MakeUser, hostile: HostileRegistry, runtime: OpenRuntime,
 ) -> None:
     """A manifest refused with 400: the tag's problem is the status line and the error code."""
-    user = await make_user()
-    repo = f"echo/{unique('app')}"
-    name = f"{hostile.host}/{repo}"
-    iid = await register(client, user, name)
-    assert await sync.sync_image(await runtime(hostile.host), iid) == sync.SYNCED
-    status = await get(client, user, f"/api/v1/image/{name}/sync/")
-    _no_secret(status)
+    repo, status = await _synced(client, make_user, runtime, hostile, "echo", sync.SYNCED)
     assert status["tag_issues"] == [{
         "tag": "latest", "note": None,
         "error": f"GET {hostile.host}/v2/{repo}/manifests/latest: answered 400 Bad Request"
@@ -68,13 +72,7 @@ async def test_a_redirect_hops_body_is_not_echoed(
 ) -> None:
     """The manifest redirects to another origin, which answers 403 with an XML body: the
     error names the registry's request and the status, nothing of the hop's answer."""
-    user = await make_user()
-    repo = f"hop/{unique('app')}"
-    name = f"{hostile.host}/{repo}"
-    iid = await register(client, user, name)
-    assert await sync.sync_image(await runtime(hostile.host, hostile.other_host), iid) == sync.FAILED
-    status = await get(client, user, f"/api/v1/image/{name}/sync/")
-    _no_secret(status)
+    repo, status = await _synced(client, make_user, runtime, hostile, "hop", sync.FAILED, hostile.other_host)
     assert status["error"] == (f"RegistryAuthError: GET {hostile.host}/v2/{repo}/manifests/latest:"
                                " answered 403 Forbidden")
     assert hostile.hits[("GET", "/elsewhere")] == 1
@@ -83,14 +81,7 @@ async def test_a_redirect_hops_body_is_not_echoed(
 async def test_a_token_services_body_is_not_echoed(
     client: TestClient, make_user: MakeUser, hostile_token: HostileRegistry, runtime: OpenRuntime,
 ) -> None:
-    user = await make_user()
-    repo = f"claims/{unique('app')}"
-    name = f"{hostile_token.host}/{repo}"
-    iid = await register(client, user, name)
-    rt = await runtime(hostile_token.host, max_attempts=1)
-    assert await sync.sync_image(rt, iid) == sync.FAILED
-    status = await get(client, user, f"/api/v1/image/{name}/sync/")
-    _no_secret(status)
+    _, status = await _synced(client, make_user, runtime, hostile_token, "claims", sync.FAILED, max_attempts=1)
     assert status["error"] == (f"RegistryUnavailableError: GET {hostile_token.host}/token:"
                                " answered 500 Internal Server Error")
     assert hostile_token.hits[("GET", "/token")] == 1
