@@ -86,7 +86,7 @@ CREATE INDEX IF NOT EXISTS images_due_idx ON images (next_sync_at);
 -- One row per image config: every tag pointing at the same config digest shares it.
 -- Content-addressed, so a row never changes once written.
 CREATE TABLE IF NOT EXISTS layers (
-    config_digest  text        PRIMARY KEY,  -- sha256:<hex>; docker_id is the hex
+    config_digest  text        PRIMARY KEY,  -- sha256:<hex> (or sha512:); docker_id is the hex
     author         text        NOT NULL DEFAULT '',
     created        timestamptz,              -- NULL when missing or a reproducible-build placeholder
     entrypoint     text        NOT NULL DEFAULT '',
@@ -125,16 +125,20 @@ CREATE TABLE IF NOT EXISTS tags (
 );
 CREATE INDEX IF NOT EXISTS tags_config_idx ON tags (config_digest);
 
--- Which registry repositories served a config blob or confirmed holding it (a HEAD with the
--- image's own credentials). Proof of access (SPEC §1): a tag points at a layer only when
--- its image's registry and repository are listed here for that config, so a manifest that
--- names another repository's config digest never reveals that layer. Later syncs read it to
--- skip the confirmation.
+-- Which registry repositories served a config blob with the image's own credentials, bytes
+-- that hash to its digest (`proven_by_content`). Proof of access (SPEC §1): a tag points at a
+-- layer only when its image's registry and repository are listed here for that config, so a
+-- manifest that names another repository's config digest never reveals that layer. Later
+-- syncs read it to skip the blob. A row without `proven_by_content` was written when a HEAD
+-- answered 200 counted as proof: it proves nothing, and the next sync of a tag that points
+-- at its config fetches the blob once (the default is false so that a worker of an older
+-- release, still running during an upgrade, cannot write a row that counts).
 CREATE TABLE IF NOT EXISTS layer_sources (
-    registry_id    bigint      NOT NULL REFERENCES registries (id) ON DELETE CASCADE,
-    repository     text        NOT NULL,
-    config_digest  text        NOT NULL REFERENCES layers (config_digest) ON DELETE CASCADE,
-    confirmed_at   timestamptz NOT NULL DEFAULT now(),
+    registry_id        bigint      NOT NULL REFERENCES registries (id) ON DELETE CASCADE,
+    repository         text        NOT NULL,
+    config_digest      text        NOT NULL REFERENCES layers (config_digest) ON DELETE CASCADE,
+    confirmed_at       timestamptz NOT NULL DEFAULT now(),
+    proven_by_content  boolean     NOT NULL DEFAULT false,
     CONSTRAINT layer_sources_pkey PRIMARY KEY (registry_id, repository, config_digest)
 );
 CREATE INDEX IF NOT EXISTS layer_sources_config_idx ON layer_sources (config_digest);

@@ -27,7 +27,7 @@ from core import tag_policy
 from core.accounts import Account
 from core.crypto import CredentialBox, Credentials
 from core.names import HUB_HOST, InvalidNameError, parse_image_name
-from core.registries import ensure_registry
+from core.registries import ensure_registry, namespace_refusal
 
 log = structlog.get_logger("api.images")
 
@@ -133,8 +133,11 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
         name = parse_image_name(body.name)
     except InvalidNameError as exc:
         raise BadRequestError(f"invalid image name: {exc}", field="name") from None
-    await targets.check_registry_host(request.app, name)
     settings = request.app[SETTINGS]
+    refusal = namespace_refusal(name.host, name.repository, account.username, account.is_admin, settings)
+    if refusal is not None:
+        raise ForbiddenError(refusal)
+    await targets.check_registry_host(request.app, name)
     pair = credentials_pair(body)
     sealed = request.app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
     pool = request.app[POOL]

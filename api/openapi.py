@@ -156,7 +156,9 @@ def _paths() -> dict[str, dict[str, Op]]:
                                    "in the list."),
             "post": _op("Register a private image; its first sync is queued at once",
                         {"201": _body("Image", "Created, state `Empty` until its first sync")},
-                        (400, 405, 409, 413, 415), body="ImageCreate"),
+                        (400, 403, 405, 409, 413, 415), body="ImageCreate",
+                        description="403: the name is in another account's namespace on this service's "
+                                    "own registry (`<registry>/<user>/…` belongs to the account `<user>`)."),
         },
         "/api/v1/image/{name}/": {
             "get": _op("One image; an unknown Docker Hub name is looked up on the hub and added",

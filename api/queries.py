@@ -92,7 +92,7 @@ async def get_tag(conn: Conn, image_id: int, tag: str) -> asyncpg.Record | None:
     return await conn.fetchrow(GET_TAG_SQL, image_id, tag)
 
 
-# Through a visible tag whose image's registry repository served or confirmed the config
+# Through a visible tag whose image's registry repository proved holding the config
 # (layer_sources: SPEC §1 proof of access), never by the digest alone.
 GET_LAYER_SQL = """
 SELECT l.config_digest, l.author, l.created, l.entrypoint, l.run_command, l.envvars, l.labels,

@@ -44,9 +44,10 @@ async def get_registry(request: web.Request) -> web.Response:
 async def get_layer(request: web.Request) -> web.Response:
     reject_unknown(request.query, ())
     docker_id = request.match_info["docker_id"]
-    digest = f"sha256:{docker_id}"
+    # the hex of a sha256 config digest (64 digits), or of a sha512 one (128)
+    digest = f"{'sha512' if len(docker_id) == 128 else 'sha256'}:{docker_id}"
     if not is_digest(digest):
-        raise BadRequestError("a layer id is the hex of a sha256 config digest", field="docker_id")
+        raise BadRequestError("a layer id is the hex of a sha256 or sha512 config digest", field="docker_id")
     row = await queries.get_layer(request.app[POOL], request_account(request).id, digest)
     if row is None:
         raise NotFoundError(f"layer '{docker_id}' not found")

@@ -54,8 +54,10 @@ def _missing(subscription_id: int) -> NotFoundError:
 async def _check_target(request: web.Request, body: SubscriptionPatch) -> None:
     """The URL's host may be contacted; the image, when named, is one the caller sees."""
     if body.url is not None:
-        host = urlsplit(body.url).netloc.rpartition("@")[2]
-        await targets.check_host(request.app, host, "the subscription's URL", "url")
+        parts = urlsplit(body.url)
+        host = parts.netloc.rpartition("@")[2]
+        default_port = 80 if parts.scheme == "http" else 443
+        await targets.check_host(request.app, host, "the subscription's URL", "url", default_port)
     if body.image is not None:
         account = request_account(request)
         if await queries.get_image_ref(request.app[POOL], account.id, body.image) is None:

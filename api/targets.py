@@ -4,8 +4,14 @@ once and with a sentence that never contains an address.
 `POST /api/v1/image/` (and a `PATCH` that changes credentials, which the next sync sends to
 the registry) resolves the registry host through `app[RESOLVER]` and applies the worker's
 rules (core/address_policy.py): a literal address is judged as written; a name is refused
-when none of its addresses may be contacted, as the worker's resolver would find. Docker
-Hub names are not checked: the operator configures where they are synced from.
+when none of its addresses may be contacted on its port, as the worker's resolver would
+find. Docker Hub names are not checked: the operator configures where they are synced from.
+
+No oracle: every name that cannot be used gets one answer, the rule (NAME_RULE), whether it
+resolves to loopback, private, link-local or metadata addresses or does not resolve at all,
+so registration cannot map internal DNS names. Only a DNS that cannot answer now (SERVFAIL,
+a timeout) is a 503 "try again": it is about the resolver, the same for every name while it
+lasts, and says nothing of what the name resolves to.
 
 This check is the early answer, not the defence: DNS can change after registration, so the
 worker checks again after every resolution and redirect.
@@ -19,7 +25,8 @@ import socket
 from aiohttp import web
 
 from api.errors import BadRequestError, UnavailableError
-from core.address_policy import AddressPolicy, Kind, Refusal, hostname_of, literal_address
+from api.keys import SETTINGS
+from core.address_policy import NAME_RULE, AddressPolicy, literal_address, split_host
 from core.names import ImageName
 
 # getaddrinfo's answers that mean "no such name", as opposed to "cannot answer now"
@@ -54,32 +61,36 @@ async def check_registry_host(app: web.Application, name: ImageName) -> None:
     UnavailableError (503) when its host cannot be resolved right now."""
     if name.is_hub:
         return
-    await check_host(app, name.host, f"registry host '{name.host}'", "name")
+    # without a port: the one the worker will use (INSECURE_REGISTRIES: plain http)
+    default_port = 80 if name.host in app[SETTINGS].insecure_registries else 443
+    await check_host(app, name.host, f"registry host '{name.host}'", "name", default_port)
 
 
-async def check_host(app: web.Application, host: str, subject: str, field: str) -> None:
+async def check_host(app: web.Application, host: str, subject: str, field: str, default_port: int) -> None:
     """The rule of check_registry_host for any `host` (as in URLs and image names, with an
-    optional port): 400 naming `field` and `subject` when it may not be contacted, 503 when it
-    cannot be resolved right now. Also for the endpoints of notification subscriptions."""
+    optional port, else `default_port`): 400 naming `field` and `subject` when it may not be
+    contacted, 503 when it cannot be resolved right now. Also for the endpoints of
+    notification subscriptions."""
     policy = app[ADDRESS_POLICY]
-    hostname = hostname_of(host)
+    hostname, port = split_host(host)
     address = literal_address(hostname)
     if address is not None:
-        refusal = policy.refusal(address, host)
+        refusal = policy.refusal(address)
         if refusal is not None:
             raise BadRequestError(refusal.message(subject, "is"), field=field)
         return
+    unusable = BadRequestError(f"{subject} cannot be used: {NAME_RULE}", field=field)
     try:
         addresses = await app[RESOLVER].resolve(hostname)
     except socket.gaierror as exc:
         if exc.errno in _NO_SUCH_NAME:
-            raise BadRequestError(f"{subject} does not resolve to any address; check the name", field=field) from None
+            raise unusable from None
         raise _unresolvable(subject) from None
     except (TimeoutError, OSError):
         raise _unresolvable(subject) from None
-    allowed, refusal = policy.screen(addresses, host)
+    allowed, _ = policy.screen(addresses, hostname, default_port if port is None else port)
     if not allowed:
-        raise BadRequestError((refusal or Refusal(Kind.UNUSABLE)).message(subject), field=field)
+        raise unusable
 
 
 def _unresolvable(subject: str) -> UnavailableError:

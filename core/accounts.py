@@ -81,3 +81,12 @@ async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, username: str, k
     if row is None or not secrets.compare_digest(row["key_hash"], digest):
         return None
     return Account(row["id"], row["username"], row["is_admin"])
+
+
+ACCOUNT_BY_ID_SQL = "SELECT id, username, is_admin FROM accounts WHERE id = $1"
+
+
+async def account_by_id(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> Account | None:
+    """The account `account_id`, or None when there is none."""
+    row = await conn.fetchrow(ACCOUNT_BY_ID_SQL, account_id)
+    return Account(row["id"], row["username"], row["is_admin"]) if row else None

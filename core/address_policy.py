@@ -11,14 +11,20 @@ IPv4 address it embeds as well, since that is where a connection to it ends up.
 - public addresses: always allowed;
 - loopback and private (RFC 1918, CGNAT 100.64.0.0/10, unique-local fc00::/7, site-local,
   local-use NAT64): allowed with `allow_private` (ALLOW_PRIVATE_REGISTRIES=1), or when the
-  address is in a listed network, or the host is a listed name;
+  address is in a listed network, or the host is a listed name on its listed port;
 - reserved and documentation ranges, anything outside IPv6 global unicast: only in a listed
-  network or for a listed host name;
+  network or for a listed host name on its port;
 - link-local (169.254.0.0/16, fe80::/10): only in an explicitly listed network (metadata
   services live there; neither ALLOW_PRIVATE_REGISTRIES nor a host name opens it).
 
-Refusal messages never contain an address: a caller must not learn what an internal name
-resolves to.
+A host name is listed with its port (`registry.corp:5000`); a name listed without one stands
+for the ports a registry named without one is reached on, 443 (https) and 80 (plain http,
+INSECURE_REGISTRIES). The service's own registry and the Docker Hub URLs are listed with the
+port they are configured with.
+
+No refusal contains an address, and a name that cannot be used gets one answer whatever it
+resolves to, or if it does not resolve (NAME_RULE): a caller must not learn what an internal
+name resolves to, or whether it exists. An address the caller wrote is judged as written.
 """
 
 from __future__ import annotations
@@ -34,6 +40,17 @@ from core.settings import ConfigError, Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# The ports of a registry host named without one: https, or plain http (INSECURE_REGISTRIES).
+DEFAULT_PORTS = (443, 80)
+
+# Why a registry host *name* cannot be used, the same for every such name: it says the rule,
+# never what the name resolves to (or that it does not resolve).
+NAME_RULE = (
+    "a registry host name must resolve to a public address, or to one that ALLOW_PRIVATE_REGISTRIES "
+    "or ALLOWED_REGISTRY_NETWORKS allows (which may also list the name, with its port); a name that "
+    "does not resolve gets this same answer"
+)
 
 
 class Kind(enum.Enum):
@@ -173,10 +190,33 @@ def is_odd_ipv4(hostname: str) -> bool:
 
 def hostname_of(host: str) -> str:
     """`reg.example:5000` → `reg.example`; `[2001:db8::1]:5000` → `2001:db8::1`."""
+    return split_host(host)[0]
+
+
+def split_host(host: str) -> tuple[str, int | None]:
+    """`reg.example:5000` → (`reg.example`, 5000); `[2001:db8::1]` → (`2001:db8::1`, None);
+    lower case. A port that is not a number is None."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    else:
+        name, port = host, ""
+    return name, int(port) if port.isdigit() else None
+
+
+def ports_of(port: int | None) -> tuple[int, ...]:
+    """The ports a host named with `port` is reached on (DEFAULT_PORTS when it has none)."""
+    return (port,) if port is not None else DEFAULT_PORTS
+
+
+def same_endpoint(a: str, b: str) -> bool:
+    """True when the hosts `a` and `b` (`name[:port]`) name the same server and port:
+    `reg.example` and `reg.example:443` do, `reg.example:5000` and `reg.example` do not."""
+    (name_a, port_a), (name_b, port_b) = split_host(a), split_host(b)
+    return name_a == name_b and not set(ports_of(port_a)).isdisjoint(ports_of(port_b))
 
 
 def literal_address(hostname: str) -> IPAddress | None:
@@ -187,18 +227,26 @@ def literal_address(hostname: str) -> IPAddress | None:
         return None
 
 
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
 @dataclass(frozen=True)
 class AddressPolicy:
     allow_private: bool = False
     networks: tuple[IPNetwork, ...] = ()
-    hosts: frozenset[str] = frozenset()
+    hosts: frozenset[tuple[str, int]] = frozenset()  # (name, port) pairs allowed by name
 
     @classmethod
     def parse(cls, allowed: str, *, allow_private: bool = False, trusted_hosts: Iterable[str] = ()) -> AddressPolicy:
-        """`allowed`: comma- or space-separated CIDRs, addresses and host names (no ports).
-        `trusted_hosts`: names the operator configured elsewhere, allowed like listed ones."""
+        """`allowed`: comma- or space-separated CIDRs, addresses, and host names with or
+        without a port (`registry.internal:5000`; without one: DEFAULT_PORTS).
+        `trusted_hosts`: `name[:port]` the operator configured elsewhere, allowed like listed ones."""
         networks: list[IPNetwork] = []
-        hosts = {h.lower() for h in trusted_hosts if h}
+        hosts: set[tuple[str, int]] = set()
+        for trusted in trusted_hosts:
+            if trusted:
+                name, port = split_host(trusted)
+                hosts.update((name, p) for p in ports_of(port))
         for entry in re.split(r"[,\s]+", allowed.strip().lower()):
             if not entry:
                 continue
@@ -207,35 +255,48 @@ class AddressPolicy:
                 continue
             except ValueError:
                 pass
-            if not _HOSTNAME.fullmatch(entry) or is_odd_ipv4(entry):
+            name, colon, written = entry.partition(":")
+            if (not _HOSTNAME.fullmatch(name) or is_odd_ipv4(name) or literal_address(name) is not None
+                    or (colon and (not _PORT.fullmatch(written) or not 0 < int(written) < 65536))):
                 raise ConfigError(
                     f"ALLOWED_REGISTRY_NETWORKS entry {entry!r} is neither a network (10.0.0.0/8, "
-                    "fd00::/8, 192.0.2.7) nor a host name without a port (registry.internal)"
+                    "fd00::/8, 192.0.2.7) nor a host name with an optional port (registry.internal, "
+                    "registry.internal:5000)"
                 )
-            hosts.add(entry)
+            hosts.update((name, p) for p in ports_of(int(written) if written else None))
         return cls(allow_private=allow_private, networks=tuple(networks), hosts=frozenset(hosts))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AddressPolicy:
         """The configured policy. The service's own registry and the Docker Hub endpoints are
-        named by the operator, so they are allowed like listed host names."""
-        configured = [hostname_of(settings.tutum_registry_host)] if settings.tutum_registry_host else []
+        named by the operator, so they are allowed like listed host names, on the port they
+        are configured with."""
+        configured = [settings.tutum_registry_host] if settings.tutum_registry_host else []
         for url in (settings.docker_hub_registry_url, settings.docker_hub_api_url):
-            configured.append(urlsplit(url).hostname or "")
+            parts = urlsplit(url)
+            if parts.hostname:
+                port = parts.port or (80 if parts.scheme == "http" else 443)
+                name = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+                configured.append(f"{name}:{port}")
         return cls.parse(
             settings.allowed_registry_networks, allow_private=settings.allow_private_registries,
             trusted_hosts=configured,
         )
 
-    def host_listed(self, host: str | None) -> bool:
-        return host is not None and hostname_of(host) in self.hosts
+    def host_listed(self, host: str | None, port: int | None = None) -> bool:
+        """True when `host` (`name[:port]`; `port` wins over a port in it) is allowed by name
+        on that port; a host without a port is reached on DEFAULT_PORTS, any of them counts."""
+        if host is None:
+            return False
+        name, written = split_host(host)
+        return any((name, p) in self.hosts for p in ports_of(port if port is not None else written))
 
-    def refusal(self, address: str | IPAddress, host: str | None = None) -> Refusal | None:
-        """Why `address` (reached as `host`, if by name) may not be contacted, or None."""
+    def refusal(self, address: str | IPAddress, host: str | None = None, port: int | None = None) -> Refusal | None:
+        """Why `address` (reached as `host` on `port`, if by name) may not be contacted, or None."""
         ip = literal_address(address) if isinstance(address, str) else address
         if ip is None:
             return Refusal(Kind.UNUSABLE)
-        listed_host = self.host_listed(host)
+        listed_host = self.host_listed(host, port)
         refusals = []
         for dest, guess in destinations(ip):
             kind = classify(dest)
@@ -254,12 +315,14 @@ class AddressPolicy:
             return False
         return listed_host or (self.allow_private and kind in (Kind.LOOPBACK, Kind.PRIVATE))
 
-    def screen(self, addresses: Iterable[str], host: str | None) -> tuple[list[str], Refusal | None]:
+    def screen(
+        self, addresses: Iterable[str], host: str | None, port: int | None = None,
+    ) -> tuple[list[str], Refusal | None]:
         """The addresses that may be contacted, and the first refusal (None if none was)."""
         allowed: list[str] = []
         first: Refusal | None = None
         for address in addresses:
-            refusal = self.refusal(address, host)
+            refusal = self.refusal(address, host, port)
             if refusal is None:
                 allowed.append(address)
             elif first is None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from core.names import HUB_HOST
+from core.address_policy import same_endpoint
+from core.names import HUB_HOST, canonical_host
 from core.settings import Settings
 
 DOCKER_HUB_ICON = "/_static/assets/images/dockerimages/docker-64.png"
@@ -67,3 +68,27 @@ async def refresh_registries(conn: asyncpg.Connection, settings: Settings) -> li
         REFRESH_REGISTRIES_SQL, sorted(settings.insecure_registries), settings.tutum_registry_host, HUB_HOST
     )
     return [(r["host"], r["is_ssl"]) for r in rows]
+
+
+def on_own_registry(host: str, settings: Settings) -> bool:
+    """True when `host` (as image names write it) is the service's own registry
+    (TUTUM_REGISTRY_HOST), under any spelling that reaches the same server and port:
+    `registry.example` and `registry.example:443` are one registry."""
+    own = settings.tutum_registry_host
+    return bool(own) and same_endpoint(canonical_host(own), host)
+
+
+def namespace_refusal(host: str, repository: str, username: str | None, is_admin: bool,
+                      settings: Settings) -> str | None:
+    """Why the account `username` may not have `<host>/<repository>`: on the service's own
+    registry, the first path component of a repository is the user name of the account it
+    belongs to (SPEC §1), and the service reads that registry with its own access, so that
+    namespace is for that account alone (and admins). None when the account may.
+    `username` None is the shared catalog, which the operator fills."""
+    if username is None or is_admin or not on_own_registry(host, settings):
+        return None
+    owner = repository.split("/", 1)[0]
+    if owner == username:
+        return None
+    return (f"'{host}/{owner}/' is the namespace of the account '{owner}' on this service's own "
+            f"registry: only that account (or an admin) may have images there")

@@ -4,8 +4,8 @@ digest with its registry and complete the tags that still point at it.
 Runs after the events' commit, off the visibility path, for a whole batch at once: one
 registry resolution per (repository, credentials, digest), through the sync's own call
 (worker/registry/client.py resolve_tag: manifest → content rule → platform → config, with the
-image's own credentials; a config counts only when this repository served or confirmed the
-blob), then one transaction that locks the images in id order (worker/locks.py) and writes
+image's own credentials; a config counts only when this repository served the blob's bytes
+and they hash to its digest), then one transaction that locks the images in id order (worker/locks.py) and writes
 every outcome, each only on tags that still point at the pushed digest:
 - an image: the tag's platform, config (layer) and build date (the later of the config's
   `created` and the push time); an artifact or an index without the platform: no layer, a

@@ -1,10 +1,13 @@
 """Layers (image configs) and the repositories that proved holding them, for both paths that
 read configs: the sync and the webhook enrichment.
 
-A layer row is content-addressed and never changes. A `layer_sources` row says that a
-registry repository served or confirmed that config blob (SPEC §1 proof of access); a tag
-may point at the layer only when its image's registry and repository have that row, which
-`record` writes in the same transaction as the tags that need it.
+A layer row is content-addressed and never changes. A `layer_sources` row with
+`proven_by_content` says that a registry repository served that config blob and the bytes
+hashed to its digest (SPEC §1: a proof is content, not a claim); a tag may point at the
+layer only when its image's registry and repository have that row, which `record` writes in
+the same transaction as the tags that need it. Rows without it were written before that rule
+(a `HEAD` answered 200 was taken as proof then): they count for nothing here, and the next
+sync of a tag that points at such a config fetches the blob once (worker/sync.py).
 """
 
 from __future__ import annotations
@@ -54,9 +57,11 @@ ON CONFLICT (config_digest) DO NOTHING
 """
 
 INSERT_SOURCES_SQL = """
-INSERT INTO layer_sources (registry_id, repository, config_digest)
-SELECT $1, $2, d FROM unnest($3::text[]) AS d
-ON CONFLICT ON CONSTRAINT layer_sources_pkey DO NOTHING
+INSERT INTO layer_sources AS s (registry_id, repository, config_digest, proven_by_content)
+SELECT $1, $2, d, true FROM unnest($3::text[]) AS d
+ON CONFLICT ON CONSTRAINT layer_sources_pkey DO UPDATE
+   SET proven_by_content = true, confirmed_at = now()
+ WHERE NOT s.proven_by_content
 """
 
 
@@ -65,7 +70,8 @@ async def record(
     proven: Iterable[str],
 ) -> None:
     """Store new layers, and that this registry repository holds the `proven` configs (every
-    config digest a tag of this repository is about to point at). In the caller's
+    config digest a tag of this repository is about to point at, each one served by the
+    repository with bytes that hash to it: resolve.proven_config). In the caller's
     transaction, after it locked its images and before the tags (worker/locks.py). Rows go in
     digest order: two writers inserting the same new configs never wait for each other
     crosswise."""
@@ -82,10 +88,13 @@ async def record(
 
 
 PROVEN_CONFIGS_SQL = """
+(SELECT config_digest FROM layer_sources
+  WHERE registry_id = $1 AND repository = $2 AND proven_by_content
+  ORDER BY confirmed_at DESC
+  LIMIT $3)
+UNION
 SELECT config_digest FROM layer_sources
- WHERE registry_id = $1 AND repository = $2
- ORDER BY confirmed_at DESC
- LIMIT $3
+ WHERE registry_id = $1 AND repository = $2 AND proven_by_content AND config_digest = ANY ($4::text[])
 """
 
 
@@ -93,7 +102,7 @@ async def proven_configs(
     conn: asyncpg.Pool | asyncpg.Connection, registry_id: int, repository: str, limit: int,
     also: Sequence[str] = (),
 ) -> frozenset[str]:
-    """Config digests this registry repository served or confirmed: the newest `limit`, plus
-    `also` (the configs its tags point at, proven by the rule above)."""
-    rows = await conn.fetch(PROVEN_CONFIGS_SQL, registry_id, repository, limit)
-    return frozenset(r[0] for r in rows) | frozenset(also)
+    """Config digests this registry repository proved holding by content: the newest
+    `limit`, and those of `also` (the configs its tags point at) that it proved."""
+    rows = await conn.fetch(PROVEN_CONFIGS_SQL, registry_id, repository, limit, sorted(set(also)))
+    return frozenset(r[0] for r in rows)

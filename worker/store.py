@@ -124,6 +124,10 @@ class SyncResult:
     tags: list[TagWrite] = field(default_factory=list)  # new or changed
     problems: dict[str, str] = field(default_factory=dict)  # tag → why it cannot be read
     layers: list[LayerWrite] = field(default_factory=list)
+    # configs of unchanged tags that the repository has just proved holding by content
+    reproven: list[str] = field(default_factory=list)
+    # (tag, manifest digest, config digest) of unchanged tags whose config failed that proof
+    unproven: list[tuple[str, str, str]] = field(default_factory=list)
     cut_at: int | None = None  # the tag list was cut to this many names
 
 
@@ -172,6 +176,16 @@ ON CONFLICT ON CONSTRAINT tags_image_name_key DO UPDATE
 # One bad tag does not fail its image (SPEC §2): its problem is recorded and its last good
 # data kept. A tag first seen with a problem is listed as not built (Empty, no digest), so
 # that the sync that can read it makes it Success.
+# A config the tag's repository could not prove holding (the blob not served, or bytes that do
+# not hash to its digest) is not the tag's: it loses it, if it still points at the same
+# manifest and config. Its build date stays; `problem` (recorded next) says why.
+DROP_UNPROVEN_SQL = """
+UPDATE tags AS t SET config_digest = NULL, updated_at = now()
+  FROM unnest($2::text[], $3::text[], $4::text[]) AS u (name, manifest_digest, config_digest)
+ WHERE t.image_id = $1 AND t.name = u.name AND t.manifest_digest = u.manifest_digest
+   AND t.config_digest = u.config_digest
+"""
+
 RECORD_PROBLEMS_SQL = """
 INSERT INTO tags AS t (image_id, name, state, sync_error)
 SELECT $1, u.name, 'Empty', u.problem FROM unnest($2::text[], $3::text[]) AS u (name, problem)
@@ -220,7 +234,7 @@ async def write_success(
         if row is None:
             raise LeaseLostError(f"lease on image {image.id} lost")
         await history.mark_observed(conn, history.POLL)
-        proven = [t.config_digest for t in result.tags if t.config_digest]
+        proven = [t.config_digest for t in result.tags if t.config_digest] + result.reproven
         await layers.record(conn, image.registry_id, image.repository, result.layers, proven)
         tags = result.tags
         if tags:
@@ -229,6 +243,8 @@ async def write_success(
                 [t.platform_digest for t in tags], [t.config_digest for t in tags],
                 [t.note for t in tags], [t.created for t in tags],
             )
+        if result.unproven:
+            await conn.execute(DROP_UNPROVEN_SQL, image.id, *(list(c) for c in zip(*result.unproven, strict=True)))
         if result.problems:
             names = sorted(result.problems)
             await conn.execute(RECORD_PROBLEMS_SQL, image.id, names, [result.problems[n] for n in names])
@@ -291,5 +307,6 @@ async def hand_back(pool: asyncpg.Pool, image_id: int, token: str, retry_in: flo
 
 
 def proven_of(known: dict[str, KnownTag]) -> Sequence[str]:
-    """The config digests the image's tags point at: proven for its repository."""
+    """The config digests the image's tags point at (whether their repository proved holding
+    them by content is for worker/layers.py to say)."""
     return [k.config_digest for k in known.values() if k.config_digest]

@@ -21,9 +21,10 @@ from typing import TypeVar
 
 import structlog
 
-from core import metrics
+from core import accounts, metrics
 from core.artifacts import METADATA
 from core.crypto import Credentials
+from core.registries import namespace_refusal, on_own_registry
 from core.settings import Settings
 from worker import layers, store, tag_policy
 from worker.registry import TagResolution, Target
@@ -85,6 +86,7 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
     heartbeat = asyncio.create_task(_keep_lease(rt, image_id, run_token))
     progress = _Progress()
     try:
+        await _check_namespace(rt, image)
         creds = _credentials(rt, image.credentials) or rt.catalog_credentials(image.host, image.owner_id)
         target = Target(rt.network_host(image.host), image.repository, creds)
         async with rt.host_slot(image.host):
@@ -141,6 +143,20 @@ def _credentials(rt: Runtime, sealed: bytes | None) -> Credentials | None:
         raise RegistryAuthError(f"stored credentials are unreadable: {exc}") from None
 
 
+async def _check_namespace(rt: Runtime, image: store.ImageToSync) -> None:
+    """Raise RegistryAuthError (the image loses its proof of access) for an image on the
+    service's own registry in another account's namespace: the service reads that registry
+    with its own access, which the image's owner must not borrow (an image registered before
+    TUTUM_REGISTRY_HOST named the registry, or before the API refused such names)."""
+    if image.owner_id is None or not on_own_registry(image.host, rt.settings):
+        return
+    owner = await accounts.account_by_id(rt.pool, image.owner_id)
+    refusal = namespace_refusal(image.host, image.repository, owner.username if owner else "",
+                                owner is not None and owner.is_admin, rt.settings)
+    if refusal is not None:
+        raise RegistryAuthError(refusal)
+
+
 async def _keep_lease(rt: Runtime, image_id: int, run_token: str) -> None:
     lease = rt.settings.lease_seconds
     while True:
@@ -171,6 +187,7 @@ async def _discover(
                 known_digest=resolved.manifest_digest if resolved else None,
                 known_platform_digest=resolved.platform_digest if resolved else None,
                 known_configs=proven,
+                known_config=resolved.config_digest if resolved else None,
             )
         except ManifestNotFoundError:
             return None  # deleted between the tag list and the HEAD: gone
@@ -181,8 +198,14 @@ async def _discover(
         if res is None or res.kind == METADATA:
             return  # gone, or a signature/attestation/SBOM: not a tag
         result.present.append(res.tag)
+        if res.unproven and res.digest is not None:
+            config = known[res.tag].config_digest
+            assert config is not None  # resolve_tag proves only a known config
+            result.unproven.append((res.tag, res.digest, config))
         if res.problem is not None:
             result.problems[res.tag] = res.problem[:1000]
+        elif res.unchanged and res.config_digest is not None:
+            result.reproven.append(res.config_digest)
         elif not res.unchanged and res.digest is not None:
             if res.layer is not None and res.config_digest:
                 result.layers.append(layers.layer_write(res.config_digest, res.layer))

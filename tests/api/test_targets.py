@@ -1,7 +1,9 @@
 """Registration refuses forbidden registry targets at once (SPEC §6): the SSRF matrix through
 `POST /api/v1/image/` and `PATCH`, with a stub resolver and the network jail — the refusal
 comes from the API's own rules before anything could connect, and no test packet leaves for
-a non-loopback address. The answer never shows what a name resolves to."""
+a non-loopback address. The answer never shows what a name resolves to: every name that
+cannot be used gets the same answer (no oracle), an address written by the caller is judged
+as written, and a name allowed by configuration is allowed on its port only."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from aiohttp import test_utils
 
 from api.app import create_app
 from api.targets import SystemResolver
+from core.address_policy import NAME_RULE
 from core.settings import Settings
 from tests.api.helpers import json_error, ok_json
 from tests.conftest import MakeUser, unique
@@ -40,27 +43,35 @@ DNS: dict[str, list[str]] = {
     "listed-net.test": ["10.1.2.3"],
     "listed-nat64.test": ["64:ff9b::a01:203"],
     "registry.corp": ["10.9.9.9"],
+    "bare.corp": ["10.9.9.8"],
     "registry-ll.corp": ["169.254.10.1"],
     "nxdomain.test": [],
 }
-ALLOWED = "10.1.0.0/16, 2001:db8:1::/48, registry.corp, registry-ll.corp"
+ALLOWED = "10.1.0.0/16, 2001:db8:1::/48, registry.corp:5000, registry-ll.corp, bare.corp"
+NAME = f"cannot be used: {NAME_RULE}"  # the one answer for every name that cannot be used
 
 # name (its host, then /<ns>/app) → the reason's words; None: registered (201)
 MATRIX: dict[str, str | None] = {
-    "loopback.test": "loopback address; set ALLOW_PRIVATE_REGISTRIES or list it in ALLOWED_REGISTRY_NETWORKS",
-    "rfc1918.test": "private address; set ALLOW_PRIVATE_REGISTRIES or list it in ALLOWED_REGISTRY_NETWORKS",
-    "rfc1918-b.test": "private address",
-    "rfc1918-c.test:5000": "private address",
-    "cgnat.test": "private address",
-    "linklocal.test": "link-local address",
-    "metadata.test": "cloud metadata address, which is never allowed",
-    "metadata6.test": "cloud metadata address",
-    "nat64.test": "embeds a cloud metadata address",
-    "nat64-loop.test": "embeds a loopback address",
-    "compat.test": "embeds a cloud metadata address",
-    "mapped.test": "embeds a private address",
-    "sixtofour.test": "embeds a loopback address",
-    "ula.test": "private address",
+    "loopback.test": NAME,
+    "rfc1918.test": NAME,
+    "rfc1918-b.test": NAME,
+    "rfc1918-c.test:5000": NAME,
+    "cgnat.test": NAME,
+    "linklocal.test": NAME,
+    "metadata.test": NAME,
+    "metadata6.test": NAME,
+    "nat64.test": NAME,
+    "nat64-loop.test": NAME,
+    "compat.test": NAME,
+    "mapped.test": NAME,
+    "sixtofour.test": NAME,
+    "ula.test": NAME,
+    "registry-ll.corp": NAME,  # a listed name does not open link-local
+    "nxdomain.test": NAME,  # no such name: the same answer
+    "registry.corp": NAME,  # listed with port 5000, not 443
+    "registry.corp:5001": NAME,
+    "bare.corp:5000": NAME,  # listed without a port: 443 and 80 only
+    # an address the caller wrote is judged as written
     "127.0.0.1:5000": "is a loopback address",
     "10.9.9.9": "is a private address",
     "169.254.169.254": "is a cloud metadata address",
@@ -70,14 +81,14 @@ MATRIX: dict[str, str | None] = {
     "[64:ff9b::a9fe:a9fe]": "embeds a cloud metadata address",
     "[2001:db8::1]:5000": "reserved, non-public address",  # documentation range, not listed
     "[fe80::1]:5000": "link-local address",
-    "registry-ll.corp": "link-local address",  # a listed name does not open link-local
-    "nxdomain.test": "does not resolve to any address",
     # allowed
     "v6only.test": None,
     "mixed.test": None,  # the worker would use the public address only
     "listed-net.test:5000": None,
     "listed-nat64.test": None,
     "registry.corp:5000": None,
+    "bare.corp": None,
+    "bare.corp:443": None,
     "[2606:4700:4700::1111]:5000": None,
     "[2001:db8:1::7]:5000": None,
     "[2001:0db8:0001:0000::8]": None,  # stored as [2001:db8:1::8]
@@ -121,6 +132,8 @@ async def test_registration_matrix(strict, pool, make_user: MakeUser, jail: list
     else:
         body = await json_error(resp, 400, field="name")
         assert reason in body["error"], body
+        if reason == NAME:  # not a word more: nothing that tells one refused name from another
+            assert body["error"] == f"registry host '{host}' {NAME}"
         for address in DNS.get(host.split(":")[0], []):
             assert address not in body["error"]
         assert await _count(pool, name) == 0
@@ -192,7 +205,7 @@ async def test_patch_with_credentials_checks_the_host_again(strict, pool, make_u
     resp = await client.patch(f"/api/v1/image/{name}/", json={"username": "u", "password": "p"},
                               headers=user.headers)
     body = await json_error(resp, 400, field="name")
-    assert "metadata" in body["error"] and "169.254" not in body["error"]
+    assert body["error"] == f"registry host 'moving.test' {NAME}"
     assert await pool.fetchval("SELECT credentials FROM images WHERE name = $1", name) is None
     # a change that sends nothing to the registry is not refused
     await ok_json(await client.patch(f"/api/v1/image/{name}/", json={"description": "x"}, headers=user.headers))
@@ -221,3 +234,29 @@ async def test_dns_that_cannot_answer_now_is_a_503(settings: Settings, make_user
                                  headers=user.headers)
         await json_error(resp, 503)
         assert resp.headers["Retry-After"] == "5"
+
+
+async def test_hosts_named_in_the_configuration_are_allowed_on_their_port_only(
+    settings: Settings, make_user: MakeUser, jail: list[str]
+) -> None:
+    """TUTUM_REGISTRY_HOST and the Docker Hub URLs name private hosts the operator trusts: on
+    the port configured, not on every port of the host (Redis, SSH, an admin console)."""
+    app = create_app(dataclasses.replace(
+        settings, allow_private_registries=False, allowed_registry_networks="",
+        tutum_registry_host="own.corp:5000", docker_hub_registry_url="https://hubmirror.corp",
+        docker_hub_api_url="http://hubapi.corp:8080",
+    ))
+    stub_resolver(app, {"own.corp": ["10.7.7.7"], "hubmirror.corp": ["10.7.7.8"], "hubapi.corp": ["10.7.7.9"]},
+                  default=None)
+    user = await make_user()
+    me = user.account.username
+    async with test_utils.TestClient(test_utils.TestServer(app)) as client:
+        for host, status in [("own.corp:5000", 201), ("own.corp", 400), ("own.corp:6379", 400),
+                             ("hubmirror.corp", 201), ("hubmirror.corp:443", 201), ("hubmirror.corp:22", 400),
+                             ("hubapi.corp:8080", 201), ("hubapi.corp", 400)]:
+            resp = await client.post("/api/v1/image/", json={"name": f"{host}/{me}/{unique('app')}"},
+                                     headers=user.headers)
+            assert resp.status == status, (host, await resp.text())
+            if status == 400:
+                assert (await resp.json())["error"] == f"registry host '{host}' {NAME}"
+    assert jail == []

@@ -97,7 +97,7 @@ def test_link_local_only_by_an_explicit_network(address: str) -> None:
 @pytest.mark.parametrize("address", RESERVED)
 def test_reserved_only_when_listed(address: str) -> None:
     assert AddressPolicy(allow_private=True).refusal(address) is not None
-    assert AddressPolicy.parse("reg.example").refusal(address, "reg.example:5000") is None
+    assert AddressPolicy.parse("reg.example:5000").refusal(address, "reg.example:5000") is None
     network = "0.0.0.0/0" if ":" not in address or address.startswith("::ffff") else "::/0"
     assert AddressPolicy.parse(network).refusal(address) is None
 
@@ -118,12 +118,25 @@ def test_allow_list_by_network_judges_the_embedded_address() -> None:
 
 
 def test_allow_list_by_host_name() -> None:
-    policy = AddressPolicy.parse("registry.corp")
+    policy = AddressPolicy.parse("registry.corp:5000")
     assert policy.refusal("10.9.9.9", "registry.corp:5000") is None
-    assert policy.refusal("127.0.0.1", "REGISTRY.corp") is None
-    assert policy.refusal("10.9.9.9", "other.corp") is not None
-    assert policy.refusal("169.254.1.1", "registry.corp") is not None  # link-local: by network only
-    assert policy.refusal("169.254.169.254", "registry.corp") is not None
+    assert policy.refusal("127.0.0.1", "REGISTRY.corp", 5000) is None
+    assert policy.refusal("10.9.9.9", "other.corp:5000") is not None
+    assert policy.refusal("169.254.1.1", "registry.corp:5000") is not None  # link-local: by network only
+    assert policy.refusal("169.254.169.254", "registry.corp:5000") is not None
+
+
+def test_a_name_is_allowed_on_its_port_only() -> None:
+    """A listed name opens its port; a bare name the ports of a registry named without one."""
+    policy = AddressPolicy.parse("registry.corp:5000, bare.corp")
+    for host, port in [("registry.corp:5000", None), ("registry.corp", 5000), ("bare.corp", None),
+                       ("bare.corp:443", None), ("bare.corp", 80)]:
+        assert policy.refusal("10.9.9.9", host, port) is None, (host, port)
+    for host, port in [("registry.corp", None), ("registry.corp:5001", None), ("registry.corp", 22),
+                       ("bare.corp:5000", None), ("bare.corp", 6379)]:
+        refusal = policy.refusal("10.9.9.9", host, port)
+        assert refusal is not None and refusal.kind is Kind.PRIVATE, (host, port)
+    assert policy.refusal("8.8.8.8", "bare.corp", 22) is None  # public addresses: any port
 
 
 def test_screen_keeps_the_allowed_addresses() -> None:
@@ -132,7 +145,8 @@ def test_screen_keeps_the_allowed_addresses() -> None:
     assert AddressPolicy().screen(["8.8.8.8"], None) == (["8.8.8.8"], None)
 
 
-@pytest.mark.parametrize("entry", ["reg.internal:5000", "0177.0.0.1", "10.0.0.0/33", "bad_name", "http://x"])
+@pytest.mark.parametrize("entry", ["reg.internal:99999", "reg.internal:http", "reg.internal:", "10.0.0.1:5000",
+                                   "0177.0.0.1", "10.0.0.0/33", "bad_name", "http://x"])
 def test_bad_allow_list_entries_are_config_errors(entry: str) -> None:
     with pytest.raises(ConfigError, match="ALLOWED_REGISTRY_NETWORKS"):
         AddressPolicy.parse(entry)
@@ -143,9 +157,11 @@ def test_from_settings_trusts_the_configured_registries() -> None:
         allowed_registry_networks="10.0.0.0/8, [fd00::1]", tutum_registry_host="own.registry:5000",
         docker_hub_registry_url="http://hub.mirror.internal:5000",
     ))
-    assert policy.hosts >= {"own.registry", "hub.mirror.internal", "hub.docker.com"}
+    assert policy.hosts == {("own.registry", 5000), ("hub.mirror.internal", 5000), ("hub.docker.com", 443)}
     assert ipaddress.ip_network("fd00::1/128") in policy.networks
     assert policy.refusal("192.168.1.1", "own.registry:5000") is None
+    for host in ("own.registry", "own.registry:6379", "hub.mirror.internal:22", "hub.docker.com:80"):
+        assert policy.refusal("192.168.1.1", host) is not None, host
     assert policy.allow_private is False
 
 

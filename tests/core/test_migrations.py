@@ -231,3 +231,52 @@ def test_misnamed_or_duplicate_numbers_are_refused(tmp_path: Path) -> None:
     (tmp_path / "3_x.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=r"3_x\.sql"):
         migration_files(tmp_path)
+
+
+async def test_0009_leaves_no_head_claim_counting_and_no_squatter_reading(new_db: NewDb) -> None:
+    """Data of the previous release through migrations/0009: every layer_sources row is
+    unproven (a HEAD claim and a GET are indistinguishable there); on the service's own
+    registry, an image an ordinary account registered in another's namespace loses its tags
+    and its proof of access, while the namespace's own, an admin's and other registries' keep
+    theirs."""
+    dsn = await new_db()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await apply_schema(conn)
+        await conn.execute("ALTER TABLE layer_sources DROP COLUMN proven_by_content")  # before 0009
+        ids = {}
+        for user, admin in (("alice", False), ("bob", False), ("root", True)):
+            ids[user] = await conn.fetchval(
+                "INSERT INTO accounts (username, is_admin) VALUES ($1, $2) RETURNING id", user, admin)
+        own = await conn.fetchval(
+            "INSERT INTO registries (host, name, is_tutum_registry) VALUES ('own:5000', 'own', true) RETURNING id")
+        other = await conn.fetchval(
+            "INSERT INTO registries (host, name) VALUES ('other:5000', 'other') RETURNING id")
+        images = {}
+        for key, owner, registry, repository in [
+            ("squatted", "bob", own, "alice/app"), ("hers", "alice", own, "alice/app"),
+            ("admins", "root", own, "alice/app"), ("elsewhere", "bob", other, "alice/app"),
+        ]:
+            images[key] = await conn.fetchval(
+                "INSERT INTO images (name, owner_id, registry_id, repository, access_proven)"
+                " VALUES ($1, $2, $3, $4, true) RETURNING id",
+                f"{'own:5000' if registry == own else 'other:5000'}/{repository}", ids[owner], registry, repository)
+            await conn.execute("INSERT INTO tags (image_id, name, state) VALUES ($1, 'v1', 'Success')", images[key])
+        await conn.execute("INSERT INTO layers (config_digest) VALUES ('sha256:' || repeat('a', 64))")
+        await conn.execute("INSERT INTO layer_sources (registry_id, repository, config_digest)"
+                           " VALUES ($1, 'alice/app', 'sha256:' || repeat('a', 64))", other)
+
+        sql = next(p for p in migration_files() if p.name.startswith("0009_")).read_text()
+        for _ in range(2):  # a crash between commit and record re-runs the file
+            async with conn.transaction():
+                await conn.execute(sql)
+
+        assert await conn.fetchval("SELECT bool_or(proven_by_content) FROM layer_sources") is False
+        rows = {r["id"]: r for r in await conn.fetch(
+            "SELECT i.id, i.access_proven, (SELECT count(*) FROM tags AS t WHERE t.image_id = i.id) AS tags"
+            " FROM images AS i")}
+        assert (rows[images["squatted"]]["access_proven"], rows[images["squatted"]]["tags"]) == (False, 0)
+        for key in ("hers", "admins", "elsewhere"):
+            assert (rows[images[key]]["access_proven"], rows[images[key]]["tags"]) == (True, 1), key
+    finally:
+        await conn.close()

@@ -17,10 +17,11 @@ from worker.registry.errors import (
     ManifestNotFoundError,
     RateLimitedError,
     RegistryAuthError,
+    RegistryError,
     RegistryProtocolError,
     RegistryUnavailableError,
     RepositoryNotFoundError,
-    describe_body,
+    error_code,
     error_for_response,
     parse_retry_after,
 )
@@ -265,7 +266,7 @@ def test_retry_after() -> None:
 
 
 def test_error_mapping() -> None:
-    def err(status: int, body: bytes, kind: str = "manifest", **headers: str) -> Exception:
+    def err(status: int, body: bytes, kind: str = "manifest", **headers: str) -> RegistryError:
         return error_for_response(status, body, headers, where="GET r/v2/x", kind=kind)
 
     envelope = b'{"errors": [{"code": "%s", "message": "m", "detail": "d"}]}'
@@ -277,12 +278,18 @@ def test_error_mapping() -> None:
     assert isinstance(err(403, envelope % b"DENIED"), RegistryAuthError)
     limited = err(429, b"<html><body>HAP429</body></html>", **{"Retry-After": "12"})
     assert isinstance(limited, RateLimitedError) and limited.retry_after == 12.0
-    assert limited.transient and "HAP429" in str(limited) and "<" not in str(limited)
+    assert limited.transient and str(limited) == "GET r/v2/x: answered 429 Too Many Requests"
     unavailable = err(503, envelope % b"UNAVAILABLE")
     assert isinstance(unavailable, RegistryUnavailableError) and unavailable.transient
+    assert str(unavailable) == "GET r/v2/x: answered 503 Service Unavailable (error code UNAVAILABLE)"
     assert not err(400, b"bad").transient
-    assert describe_body(envelope % b"DENIED") == ("DENIED", "m: d")
-    assert len(describe_body(b"x" * 5000)[1]) < 300
+    # nothing of a body but a code of the distribution spec: no message, no detail, no other code
+    assert error_code(envelope % b"DENIED") == "DENIED"
+    assert error_code(envelope % b"SECRET_DB01_CORP") is None and error_code(b"x" * 5000) is None
+    assert str(err(400, envelope % b"NAME_INVALID")) == "GET r/v2/x: answered 400 Bad Request (error code NAME_INVALID)"
+    assert str(err(599, b"m d")) == "GET r/v2/x: answered 599"
+    token = err(400, envelope % b"DENIED", kind="token")  # a token service's body is not read
+    assert token.code is None and str(token) == "GET r/v2/x: answered 400 Bad Request"
 
 
 def test_first_names_keeps_the_first_in_code_point_order_and_no_more() -> None:

@@ -148,15 +148,17 @@ class RegistryClient:
         known_digest: str | None = None,
         known_platform_digest: str | None = None,
         known_configs: Container[str] = (),
+        known_config: str | None = None,
     ) -> TagResolution:
         """Resolve `tag` (or a digest) to its manifest, platform manifest and config: the one
         entry point of both the polling and the webhook path (worker/registry/resolve.py).
 
-        With a `known_digest`, HEAD the tag first and stop there when it is unchanged;
+        With a `known_digest`, HEAD the tag first and stop there when it is unchanged (when
+        its `known_config` is not in `known_configs`, that blob is fetched once to prove it);
         otherwise GET the manifest, apply the content rule (core.artifacts), pick the
-        platform child of an index, and read the config blob — proven to be in this
-        repository (GET, or HEAD of content cached from another repository) unless its
-        digest is in `known_configs`, the configs this repository is already known to hold.
+        platform child of an index, and read the config blob — proven by content to be in
+        this repository (its registry served bytes that hash to the digest) unless its
+        digest is in `known_configs`, the configs this repository is on record as holding.
 
         Raises ManifestNotFoundError when the tag itself is gone, and the RegistryError of a
         whole-image failure (unavailable, rate limited, bad credentials). Everything wrong
@@ -166,6 +168,7 @@ class RegistryClient:
         return await resolve.resolve_tag(
             self, target, tag, known_digest=known_digest,
             known_platform_digest=known_platform_digest, known_configs=known_configs,
+            known_config=known_config,
         )
 
     async def call(
@@ -239,9 +242,9 @@ class RegistryClient:
                     headers["Authorization"] = retry_auth
                     reply = await send(method, url, kind, headers, target.host, limit)
         if not 200 <= reply.status < 300:
-            raise error_for_response(
-                reply.status, reply.body, reply.headers, where=where(method, url), kind=kind
-            )
+            # the body of a redirect hop's answer is not the registry's: not even its code
+            body = reply.body if urlsplit(reply.url)[:2] == urlsplit(url)[:2] else b""
+            raise error_for_response(reply.status, body, reply.headers, where=where(method, url), kind=kind)
         return reply
 
     async def _ping(self, host: str) -> Challenge | None:

@@ -1,25 +1,33 @@
 """Typed registry errors.
 
 Every error has `transient` (worth retrying later) and a message a person can read. Messages
-name the host, the path and the registry's own words; they never contain credentials,
-tokens or query strings.
+name the host and the path, the status line and the registry's error code (one of the
+distribution spec's codes, nothing else); they never contain credentials, tokens, query
+strings or any text of an answer's body. A body is whatever the host that answered chose to
+send, and the host need not be the registry: a redirect hop, a token service, or whatever a
+user-supplied name leads to. Echoing it would let a caller read what the worker can reach.
 """
 
 from __future__ import annotations
 
 import email.utils
-import html
-import re
 import time
 from collections.abc import Mapping
 from datetime import UTC
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 
-_TAG_RE = re.compile(r"<[^>]*>")
-_SPACE_RE = re.compile(r"\s+")
-MAX_MESSAGE_BODY = 200
+# The error codes of the OCI distribution spec and of the CNCF distribution registry: the only
+# words of a body that a message repeats.
+KNOWN_CODES = frozenset({
+    "BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+    "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "MANIFEST_UNVERIFIED",
+    "NAME_INVALID", "NAME_UNKNOWN", "SIZE_INVALID", "TAG_INVALID", "UNAUTHORIZED", "DENIED",
+    "UNSUPPORTED", "TOOMANYREQUESTS", "UNAVAILABLE", "UNKNOWN", "PAGINATION_NUMBER_INVALID",
+    "RANGE_INVALID",
+})
 
 
 class RegistryError(Exception):
@@ -123,33 +131,25 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def describe_body(body: bytes, content_type: str | None = None) -> tuple[str | None, str]:
-    """(first error code, readable text) from a registry error body: the distribution JSON
-    envelope, plain text or HTML. The text is cut to a few hundred characters."""
-    code: str | None = None
-    text = ""
+def error_code(body: bytes) -> str | None:
+    """The first error code of a distribution error envelope (`{"errors": [{"code": ...}]}`)
+    when it is one of KNOWN_CODES; None otherwise. Nothing else of the body is read."""
     try:
         data = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("errors"), list) and data["errors"]:
-        first = data["errors"][0]
-        if isinstance(first, dict):
-            code = str(first.get("code") or "") or None
-            parts = [str(first.get("message") or "")]
-            detail = first.get("detail")
-            if isinstance(detail, str | int | float) and str(detail) not in parts[0]:
-                parts.append(str(detail))
-            text = ": ".join(p for p in parts if p)
-    elif body:
-        raw = body[:4096].decode("utf-8", "replace")
-        if "html" in (content_type or "").lower() or raw.lstrip().startswith("<"):
-            raw = html.unescape(_TAG_RE.sub(" ", raw))
-        text = raw
-    text = _SPACE_RE.sub(" ", text).strip()
-    if len(text) > MAX_MESSAGE_BODY:
-        text = text[:MAX_MESSAGE_BODY] + "…"
-    return code, text
+        return None
+    errors = data.get("errors") if isinstance(data, dict) else None
+    first = errors[0] if isinstance(errors, list) and errors else None
+    code = first.get("code") if isinstance(first, dict) else None
+    return code if isinstance(code, str) and code in KNOWN_CODES else None
+
+
+def status_line(status: int) -> str:
+    """`404 Not Found`: the status and its standard reason phrase (not the one the host sent)."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
 
 
 def error_for_response(
@@ -162,10 +162,11 @@ def error_for_response(
 ) -> RegistryError:
     """The typed error for a non-success answer. `where` is "<METHOD> <host><path>" without
     a query string; `kind` is the request kind ("tags", "manifest", "blob", "token", "ping").
+    `body` is read for its error code only, and only from the registry itself: the caller
+    passes b"" for an answer of a redirect hop; a token service's is never read.
     """
-    code, text = describe_body(body, headers.get("Content-Type"))
-    label = f"{status}{' ' + code if code else ''}"
-    message = f"{where}: registry answered {label}{': ' + text if text else ''}"
+    code = error_code(body) if kind != "token" else None
+    message = f"{where}: answered {status_line(status)}{f' (error code {code})' if code else ''}"
     kw: dict[str, Any] = {"status": status, "code": code}
     if status == 429 or code == "TOOMANYREQUESTS":
         return RateLimitedError(

@@ -7,7 +7,14 @@ with the same rules). Here the policy is applied three ways, because each alone 
 - to literal-IP hosts, which aiohttp never passes to the resolver (`Guard.check_url`);
 - on every redirect hop, which the client follows by hand (`Guard.check_url` again).
 
-Refusals name the host as the caller wrote it, never the address it resolved to.
+A host allowed by name (the service's own registry, the Docker Hub URLs, names in
+ALLOWED_REGISTRY_NETWORKS) is allowed on its configured port, and only as the registry a
+request is for: a redirect or a token realm of another registry never leads there
+(`Guard.check_hop`), or any registry could make the worker read the own registry for it.
+
+Refusals name the host as the caller wrote it, never the address it resolved to; a name
+that cannot be used, because of its addresses or because it does not resolve, gets one
+answer (core.address_policy.NAME_RULE).
 """
 
 from __future__ import annotations
@@ -20,7 +27,15 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from core.address_policy import AddressPolicy, Refusal, is_odd_ipv4, literal_address
+from core.address_policy import (
+    NAME_RULE,
+    AddressPolicy,
+    Refusal,
+    is_odd_ipv4,
+    literal_address,
+    same_endpoint,
+    split_host,
+)
 from worker.registry.errors import ForbiddenTargetError
 
 
@@ -35,8 +50,8 @@ class Guard:
     def allow_private(self) -> bool:
         return self.policy.allow_private
 
-    def refusal(self, address: str, host: str | None = None) -> Refusal | None:
-        return self.policy.refusal(address, host)
+    def refusal(self, address: str, host: str | None = None, port: int | None = None) -> Refusal | None:
+        return self.policy.refusal(address, host, port)
 
     def check_address(self, address: str, host: str | None = None) -> None:
         """Raise ForbiddenTargetError if `address` (reached as `host`) may not be contacted."""
@@ -61,14 +76,39 @@ class Guard:
             return
         self.check_address(host)
 
+    def check_hop(self, url: str, registry: str) -> None:
+        """Refuse `url` when it leads away from the registry host `registry` (a redirect, a
+        token realm) to a host that is allowed by name: that allowance is for requests to
+        that registry itself."""
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        name, port = split_host(netloc)
+        if literal_address(name) is not None or same_endpoint(netloc, registry):
+            return
+        port = port or (80 if parts.scheme == "http" else 443)
+        if self.policy.host_listed(name, port):
+            raise ForbiddenTargetError(
+                f"refused to follow {registry} to {name}: a host allowed by name is contacted only "
+                "as the registry itself, never by a redirect or token realm of another registry"
+            )
+
 
 def _refused(shown: str, refusal: Refusal, verb: str) -> ForbiddenTargetError:
     return ForbiddenTargetError(f"refused to contact {shown}: {refusal.message('it', verb)}")
 
 
+def _unusable_name(host: str) -> ForbiddenTargetError:
+    """The one answer for a name with no address that may be contacted (NAME_RULE). Its
+    resolution may change, so it is retried later like a transient error, not within a call."""
+    error = ForbiddenTargetError(f"refused to contact {host}: {NAME_RULE}", transient=True)
+    error.give_up = True
+    return error
+
+
 class GuardedResolver(AbstractResolver):
     """Wraps aiohttp's default resolver and drops forbidden addresses; raises
-    ForbiddenTargetError when none is left (no connection is attempted)."""
+    ForbiddenTargetError when none is left, or when the name does not resolve (the same
+    error: no connection is attempted)."""
 
     def __init__(self, guard: Guard, inner: AbstractResolver | None = None) -> None:
         self.guard = guard
@@ -77,13 +117,13 @@ class GuardedResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if self.guard.refusal(r["host"], host) is None]
+        try:
+            results = await self._inner.resolve(host, port, family)
+        except OSError:  # no such name, or DNS failed: told apart, it would be an oracle
+            raise _unusable_name(host) from None
+        allowed = [r for r in results if self.guard.refusal(r["host"], host, port or None) is None]
         if not allowed:
-            first = next((self.guard.refusal(r["host"], host) for r in results), None)
-            if first is not None:
-                raise _refused(host, first, "resolves to")
-            raise ForbiddenTargetError(f"refused to contact {host}: it resolves to nothing")
+            raise _unusable_name(host)
         return allowed
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -119,6 +120,32 @@ Manifest = Index | ImageManifest | Schema1Manifest
 
 def sha256_digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+# The digest algorithms whose hash proves content (the OCI image spec registers these two).
+# A digest in any other algorithm is a name this service cannot check: it proves nothing.
+PROOF_ALGORITHMS: dict[str, Callable[[bytes], Any]] = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+
+
+def algorithm_problem(digest: str) -> str | None:
+    """None when `digest` is in an algorithm whose hash this service checks; else why not."""
+    algorithm = digest.partition(":")[0]
+    if algorithm in PROOF_ALGORITHMS:
+        return None
+    return (f"its digest algorithm {algorithm[:32]!r} is not one this service verifies "
+            f"({', '.join(PROOF_ALGORITHMS)}), so no content can prove it")
+
+
+def content_problem(body: bytes, digest: str) -> str | None:
+    """None when `body` hashes to `digest` under sha256 or sha512 (SPEC §1: a proof is
+    content, not a claim); otherwise why these bytes do not prove `digest`, as a phrase."""
+    algorithm, _, encoded = digest.partition(":")
+    hasher = PROOF_ALGORITHMS.get(algorithm)
+    if hasher is None:
+        return algorithm_problem(digest)
+    if hasher(body).hexdigest() != encoded:
+        return "the content served does not hash to its digest"
+    return None
 
 
 def load_object(body: bytes, what: str) -> dict[str, Any]:

@@ -117,6 +117,7 @@ class Transport:
         hop_headers = dict(headers)
         for _ in range(MAX_REDIRECTS + 1):
             self.guard.check_url(url)
+            self.guard.check_hop(url, host)
             self.requests[(method, kind)] += 1
             try:
                 async with self._session.request(
