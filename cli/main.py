@@ -174,9 +174,10 @@ async def _rotate(settings: Settings, batch_size: int) -> int:
         await conn.close()
     progress(result)
     if result.unreadable:
-        print(f"rotate-secret: no key opens the credentials of {len(result.unreadable)} image(s): "
-              f"{', '.join(result.unreadable[:20])}{' …' if len(result.unreadable) > 20 else ''}; "
-              "add the key they were sealed with to SECRET_KEY_OLD and run again, or PATCH new ones",
+        print(f"rotate-secret: no key opens {len(result.unreadable)} secret(s), the credentials of images or"
+              f" account receivers: {', '.join(result.unreadable[:20])}{' …' if len(result.unreadable) > 20 else ''};"
+              " add the key they were sealed with to SECRET_KEY_OLD and run again, or PATCH new credentials"
+              " (POST /api/v1/receiver/rotate/ for receivers)",
               file=sys.stderr)
         return 1
     print("rotate-secret: every credential is sealed with SECRET_KEY; SECRET_KEY_OLD can be emptied")

@@ -35,7 +35,7 @@ def throttle_settings(settings: Settings, redis_server_url: str) -> Settings:
     redis.Redis.from_url(url).flushdb()
     return dataclasses.replace(
         settings, redis_url=url, auth_failure_limit=LIMIT, trusted_proxies="127.0.0.1/32",
-        webhook_secret=SECRET,
+        webhook_secret=SECRET, webhook_secrets=f"build@registry.example.com={SECRET}",
     )
 
 
