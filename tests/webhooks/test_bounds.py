@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestClient
 from core import webhooks as wh
 from core.settings import Settings
 from tests.conftest import insert_image, unique
-from tests.webhooks.conftest import Sender, fixture
+from tests.ops.test_openapi import check
+from tests.webhooks.conftest import ACCOUNT, Sender, fixture
 from worker import inbox
 
 ISSUE_TAGS = 9908  # the issue's 65 KB Quay body
@@ -83,6 +84,8 @@ async def test_at_most_the_limit_each_event_holding_its_own_fields(
         "request": {"host": "registry.example.com"}} for i in range(limit + 1)]}
     resp = await sender.post(wh_client, wh.REGISTRY, envelope)
     assert resp.status == 413, await resp.text()
+    template = "/api/v1/webhooks/registry/" + ("{receiver}/" if sender.kind == ACCOUNT else "")
+    await check(resp, template, "POST")  # as the OpenAPI document says
     assert (await rows(pool, ns))["n"] == limit
 
 

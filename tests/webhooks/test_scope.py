@@ -26,6 +26,7 @@ from core import webhook_auth as whauth
 from core import webhooks as wh
 from core.settings import Settings
 from tests.conftest import MakeUser, User, insert_image, unique
+from tests.ops.test_openapi import check
 from tests.support.registry import RegistryServer, apush_image, delete_tag
 from tests.support.resolver import stub_resolver
 from tests.webhooks.conftest import ACCOUNT, EXAMPLE, OPERATOR, Sender, make_sender
@@ -281,4 +282,5 @@ async def test_an_operator_secret_speaks_only_for_the_hosts_it_is_bound_to(
     # the build receiver's secret is bound to registry.example.com: another host is refused
     resp = await sender.post(wh_client, wh.BUILD, build_body(f"elsewhere.example/{ns}/app", "failed", FAR_FUTURE))
     assert resp.status == 403
+    await check(resp, "/api/v1/webhooks/build/", "POST")  # as the OpenAPI document says
     assert await pool.fetchval("SELECT count(*) FROM webhook_events WHERE repository LIKE $1 || '/%'", ns) == 3
