@@ -68,8 +68,10 @@ def cmd_create_account(args: argparse.Namespace) -> int:
 
 def cmd_web(args: argparse.Namespace) -> int:
     from api.server import serve
+    from core.webhook_auth import operator_bindings
 
     settings = _settings("database_url", "redis_url", "secret_key", check_secret=True)
+    operator_bindings(settings)  # a malformed WEBHOOK_SECRETS stops here, before any process starts
     serve(settings, port=args.port, workers=args.workers)
     return 0
 

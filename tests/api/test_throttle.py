@@ -127,6 +127,25 @@ async def test_wrong_webhook_secrets_are_throttled_and_the_right_one_is_not(prox
     assert resp.status in (200, 202), await resp.text()
 
 
+async def test_wrong_secrets_at_an_account_receiver_are_throttled_and_the_right_one_is_not(
+    proxied: Client, make_user: MakeUser,
+) -> None:
+    user = await make_user()
+    listed = await ok_json(await proxied.get("/api/v1/receiver/", headers=user.headers))
+    build = next(r for r in listed["objects"] if r["sender"] == "build")
+    body = (b'{"image": "registry.example.com/team/app", "tag": "v1", "status": "building", '
+            b'"timestamp": "2024-05-01T12:00:00Z"}')
+    wrong = {"X-Signature-256": sign(body, "wrong"), **via("198.18.203.1")}
+    for _ in range(LIMIT):
+        await json_error(await proxied.post(build["url"], data=body, headers=wrong), 401)
+    resp = await proxied.post(build["url"], data=body, headers=wrong)
+    await json_error(resp, 429)
+    assert resp.headers["Retry-After"].isdigit()
+    right = {"X-Signature-256": sign(body, build["secret"]), "Content-Type": "application/json", **via("198.18.203.1")}
+    resp = await proxied.post(build["url"], data=body, headers=right)
+    assert resp.status == 202, await resp.text()
+
+
 async def test_redis_down_falls_back_to_this_process(settings: Settings, make_user: MakeUser) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     app = create_app(dataclasses.replace(settings, redis_url=dead, auth_failure_limit=LIMIT))
