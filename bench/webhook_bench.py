@@ -261,8 +261,8 @@ def burst(st: Stack, images: int, tags: int, seconds: float, connections: int, p
     def poll() -> None:
         # One kept-alive connection and a pause between rounds: an API consumer watching, not a
         # load test of the API that shares the webhook receiver's process. Visibility is read
-        # from a one-tag page's exact total_count (cheap); the whole tag list (layers) only
-        # once an image's tags are all visible, to see when they are enriched.
+        # from a one-tag page's exact total_count (cheap); the whole tag lists (layers) only
+        # once every image's tags are all visible, to see when they are enriched.
         poller = st.api()
         while not stop.is_set() and len(enriched_at) < len(names):
             for name in names:
@@ -273,6 +273,8 @@ def burst(st: Stack, images: int, tags: int, seconds: float, connections: int, p
                     if body["meta"]["total_count"] < expected[name]:
                         continue
                     visible_at[name] = time.perf_counter()
+                if len(visible_at) < len(names):
+                    continue  # whole tag lists only once every tag is visible: rounds stay short
                 _, body = poller.call("GET", f"/api/v1/image/{name}/tag/?limit=1000")
                 if len(body["objects"]) >= expected[name] and all(t["layer"] for t in body["objects"]):
                     enriched_at[name] = time.perf_counter()
@@ -314,8 +316,8 @@ def burst(st: Stack, images: int, tags: int, seconds: float, connections: int, p
         offset = time.time() - time.perf_counter()
         last = max(datetime.fromisoformat(e["timestamp"]).timestamp() for e in hooks)
         print(f"last tag visible {max(visible_at.values()) + offset - last:+.3f} s after the registry's last"
-              " notification was answered (target <= 0.2 s; the poller reads every"
-              f" {poll_interval * 1000:.0f} ms)")
+              f" notification was answered, as the poller saw it (a round reads every incomplete image, then"
+              f" pauses {poll_interval * 1000:.0f} ms: up to a round late)")
     if len(hooks) > 1:
         ms = [float(e["ms"]) for e in hooks]
         at = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in hooks]
@@ -328,8 +330,11 @@ def burst(st: Stack, images: int, tags: int, seconds: float, connections: int, p
     stored, lag, tail = asyncio.run(_lags(st.dsn, time.perf_counter() - end))
     print(f"where the time goes: the last event was stored {stored:+.3f} s after the burst's end (the"
           f" registry's delivery and the receiver); stored → applied by the worker: {lag}")
-    print(f"the last event applied {tail * 1000:.0f} ms after the last one was stored (the database's clock,"
-          " the applying transaction's start): every tag visible that long after the registry's last notification")
+    applied = st.worker.events("webhook.applied")
+    commit = float(applied[-1].get("ms", 0)) if applied else 0.0
+    print(f"the last event applied {tail * 1000:.0f} ms after the last one was stored (the database's clock, the"
+          f" applying transaction's start), in a batch that took {commit:.0f} ms to commit: every tag visible"
+          f" {tail * 1000 + commit:.0f} ms after the registry's last notification was stored (target <= 200 ms)")
     batches = [e.get("events", 1) for e in st.worker.events("webhook.applied")]
     if batches:
         print(f"applied in {len(batches)} transactions: {statistics.median(batches):.0f} events per batch"
