@@ -233,6 +233,10 @@ CREATE TABLE IF NOT EXISTS webhook_events (
     processed_at  timestamptz,
     build_id      text,                  -- the sender's build id (Quay, the generic build event)
     sweeps        integer     NOT NULL DEFAULT 0,  -- times the sweep sent it again: each waits twice as long
+    -- who sent it (SPEC §3): NULL, an operator receiver (a fact for the images of the host its
+    -- secret is bound to); else the account whose receiver it came through (a fact for that
+    -- account's images, a hint for the others)
+    account_id    bigint      REFERENCES accounts (id) ON DELETE CASCADE,
     CONSTRAINT webhook_events_dedupe_key_key UNIQUE (dedupe_key),
     CONSTRAINT webhook_events_source_check
         CHECK (source IN ('registry', 'dockerhub', 'harbor', 'quay', 'build', 'github')),
@@ -255,8 +259,27 @@ CREATE INDEX IF NOT EXISTS webhook_events_builds_idx ON webhook_events (reposito
 -- retention of processed events
 CREATE INDEX IF NOT EXISTS webhook_events_processed_idx ON webhook_events (processed_at)
     WHERE status IN ('done', 'ignored');
+-- an account's events go with it (ON DELETE CASCADE); operator events (NULL) are not indexed
+CREATE INDEX IF NOT EXISTS webhook_events_account_idx ON webhook_events (account_id)
+    WHERE account_id IS NOT NULL;
 -- events name (registry host, repository): find the images they are about
 CREATE INDEX IF NOT EXISTS images_repository_idx ON images (repository);
+
+-- Account receivers (core/receivers.py): per account and sender kind, the public id its URL
+-- carries and its secret, sealed with SECRET_KEY (the account reads it again; `registry-sync
+-- rotate-secret` re-seals it). Rotation deletes and inserts: the old ones stop at once.
+CREATE TABLE IF NOT EXISTS receivers (
+    id          bigserial   PRIMARY KEY,
+    account_id  bigint      NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    sender      text        NOT NULL,
+    public_id   text        NOT NULL,  -- rcv_<random>: in the URL, not a secret
+    secret      bytea       NOT NULL,  -- Fernet token of the secret
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT receivers_public_id_key UNIQUE (public_id),
+    CONSTRAINT receivers_account_sender_key UNIQUE (account_id, sender),
+    CONSTRAINT receivers_sender_check
+        CHECK (sender IN ('registry', 'dockerhub', 'harbor', 'quay', 'build', 'github'))
+);
 -- ======================================================================== end of push webhooks
 
 -- ============================================================================================

@@ -17,6 +17,7 @@ from api import (
     outage,
     publish,
     read_marks,
+    receivers,
     resources,
     stream_app,
     subscriptions,
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get(f"/api/v1/events{slash}", stream_app.stream, allow_head=False)
     app.router.add_route("*", "/api/v1/image", images.image_resource)
     app.router.add_route("*", "/api/v1/image/{tail:.*}", images.image_resource)
+    receivers.add_routes(app)
     webhooks.add_routes(app)
     subscriptions.add_routes(app)
     return app

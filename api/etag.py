@@ -39,6 +39,7 @@ async def etag_middleware(request: web.Request, handler: Handler) -> web.StreamR
         or response.status != 200
         or not isinstance(response, web.Response)
         or not isinstance(response.body, bytes)
+        or response.headers.get("Cache-Control") == "no-store"  # secrets: never kept, not even a hash
     ):
         return response
     etag = etag_of(response.body)

@@ -258,7 +258,8 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
         "tag_issue_count": issue_count,
         "tags_truncated": cut_at is not None,
         "tags_note": (
-            f"the registry lists more than {cut_at} tags: only the first {cut_at} by name are kept"
+            f"more than {cut_at} tags: only {cut_at} are kept (the first by name of the registry's list;"
+            " tags that build events name beyond them are refused)"
             if cut_at is not None else None
         ),
         "poll_interval_seconds": round(interval, 1),

@@ -46,11 +46,13 @@ def _error(description: str, headers: tuple[str, ...] = ()) -> Op:
 ERRORS: dict[str, Op] = {
     "BadRequest": _error("Malformed query, body or name; `field` names the culprit"),
     "Unauthorized": _error("Missing or wrong credentials", ("WWW-Authenticate",)),
-    "Forbidden": _error("The shared catalog is read-only for ordinary accounts"),
+    "Forbidden": _error("The shared catalog is read-only for ordinary accounts; an operator webhook secret "
+                        "does not speak for the registry host an event names"),
     "NotFound": _error("No such resource, or another account's private image"),
     "MethodNotAllowed": _error("The path exists but not with this method", ("Allow",)),
     "Conflict": _error("This account already registered the image"),
-    "PayloadTooLarge": _error("The body is over MAX_BODY_BYTES"),
+    "PayloadTooLarge": _error("The body is over MAX_BODY_BYTES (a webhook: it names more than "
+                              "WEBHOOK_MAX_EVENTS events)"),
     "UnsupportedMediaType": _error("The body is not sent as application/json"),
     "Throttled": _error("Too many failed authentications, or (events) too many open streams of the "
                         "account", ("Retry-After",)),
@@ -107,13 +109,16 @@ PARAMETERS: dict[str, Op] = {
     "tag": _path("tag", "Tag name: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`"),
     "host": _path("host", "Registry host, with port if any: `registry.hub.docker.com`"),
     "docker_id": _path("docker_id", "Hex of the image config's sha256 digest"),
-    "token": _path("token", "The receiver's shared secret (WEBHOOK_SECRET or a per-receiver one)"),
+    "token": _path("token", "The receiver's secret: an operator's (WEBHOOK_SECRET, or one of its own), or "
+                            "an account receiver's (`GET /api/v1/receiver/` gives the whole URL)"),
+    "receiver": _path("receiver", "An account receiver's id (`rcv_…`, from `GET /api/v1/receiver/`)"),
     "limit": _query("limit", {"type": "integer", "minimum": 0}, "Page size; default 25, capped by PAGE_LIMIT_MAX"),
     "offset": _query("offset", {"type": "integer", "minimum": 0}, "Objects to skip; default 0"),
     "after": _query("after", {"type": "string"}, "Cursor of a `next` link: the page after this name"),
     "before": _query("before", {"type": "string"}, "Cursor of a `previous` link: the page before this name"),
-    "pinned_host": _query("host", {"type": "string"}, "Registry host the events are about, when the "
-                                                      "payload does not say (per-host secrets)"),
+    "pinned_host": _query("host", {"type": "string"}, "Operator receivers: which of the hosts the "
+                                                      "secret is bound to (WEBHOOK_SECRETS); account "
+                                                      "receivers: the host the events are about"),
     "IfNoneMatch": {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
                     "description": "An ETag from an earlier answer: 304 if unchanged"},
 }
@@ -203,6 +208,14 @@ def _paths() -> dict[str, dict[str, Op]]:
                         "EVENTS_MAX_PER_ACCOUNT streams a WebSocket is closed with code 1008 and an SSE "
                         "request is a 429. A 503 also when this process leaves the stream to "
                         "`registry-sync stream` processes (EVENTS_IN_WEB=0).")},
+        "/api/v1/receiver/": {"get": _op(
+            "The caller's own webhook receivers, one per sender kind (created on the first look)",
+            {"200": _body("ReceiverList")}, (400,), tags=("webhooks",),
+            description="`secret` is null where the URL carries it (Docker Hub, Quay). Answered with "
+                        "`Cache-Control: no-store`.")},
+        "/api/v1/receiver/rotate/": {"post": _op(
+            "New URLs and secrets for all of the caller's receivers; the old ones stop at once",
+            {"200": _body("ReceiverList")}, (400,), tags=("webhooks",))},
         **_webhook_paths(),
         **openapi_notify.paths(_op, _body),
     }
@@ -212,33 +225,38 @@ def _webhook_paths() -> dict[str, dict[str, Op]]:
     ok = {"200": _body("WebhookAccepted", "Only duplicates: nothing new"),
           "202": _body("WebhookAccepted", "Stored; processing is queued")}
     tags = ("webhooks",)
+    account = "An account receiver (`GET /api/v1/receiver/`): the events change that account's images only. "
+    operator = ("An operator receiver: secrets from the environment, each bound to one registry host; "
+                "403 when an event names a host the secret is not bound to. ")
+    quay_event = _query("event", {"type": "string"}, "Quay build notifications: the build event name")
 
-    def hook(summary: str, security: Any, body: str, params: tuple[str, ...] = ("pinned_host",)) -> dict[str, Op]:
-        op = _op(summary, dict(ok), (400, 401, 413, 429), security=security, params=params, tags=tags)
+    def hook(summary: str, security: Any, body: str, params: tuple[str, ...], kind: str) -> dict[str, Op]:
+        errors = (400, 401, 413, 429) + ((403,) if kind == operator else ())
+        op = _op(summary, dict(ok), errors, security=security, params=params, tags=tags,
+                 description=kind + "413: more events than WEBHOOK_MAX_EVENTS, nothing stored.")
         op["requestBody"] = {"required": True, "content": {JSON: {"schema": ref(body)}}}
+        if summary.startswith("Quay"):
+            op["parameters"] = [*op.get("parameters", []), quay_event]
         return {"post": op}
 
-    quay_event = _query("event", {"type": "string"}, "Quay build notifications: the build event name")
-    return {
-        "/api/v1/webhooks/registry/": hook("CNCF distribution registry notifications", WEBHOOK_BEARER,
-                                           "RegistryNotification"),
-        "/api/v1/webhooks/dockerhub/{token}/": hook("Docker Hub repository webhook", WEBHOOK_TOKEN,
-                                                    "AnyJson", ("token", "pinned_host")),
-        "/api/v1/webhooks/harbor/": hook("Harbor webhook (default or CloudEvents format)", WEBHOOK_BEARER,
-                                         "AnyJson"),
-        "/api/v1/webhooks/quay/{token}/": {"post": _with_param(
-            hook("Quay notification (push and build events)", WEBHOOK_TOKEN, "AnyJson",
-                 ("token", "pinned_host"))["post"], quay_event)},
-        "/api/v1/webhooks/build/": hook("Generic build status from any CI", WEBHOOK_HMAC, "BuildEvent", ()),
-        "/api/v1/webhooks/github/": hook(
-            "GitHub webhook (registry_package → push of the tag on ghcr.io; ping and others: 200, ignored; "
-            "signed by X-Hub-Signature-256)", WEBHOOK_HMAC, "AnyJson"),
-    }
-
-
-def _with_param(op: Op, param: Op) -> Op:
-    op["parameters"] = [*op.get("parameters", []), param]
-    return op
+    senders = (
+        ("registry", "CNCF distribution registry notifications", WEBHOOK_BEARER, "RegistryNotification", False),
+        ("dockerhub", "Docker Hub repository webhook", WEBHOOK_TOKEN, "AnyJson", True),
+        ("harbor", "Harbor webhook (default or CloudEvents format)", WEBHOOK_BEARER, "AnyJson", False),
+        ("quay", "Quay notification (push and build events)", WEBHOOK_TOKEN, "AnyJson", True),
+        ("build", "Generic build status from any CI", WEBHOOK_HMAC, "BuildEvent", False),
+        ("github", "GitHub webhook (registry_package → push of the tag on ghcr.io; ping and others: 200, "
+                   "ignored; signed by X-Hub-Signature-256)", WEBHOOK_HMAC, "AnyJson", False),
+    )
+    out: dict[str, dict[str, Op]] = {}
+    for name, summary, security, body, url_secret in senders:
+        token = "{token}/" if url_secret else ""
+        pin = ("pinned_host",)
+        out[f"/api/v1/webhooks/{name}/{token}"] = hook(
+            summary, security, body, (*(("token",) if url_secret else ()), *pin), operator)
+        out[f"/api/v1/webhooks/{name}/{{receiver}}/{token}"] = hook(
+            summary, security, body, ("receiver", *(("token",) if url_secret else ()), *pin), account)
+    return out
 
 
 @cache

@@ -183,4 +183,13 @@ SCHEMAS: dict[str, Schema] = {
         "timestamp": {"type": ["string", "number"], "description": "RFC 3339 or epoch seconds"},
     }, extra=True),
     "AnyJson": {"type": "object", "description": "The sender's own payload format"},
+    "Receiver": obj({
+        "sender": {"type": "string", "enum": ["registry", "dockerhub", "harbor", "quay", "github", "build"]},
+        "url": {"type": "string", "pattern": "^/api/v1/webhooks/[a-z]+/rcv_[A-Za-z0-9_-]+/([A-Za-z0-9_-]+/)?$",
+                "description": "The path to give the sender (Docker Hub, Quay: with the secret in it)"},
+        "secret": nullable(STR),
+    }, description="One of the caller's own webhook receivers: its events change the caller's images "
+                   "and only make the service look at others' (docs/webhooks.md)"),
+    "ReceiverList": obj({"objects": array(ref("Receiver"))},
+                        description="One receiver per sender kind, in a fixed order"),
 }

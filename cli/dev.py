@@ -339,8 +339,11 @@ def _run(port: int | None, insecure: tuple[str, ...], stack: ExitStack) -> int:
         print(f"\ndev: API on http://127.0.0.1:{port}/ (Ctrl-C stops everything)")
         print(f"dev: account {DEMO_ACCOUNT!r}, new API key: {key}")
         print("\n".join(line.format(key=key, port=port) for line in CURL_LINES))
-        print(f"dev: registry notifications: POST http://127.0.0.1:{port}/api/v1/webhooks/registry/ "
-              f"with 'Authorization: Bearer {env['WEBHOOK_SECRET']}' (docs/webhooks.md)")
+        print(f"dev: push webhooks: the account's own receivers (URL and secret per sender): curl -s -H "
+              f"'Authorization: ApiKey {DEMO_ACCOUNT}:{key}' http://127.0.0.1:{port}/api/v1/receiver/")
+        print(f"dev: the operator's registry receiver: POST http://127.0.0.1:{port}/api/v1/webhooks/registry/ "
+              f"with 'Authorization: Bearer {env['WEBHOOK_SECRET']}', for the registry TUTUM_REGISTRY_HOST "
+              "names (or one bound in WEBHOOK_SECRETS; docs/webhooks.md)")
         print(f"dev: API docs on http://127.0.0.1:{port}/docs")
         print("dev: another shell reaches this database and Redis (create-account, load-catalog, "
               "migrate) after:")

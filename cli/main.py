@@ -68,8 +68,10 @@ def cmd_create_account(args: argparse.Namespace) -> int:
 
 def cmd_web(args: argparse.Namespace) -> int:
     from api.server import serve
+    from core.webhook_auth import operator_bindings
 
     settings = _settings("database_url", "redis_url", "secret_key", check_secret=True)
+    operator_bindings(settings)  # a malformed WEBHOOK_SECRETS stops here, before any process starts
     serve(settings, port=args.port, workers=args.workers)
     return 0
 
@@ -181,9 +183,10 @@ async def _rotate(settings: Settings, batch_size: int) -> int:
               file=sys.stderr)
         return 1
     if result.unreadable:
-        print(f"rotate-secret: no key opens the credentials of {len(result.unreadable)} image(s): "
-              f"{', '.join(result.unreadable[:20])}{' …' if len(result.unreadable) > 20 else ''}; "
-              "add the key they were sealed with to SECRET_KEY_OLD and run again, or PATCH new ones",
+        print(f"rotate-secret: no key opens {len(result.unreadable)} secret(s), the credentials of images or"
+              f" account receivers: {', '.join(result.unreadable[:20])}{' …' if len(result.unreadable) > 20 else ''};"
+              " add the key they were sealed with to SECRET_KEY_OLD and run again, or PATCH new credentials"
+              " (POST /api/v1/receiver/rotate/ for receivers)",
               file=sys.stderr)
         return 1
     print("rotate-secret: every credential is sealed with SECRET_KEY; SECRET_KEY_OLD can be emptied")

@@ -1,4 +1,5 @@
-"""Registry credentials encrypted at rest (Fernet), keys derived from SECRET_KEY with HKDF.
+"""Registry credentials and account webhook receiver secrets encrypted at rest (Fernet), keys
+derived from SECRET_KEY with HKDF.
 
 A SECRET_KEY becomes a Fernet key by HKDF-SHA256 with a fixed info label. Release 1 derived
 it as one SHA-256 of the secret: tokens sealed that way still open (the legacy derivation is
@@ -78,6 +79,17 @@ class CredentialBox:
     def seal(self, creds: Credentials) -> bytes:
         payload = orjson.dumps({"username": creds.username, "password": creds.password})
         return self._primary.encrypt(payload)
+
+    def seal_text(self, text: str) -> bytes:
+        """Any other secret kept at rest (an account's webhook receiver secrets)."""
+        return self._primary.encrypt(text.encode())
+
+    def open_text(self, token: bytes) -> str:
+        """Raises ValueError when the token was made with an unknown key or was altered."""
+        try:
+            return self._fernet.decrypt(bytes(token)).decode()
+        except InvalidToken as exc:
+            raise ValueError("the secret cannot be decrypted with SECRET_KEY") from exc
 
     def open(self, token: bytes) -> Credentials:
         """Raises ValueError when the token was made with an unknown key or was altered."""

@@ -1,4 +1,5 @@
-"""`registry-sync rotate-secret`: re-seal every stored credential with SECRET_KEY.
+"""`registry-sync rotate-secret`: re-seal every stored credential (registry credentials,
+account receivers' secrets) with SECRET_KEY.
 
 Run it after setting SECRET_KEY to the new key and SECRET_KEY_OLD to the old one(s), with the
 new settings already rolled out (web and worker then open both). Afterwards no credential
@@ -14,15 +15,26 @@ import asyncpg
 
 from core.crypto import CredentialBox
 
-BATCH_SQL = """
-SELECT id, name, credentials FROM images
+# Each batch query (id > $1, $2 rows) yields `id`, `label` (what to name when no key opens it)
+# and `token`. Each re-seal is a compare-and-swap ($1 id, $2 new, $3 old): a secret changed
+# meanwhile (a PATCH of credentials, a rotation of an account's receivers) is already sealed
+# with the new key (the API seals with SECRET_KEY) and must not be overwritten with the old value.
+CREDENTIALS_BATCH_SQL = """
+SELECT id, name AS label, credentials AS token FROM images
  WHERE credentials IS NOT NULL AND id > $1
  ORDER BY id
  LIMIT $2
 """
-# Compare-and-swap: a credential changed by a PATCH meanwhile is already sealed with the new
-# key (the API seals with SECRET_KEY) and must not be overwritten with the old value.
-RESEAL_SQL = "UPDATE images SET credentials = $2 WHERE id = $1 AND credentials = $3"
+CREDENTIALS_RESEAL_SQL = "UPDATE images SET credentials = $2 WHERE id = $1 AND credentials = $3"
+RECEIVERS_BATCH_SQL = """
+SELECT r.id, 'the ' || r.sender || ' receiver of account ' || a.username AS label, r.secret AS token
+  FROM receivers AS r JOIN accounts AS a ON a.id = r.account_id
+ WHERE r.id > $1
+ ORDER BY r.id
+ LIMIT $2
+"""
+RECEIVERS_RESEAL_SQL = "UPDATE receivers SET secret = $2 WHERE id = $1 AND secret = $3"
+SEALED = ((CREDENTIALS_BATCH_SQL, CREDENTIALS_RESEAL_SQL), (RECEIVERS_BATCH_SQL, RECEIVERS_RESEAL_SQL))
 
 
 @dataclass
@@ -30,7 +42,7 @@ class RotationResult:
     checked: int = 0
     resealed: int = 0
     current: int = 0  # already sealed with SECRET_KEY (a second run finds only these)
-    unreadable: list[str] = field(default_factory=list)  # image names no key opens
+    unreadable: list[str] = field(default_factory=list)  # image names (and receivers) no key opens
 
 
 async def rotate_credentials(
@@ -40,28 +52,36 @@ async def rotate_credentials(
     batch_size: int = 500,
     progress: Callable[[RotationResult], None] | None = None,
 ) -> RotationResult:
-    """Re-seal, batch by batch (one short transaction each), every credential not sealed with
-    SECRET_KEY yet. Idempotent; safe while the service runs. Credentials that no key opens are
-    left as they are and listed in the result."""
+    """Re-seal, batch by batch (one short transaction each), every registry credential and
+    every account receiver's secret not sealed with SECRET_KEY yet. Idempotent; safe while
+    the service runs. Secrets that no key opens are left as they are and listed in the result."""
     result = RotationResult()
+    for batch_sql, reseal_sql in SEALED:
+        await _rotate(conn, box, batch_sql, reseal_sql, result, batch_size, progress)
+    return result
+
+
+async def _rotate(conn: asyncpg.Connection, box: CredentialBox, batch_sql: str, reseal_sql: str,
+                  result: RotationResult, batch_size: int,
+                  progress: Callable[[RotationResult], None] | None) -> None:
     last_id = 0
     while True:
-        rows = await conn.fetch(BATCH_SQL, last_id, batch_size)
+        rows = await conn.fetch(batch_sql, last_id, batch_size)
         if not rows:
-            return result
+            return
         async with conn.transaction():
             for row in rows:
                 result.checked += 1
-                token = bytes(row["credentials"])
+                token = bytes(row["token"])
                 if box.is_current(token):
                     result.current += 1
                     continue
                 try:
                     new = box.reseal(token)
                 except ValueError:
-                    result.unreadable.append(row["name"])
+                    result.unreadable.append(row["label"])
                     continue
-                status = await conn.execute(RESEAL_SQL, row["id"], new, token)
+                status = await conn.execute(reseal_sql, row["id"], new, token)
                 result.resealed += status.endswith(" 1")
                 result.current += status.endswith(" 0")  # changed meanwhile: sealed anew
         last_id = rows[-1]["id"]

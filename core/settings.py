@@ -77,9 +77,9 @@ class Settings:
     events_in_web: bool = True
     stream_port: int = 8001
     webhook_secret: str = field(default="", repr=False, metadata=SECRET)
-    # per receiver / registry host overrides: "quay=s1,reg.example=s2"
+    # operator receivers bound to registry hosts: "registry@reg.example=s1,quay=s2,reg.example=s3"
     webhook_secrets: str = field(default="", repr=False, metadata=SECRET)
-    # each receiver's own secret, instead of WEBHOOK_SECRET (core/webhook_auth.py receiver_secrets)
+    # each receiver's own secret, instead of WEBHOOK_SECRET (core/webhook_auth.py operator_bindings)
     webhook_secret_registry: str = field(default="", repr=False, metadata=SECRET)
     webhook_secret_dockerhub: str = field(default="", repr=False, metadata=SECRET)
     webhook_secret_harbor: str = field(default="", repr=False, metadata=SECRET)
@@ -91,6 +91,7 @@ class Settings:
     auth_failure_limit: int = 20
     auth_failure_window_seconds: float = 60.0
     trusted_proxies: str = ""
+    webhook_max_events: int = 100  # events one webhook request may name; more: 413, nothing stored
     webhook_event_retention_seconds: float = 7 * 86400.0  # processed events: dedupe, tombstones, build order
     build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
     # lists (issue 14): name buckets that let a deep `offset` skip only one bucket's rows

@@ -1,15 +1,22 @@
 """Authentication of webhook senders (REGISTRY-NOTES "Webhooks we receive"): a static
 header secret, a secret token in the URL, or an HMAC-SHA256 signature of the body. Every
 comparison is constant-time, and an empty secret never matches.
+
+Operator receivers (secrets from the environment) are bound to registry hosts: each secret
+speaks for one (receiver, host) pair (`operator_bindings`), and the host an event is about
+comes from the secret that opened the receiver, never from the payload (SPEC §3). Account
+receivers (core/receivers.py) speak for their account's images only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from core.settings import Settings
+from core import webhooks as wh
+from core.names import HUB_ALIASES, HUB_HOST, InvalidNameError, parse_registry_host
+from core.settings import ConfigError, Settings
 
 
 def _equal(given: str, expected: str) -> bool:
@@ -53,36 +60,83 @@ def signature_ok(body: bytes, header: str | None, secrets: Sequence[str]) -> boo
     return _any_equal(header.strip().lower(), [sign(body, s) if s else "" for s in secrets])
 
 
-def parse_secret_overrides(raw: str) -> dict[str, str]:
-    """`WEBHOOK_SECRETS`: comma-separated `<receiver or registry host>=<secret>` pairs."""
-    out: dict[str, str] = {}
-    for item in raw.split(","):
+# The registry host an operator receiver speaks for when its secret names none. The
+# distribution registry, Harbor and the generic build event have no host of their own: the
+# service's own registry (TUTUM_REGISTRY_HOST), else only explicit `<receiver>@<host>` entries.
+DEFAULT_HOSTS = {wh.DOCKERHUB: HUB_HOST, wh.QUAY: "quay.io", wh.GITHUB: wh.GITHUB_HOST}
+
+
+def default_host(receiver: str, settings: Settings) -> str | None:
+    """The host a receiver's unbound secrets (WEBHOOK_SECRET, WEBHOOK_SECRET_<RECEIVER>,
+    `<receiver>=`) are bound to; None when it has none."""
+    own = settings.tutum_registry_host.strip().lower()
+    return DEFAULT_HOSTS.get(receiver) or (_host(own, "TUTUM_REGISTRY_HOST") if own else None)
+
+
+def canonical_host(raw: str) -> str:
+    """A registry host as image names have it (Docker Hub's aliases: HUB_HOST); raises
+    InvalidNameError saying why it is not one."""
+    host = parse_registry_host(raw.strip().lower())
+    return HUB_HOST if host in HUB_ALIASES else host
+
+
+def _host(raw: str, where: str) -> str:
+    try:
+        return canonical_host(raw)
+    except InvalidNameError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+# receiver → {registry host: secret}: one secret per (receiver, host)
+Bindings = Mapping[str, Mapping[str, str]]
+
+
+def operator_bindings(settings: Settings) -> dict[str, dict[str, str]]:
+    """Each operator receiver's secrets, each bound to one registry host (docs/webhooks.md).
+    Where two settings give a (receiver, host) a secret, the first of these wins:
+    `<receiver>@<host>=` in WEBHOOK_SECRETS; `<host>=` in WEBHOOK_SECRETS (every receiver);
+    then, for the receiver's default host only, WEBHOOK_SECRET_<RECEIVER>, `<receiver>=` in
+    WEBHOOK_SECRETS, WEBHOOK_SECRET. So a receiver with a secret of its own never takes the
+    shared one, and no secret opens a receiver or a host it is not bound to. Raises
+    ConfigError for an entry naming an unknown receiver or an invalid host (the message
+    never shows the secret)."""
+    per_receiver: list[tuple[str, str, str]] = []
+    per_host: list[tuple[str, str]] = []
+    for_default: dict[str, str] = {}
+    for item in settings.webhook_secrets.split(","):
         key, sep, secret = item.strip().partition("=")
-        if sep and key.strip() and secret.strip():
-            out[key.strip().lower()] = secret.strip()
+        key, secret = key.strip().lower(), secret.strip()
+        if not (sep and key and secret):
+            continue
+        receiver, at, host = key.partition("@")
+        if at:
+            if receiver not in wh.SOURCES:
+                raise ConfigError(f"WEBHOOK_SECRETS: {receiver!r} is not a receiver ({', '.join(wh.SOURCES)})")
+            per_receiver.append((receiver, _host(host, f"WEBHOOK_SECRETS entry {key!r}"), secret))
+        elif key in wh.SOURCES:
+            for_default.setdefault(key, secret)
+        else:
+            per_host.append((_host(key, f"WEBHOOK_SECRETS entry {key!r}"), secret))
+    out: dict[str, dict[str, str]] = {r: {} for r in wh.SOURCES}
+    for receiver, host, secret in per_receiver:
+        out[receiver].setdefault(host, secret)
+    for host, secret in per_host:
+        for receiver in wh.SOURCES:
+            out[receiver].setdefault(host, secret)
+    for receiver in wh.SOURCES:
+        home = default_host(receiver, settings)
+        own = getattr(settings, f"webhook_secret_{receiver}", "")
+        for secret in (own, for_default.get(receiver, ""), settings.webhook_secret):
+            if home and secret:
+                out[receiver].setdefault(home, secret)
     return out
 
 
-def secrets_for(
-    receiver: str, host: str | None, default: str, overrides: Mapping[str, str], own: str = ""
-) -> list[str]:
-    """The secret a receiver accepts: the pinned registry host's (`?host=`) from
-    WEBHOOK_SECRETS, else the receiver's own (`own`, WEBHOOK_SECRET_<RECEIVER>), else the
-    receiver's entry in WEBHOOK_SECRETS, else WEBHOOK_SECRET. An empty list: the receiver is
-    disabled. Exactly one secret is returned, so one receiver's secret never opens another."""
-    if host and host.lower() in overrides:
-        return [overrides[host.lower()]]
-    if own:
-        return [own]
-    if receiver.lower() in overrides:
-        return [overrides[receiver.lower()]]
-    return [default] if default else []
-
-
-def receiver_secrets(receiver: str, host: str | None, settings: Settings) -> list[str]:
-    """secrets_for() from the settings: `webhook_secret_<receiver>` is the receiver's own."""
-    own = getattr(settings, f"webhook_secret_{receiver}", "")
-    return secrets_for(
-        receiver, host, settings.webhook_secret, parse_secret_overrides(settings.webhook_secrets),
-        own if isinstance(own, str) else "",
-    )
+def accepted_hosts(bindings: Mapping[str, str], accepts: Callable[[str], bool]) -> frozenset[str]:
+    """The hosts whose bound secret the request carries (`accepts(secret)`). Every binding
+    is checked, none skipped on a match, so the time says nothing about which one matched."""
+    found = set()
+    for host, secret in bindings.items():
+        if secret and accepts(secret):
+            found.add(host)
+    return frozenset(found)

@@ -79,7 +79,9 @@ class WebhookEvent:
     digest: str | None = None
     build_state: str | None = None
     occurred_at: datetime | None = None  # the sender's time; None: when the database stores it
-    payload: Mapping[str, Any] = field(default_factory=dict)  # the sender's event, for the record
+    # this event's own fields as the sender gave them, for the record: never a whole body that
+    # names many events (one request may name up to WEBHOOK_MAX_EVENTS)
+    payload: Mapping[str, Any] = field(default_factory=dict)
     build_id: str | None = None  # the sender's build id: events of one build only move forward
 
 
@@ -89,8 +91,9 @@ class WebhookEvent:
 def parse_registry(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
     """A CNCF distribution notification envelope `{"events": [...]}`.
 
-    The registry host is `host` when the endpoint pins it (`?host=`), else the event's
-    `request.host` (the Host header the pusher used), else the host of `target.url`.
+    The registry host is `host` when the receiver gives one (an operator receiver's bound
+    host; an account receiver's `?host=`), else the event's `request.host` (the Host header
+    the pusher used), else the host of `target.url`.
     """
     envelope = _obj(body, "the body")
     events = _list(envelope.get("events"), "events")
@@ -207,9 +210,11 @@ def parse_harbor(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
             else _content_key(HARBOR, event_type, doc.get("occur_at"), where, repo, digest, tag)
         )
         # A deleted artifact names only its first tag: every tag at its digest is gone.
+        own = {"type": event_type, "id": event_id, "time": doc.get("time" if cloud else "occur_at"),
+               "repository": full, "resource": {"digest": digest, "tag": raw_tag, "resource_url": url}}
         out.append(WebhookEvent(
             HARBOR, key, kind, where, repo, tag if kind == PUSH else None, digest,
-            occurred_at=occurred, payload=doc,
+            occurred_at=occurred, payload=_bounded(own),
         ))
     return out
 
@@ -255,9 +260,11 @@ def parse_quay(
         tag = _tag(t, "docker_tags")
         key = f"{QUAY}:build:{build_id}:{phase}:{tag}"
         # No time in the body: the database's receipt time orders it (occurred_at None).
+        own = {"repository": repo_name, "docker_url": docker_url, "build_id": build_id, "event": phase,
+               "tag": tag}
         out.append(WebhookEvent(
             QUAY, key, BUILD_STATE, where, repo, tag, None, QUAY_BUILD_EVENTS[phase],
-            payload=doc, build_id=build_id,
+            payload=_bounded(own), build_id=build_id,
         ))
     return out
 
@@ -339,6 +346,16 @@ def parse_github(body: Any, *, host: str | None = None) -> list[WebhookEvent]:
         digest = None
     key = _content_key(GITHUB, doc.get("action"), where, repo, tag, digest, version.get("id"))
     return [WebhookEvent(GITHUB, key, kind, where, repo, tag, digest, payload=doc)]
+
+
+# A text field kept for the record is cut here: an event's record stays small whatever the body.
+RECORD_TEXT_MAX = 500
+
+
+def _bounded(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's own fields for the record (the `payload` column), long texts cut."""
+    return {k: v[:RECORD_TEXT_MAX] if isinstance(v, str) else (_bounded(v) if isinstance(v, dict) else v)
+            for k, v in fields.items()}
 
 
 def unique_events(events: Iterable[WebhookEvent]) -> list[WebhookEvent]:

@@ -9,6 +9,8 @@ Rules (SPEC §2), per tag:
 - An event without a build id (the generic event without `build_id`), or one meeting a
   state no build id set, wins when its time is newer than the state's (on equal times, a
   finished build beats `Building`).
+- A tag a build event creates counts against MAX_TAGS_PER_IMAGE: an image at the cap takes
+  no new one (`…/sync/` then says tags_truncated).
 - A tag still `Building` BUILD_TIMEOUT_SECONDS after the build event that set it falls back
   to what the registry shows: a tag with a digest was pushed, so it is `Success` again; a
   tag that only a build event created (no digest) is removed. Either way the image is due
@@ -18,6 +20,9 @@ Rules (SPEC §2), per tag:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import asyncpg
 import structlog
 
@@ -26,7 +31,9 @@ from worker.locks import lock_images
 log = structlog.get_logger("worker.builds")
 
 # $1 images, $2 tag, $3 state, $4 the event's time, $5 build id, $6 when it was received,
-# $7/$8 repository/host (where builds are ordered).
+# $7/$8 repository/host, $9 the sending account (NULL: an operator receiver). Builds are
+# ordered by the first sight of their id among the events of the same (repository, host) and
+# the same sender: another account's events of a build id cannot move this sender's builds.
 BUILD_STATE_SQL = """
 INSERT INTO tags AS t (image_id, name, state, state_at, build_date, build_id, build_event_at)
 SELECT i, $2, $3, $4, CASE WHEN $3 = 'Success' THEN $4::timestamptz END, $5, $6
@@ -42,23 +49,50 @@ ON CONFLICT ON CONSTRAINT tags_image_name_key DO UPDATE
          OR (t.state_at = EXCLUDED.state_at AND t.state = 'Building' AND EXCLUDED.state <> 'Building')
     WHEN t.build_id = EXCLUDED.build_id THEN t.state = 'Building' AND EXCLUDED.state <> 'Building'
     ELSE (SELECT min(e.received_at) FROM webhook_events AS e
-           WHERE e.repository = $7 AND e.host = $8 AND e.build_id = EXCLUDED.build_id)
+           WHERE e.repository = $7 AND e.host = $8 AND e.build_id = EXCLUDED.build_id
+             AND e.account_id IS NOT DISTINCT FROM $9)
          > COALESCE((SELECT min(e.received_at) FROM webhook_events AS e
-                      WHERE e.repository = $7 AND e.host = $8 AND e.build_id = t.build_id), '-infinity')
+                      WHERE e.repository = $7 AND e.host = $8 AND e.build_id = t.build_id
+                        AND e.account_id IS NOT DISTINCT FROM $9), '-infinity')
  END
 RETURNING t.image_id
 """
 
+# Tags that build events create count against MAX_TAGS_PER_IMAGE ($3) like the registry's:
+# the images that may take the tag (they have it, or fewer tags than the cap); the others
+# are marked cut, so `…/sync/` says tags_truncated.
+ROOM_SQL = """
+WITH room AS (
+    SELECT i AS image_id,
+           EXISTS (SELECT 1 FROM tags AS x WHERE x.image_id = i AND x.name = $2)
+           OR COALESCE((SELECT c.n FROM tag_counts AS c WHERE c.image_id = i), 0) < $3 AS ok
+      FROM unnest($1::bigint[]) AS i
+), cut AS (
+    UPDATE images SET tags_cut_at = $3
+     WHERE id IN (SELECT image_id FROM room WHERE NOT ok) AND tags_cut_at IS DISTINCT FROM $3
+)
+SELECT image_id FROM room WHERE ok ORDER BY image_id
+"""
 
-async def apply_build_event(conn: asyncpg.Connection, ev: asyncpg.Record, image_ids: list[int]) -> str | None:
-    """Apply one build event (a `webhook_events` row) to the tag on these (locked) images.
-    Returns None, or a note for the record when it changed nothing."""
+
+async def apply_build_event(
+    conn: asyncpg.Connection, ev: Mapping[str, Any], image_ids: list[int], *, max_tags: int,
+) -> str | None:
+    """Apply one build event to the tag on these (locked) images: the one place build states
+    are written, whatever reported them. `ev` has the columns of a `webhook_events` row: tag,
+    build_state, occurred_at, build_id, received_at, repository, host, and account_id (the
+    sender; absent or None: an operator's). A tag new to an image that has `max_tags` tags
+    is refused (and the image marked cut). Returns None, or a note for the record when it
+    changed nothing."""
+    room = [r["image_id"] for r in await conn.fetch(ROOM_SQL, image_ids, ev["tag"], max_tags)]
     rows = await conn.fetch(
-        BUILD_STATE_SQL, image_ids, ev["tag"], ev["build_state"], ev["occurred_at"], ev["build_id"],
-        ev["received_at"], ev["repository"], ev["host"],
-    )
+        BUILD_STATE_SQL, room, ev["tag"], ev["build_state"], ev["occurred_at"], ev["build_id"],
+        ev["received_at"], ev["repository"], ev["host"], ev.get("account_id"),
+    ) if room else []
     if rows:
         return None
+    if not room:
+        return f"a new tag: every image of it has MAX_TAGS_PER_IMAGE ({max_tags}) tags"
     if ev["build_id"] is None:
         return "older than the tag's state"
     return "the tag's state is from a later build or a later phase of this build"

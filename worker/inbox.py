@@ -10,16 +10,8 @@ pending (the sweep sends them again); a batch that fails is applied again one ev
 time, so one bad event fails alone (its attempts are counted; from then on it is applied
 alone, by its own message).
 
-Which images an event applies to (SPEC §1): those whose registry has the event's host and
-whose repository is its path, and whose access is proven (`access_proven`: their own
-credentials, or anonymous access, were accepted there). A push, sync or build event on the
-service's own registry (TUTUM_REGISTRY_HOST) with no such image creates one for the account
-named by the repository's first path component, proven (the service runs that registry).
-An unproven image learns nothing from an event; but if its registry last said the repository
-does not exist (registered before its first push), or it has not finished a sync yet, the
-event makes its sync due at once: with its own credentials, that sync proves access and
-reads the tags, or fails as before. An image whose credentials were refused is not synced
-again by events, so its owner cannot learn another account's push times from its sync log.
+Which images an event changes, and which it only makes look (a hint: a sync with their own
+credentials), is its sender's scope: worker/event_scope.py.
 
 Effects (SPEC §2, §3):
 - push (tag + digest): the tag points at the digest, `Success`, build date = push time, at
@@ -31,6 +23,8 @@ Effects (SPEC §2, §3):
   A processed delete is also a tombstone: an older push delivered late stays deleted.
 - sync (Docker Hub, Quay: no digest): a top-priority sync of the image, after the commit.
 - build: worker/builds.py.
+- a hint (an account's event about others' images): a top-priority sync of those images,
+  after the commit, and nothing else; the sync reads the tags from the registry.
 The image's aggregate state follows from the trigger in schema.sql.
 """
 
@@ -38,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -46,12 +39,8 @@ import structlog
 
 from core import metrics
 from core import webhooks as wh
-from core.artifacts import is_metadata_tag
-from core.names import HUB_HOST, InvalidNameError, parse_image_name
-from core.registries import ensure_registry
 from core.settings import Settings
-from core.tag_policy import TagPolicy, effective
-from worker import builds, enrich, history, sync
+from worker import builds, enrich, event_scope, history, sync
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.inbox")
@@ -100,31 +89,11 @@ SELECT * FROM webhook_events
 """
 CLAIM_ONE_SQL = "SELECT * FROM webhook_events WHERE id = $1 AND status = 'pending' FOR UPDATE SKIP LOCKED"
 
-# The images of the events' (host, repository) pairs, locked in id order (worker/locks.py):
-# one statement, so the flags read are those of the locked rows.
-MATCH_IMAGES_SQL = """
-SELECT i.id, r.host, i.repository, i.access_proven, i.tag_policy
-  FROM images AS i JOIN registries AS r ON r.id = i.registry_id
-  JOIN unnest($1::text[], $2::text[]) AS w (host, repository)
-    ON r.host = w.host AND i.repository = w.repository
- ORDER BY i.id
-   FOR UPDATE OF i
-"""
-
 FINISH_SQL = """
 UPDATE webhook_events AS e
    SET status = f.status, note = f.note, processed_at = now(), attempts = e.attempts + 1
   FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f (id, status, note)
  WHERE e.id = f.id
-"""
-
-ACCOUNT_SQL = "SELECT id FROM accounts WHERE username = $1"
-# The owner's image on the service's own registry: created, or proven if it was there.
-OWN_IMAGE_SQL = """
-INSERT INTO images (name, owner_id, registry_id, repository, is_private_image, next_sync_at, access_proven)
-VALUES ($1, $2, $3, $4, true, now(), true)
-ON CONFLICT ON CONSTRAINT images_owner_name_key DO UPDATE SET access_proven = true
-RETURNING id
 """
 
 # `moves`: the push changes the digest and is not older than the push that set the current one.
@@ -133,15 +102,17 @@ _MOVES = "(t.manifest_digest IS DISTINCT FROM EXCLUDED.manifest_digest AND (t.pu
 _FIRST = "(t.manifest_digest = EXCLUDED.manifest_digest AND t.pushed_at IS NULL)"
 _NEWER = "(t.state_at IS NULL OR t.state_at <= EXCLUDED.state_at)"
 # No row at all when a processed delete (or one applied earlier in this batch, $7) is newer:
-# the push is history.
+# the push is history. Only deletes that spoke for the image count (worker/event_scope.py):
+# an operator's, or its own account's.
 PUSH_TAG_SQL = f"""
 INSERT INTO tags AS t (image_id, name, state, manifest_digest, build_date, pushed_at, state_at)
-SELECT i, $2, 'Success', $3, $4, $4, $4 FROM unnest($1::bigint[]) AS i
- WHERE NOT EXISTS (
+SELECT im.id, $2, 'Success', $3, $4, $4, $4 FROM images AS im
+ WHERE im.id = ANY ($1::bigint[]) AND NOT EXISTS (
     SELECT 1 FROM webhook_events AS d
      WHERE d.repository = $5 AND d.host = $6 AND d.occurred_at > $4
        AND d.kind IN ('delete_tag', 'delete_manifest', 'delete_repository')
        AND (d.status = 'done' OR d.id = ANY ($7::bigint[]))
+       AND (d.account_id IS NULL OR d.account_id = im.owner_id)
        AND (d.kind = 'delete_repository' OR (d.kind = 'delete_manifest' AND d.digest = $3)
             OR (d.kind = 'delete_tag' AND d.tag = $2)))
 ON CONFLICT ON CONSTRAINT tags_image_name_key DO UPDATE
@@ -177,13 +148,6 @@ DELETE FROM tags WHERE image_id = ANY ($1::bigint[]) AND (pushed_at IS NULL OR p
 DUE_SOON_SQL = """
 UPDATE images SET next_sync_at = LEAST(next_sync_at, now() + make_interval(secs => $2))
  WHERE id = ANY ($1::bigint[])
-"""
-# Unproven images that may just be waiting for their repository to exist (see above).
-REQUEST_PROOF_SQL = """
-UPDATE images SET sync_requested_at = now(), next_sync_at = LEAST(next_sync_at, now())
- WHERE id = ANY ($1::bigint[]) AND NOT access_proven
-   AND (sync_error IS NULL OR sync_error LIKE 'RepositoryNotFoundError:%')
-RETURNING id
 """
 REQUEST_SYNC_SQL = """
 UPDATE images SET sync_requested_at = now(),
@@ -232,44 +196,18 @@ async def _apply(conn: asyncpg.Connection, settings: Settings, events: list[asyn
     if not events:
         return Batch()
     await history.mark_observed(conn, history.WEBHOOK)
-    places = sorted({(e["host"], e["repository"]) for e in events})
-    matched = await conn.fetch(MATCH_IMAGES_SQL, [p[0] for p in places], [p[1] for p in places])
-    images: dict[tuple[str, str], list[int]] = {}
-    policies: dict[int, TagPolicy] = {}
-    for m in matched:
-        if m["access_proven"]:
-            images.setdefault((m["host"], m["repository"]), []).append(m["id"])
-            policies[m["id"]] = effective(m["tag_policy"], is_hub=m["host"] == HUB_HOST, hub_default_max_tags=0)
-    own_notes = await _create_on_own_registry(conn, settings, events, images)
-    unproven = [m["id"] for m in matched if not m["access_proven"]]
-    to_sync = [r["id"] for r in await conn.fetch(REQUEST_PROOF_SQL, unproven)] if unproven else []
-    proving: dict[tuple[str, str], int] = {}
-    for m in matched:
-        if m["id"] in to_sync:
-            proving[(m["host"], m["repository"])] = proving.get((m["host"], m["repository"]), 0) + 1
+    scope = await event_scope.Scope.lock(conn, settings, events)
+    to_sync = set(scope.to_sync)
+    hinted: set[int] = set()
     out: list[Applied] = []
     applied_deletes: list[int] = []
     pushed: set[int] = set()
     for ev in events:
-        ids = images.get((ev["host"], ev["repository"]), [])
-        kind, note = ev["kind"], None
-        if kind in (wh.PUSH, wh.BUILD_STATE) and ev["tag"] and is_metadata_tag(ev["tag"]):
-            note = f"{ev['tag']} names a signature, attestation or SBOM, not an image tag"
-        elif not ids and (n := proving.get((ev["host"], ev["repository"]))):
-            note = f"no image with proven access; {n} unproven image(s) of the repository are synced instead"
-            out.append(Applied(ev["id"], DONE, kind, note=note))
-            continue
-        elif not ids:
-            note = own_notes.get((ev["host"], ev["repository"])) or (
-                f"no image with proven access to {ev['host']}/{ev['repository']} is registered")
-        elif kind in (wh.PUSH, wh.BUILD_STATE) and ev["tag"]:
-            # the image's tag policy (include/exclude) decides here as in the sync; its
-            # max_tags needs the whole tag list and is left to the sync
-            ids = [i for i in ids if policies.get(i, TagPolicy()).allows(ev["tag"])]
-            if not ids:
-                note = f"the tag policy of every image of the repository excludes {ev['tag']}"
-        if note is not None:
-            out.append(Applied(ev["id"], IGNORED, kind, note=note))
+        kind, reach = ev["kind"], scope.reach(ev)
+        hinted.update(reach.hints)
+        ids, note = reach.facts, reach.note
+        if not ids:
+            out.append(Applied(ev["id"], DONE if reach.applied else IGNORED, kind, note=note))
             continue
         if kind == wh.PUSH:
             written = await conn.fetch(
@@ -277,7 +215,7 @@ async def _apply(conn: asyncpg.Connection, settings: Settings, events: list[asyn
                 applied_deletes,
             )
             note = None if written else "superseded by a later delete"
-            pushed.update(ids if written else ())
+            pushed.update(r["image_id"] for r in written)
         elif kind == wh.DELETE_TAG:
             await conn.execute(DELETE_TAG_SQL, ids, ev["tag"], ev["occurred_at"])
         elif kind == wh.DELETE_MANIFEST:
@@ -286,48 +224,19 @@ async def _apply(conn: asyncpg.Connection, settings: Settings, events: list[asyn
             await conn.execute(DELETE_REPOSITORY_SQL, ids, ev["occurred_at"])
         elif kind == wh.SYNC:
             await conn.execute(REQUEST_SYNC_SQL, ids, SYNC_FALLBACK_SECONDS)
-            to_sync += ids
+            to_sync.update(ids)
         elif kind == wh.BUILD_STATE:
-            note = await builds.apply_build_event(conn, ev, ids)
+            note = await builds.apply_build_event(conn, ev, ids, max_tags=settings.max_tags_per_image)
         if kind in (wh.DELETE_TAG, wh.DELETE_MANIFEST, wh.DELETE_REPOSITORY):
             applied_deletes.append(ev["id"])
         out.append(Applied(ev["id"], DONE, kind, tuple(ids), ev["tag"], ev["digest"], note))
+    if hinted:
+        await conn.execute(REQUEST_SYNC_SQL, sorted(hinted), SYNC_FALLBACK_SECONDS)
+        to_sync |= hinted
     if pushed:
         await conn.execute(DUE_SOON_SQL, sorted(pushed), ENRICH_FALLBACK_SECONDS)
     await conn.execute(FINISH_SQL, [a.event_id for a in out], [a.status for a in out], [a.note for a in out])
-    return Batch(out, to_sync=set(to_sync))
-
-
-async def _create_on_own_registry(
-    conn: asyncpg.Connection, settings: Settings, events: Iterable[asyncpg.Record],
-    images: dict[tuple[str, str], list[int]],
-) -> dict[tuple[str, str], str]:
-    """Create (or mark proven) the owner's image for each repository of the service's own
-    registry that a push, sync or build event names and no proven image has (SPEC §1).
-    Adds the ids to `images`; returns a note per repository that has no owning account."""
-    own = settings.tutum_registry_host.strip().lower()
-    wanted = sorted({
-        (e["host"], e["repository"]) for e in events
-        if own and e["host"] == own and e["kind"] in (wh.PUSH, wh.SYNC, wh.BUILD_STATE)
-    } - set(images))
-    notes: dict[tuple[str, str], str] = {}
-    for host, repository in wanted:  # in name order: concurrent batches insert alike
-        owner = repository.split("/", 1)[0]
-        account_id = await conn.fetchval(ACCOUNT_SQL, owner)
-        if account_id is None:
-            notes[(host, repository)] = f"repository {repository} on the service's registry: no account named {owner!r}"
-            log.warning("webhook.unknown_account", repository=repository, account=owner)
-            continue
-        try:
-            name = parse_image_name(f"{host}/{repository}")
-        except InvalidNameError as exc:
-            notes[(host, repository)] = f"not a valid image name: {exc}"
-            continue
-        registry_id = await ensure_registry(conn, name.host, settings)
-        image_id = await conn.fetchval(OWN_IMAGE_SQL, name.name, account_id, registry_id, name.repository)
-        images[(host, repository)] = [image_id]
-        log.info("webhook.image_created", image=name.name, account=owner)
-    return notes
+    return Batch(out, to_sync=to_sync)
 
 
 async def process_event(rt: Runtime, event_id: int) -> str:

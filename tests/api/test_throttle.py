@@ -35,7 +35,7 @@ def throttle_settings(settings: Settings, redis_server_url: str) -> Settings:
     redis.Redis.from_url(url).flushdb()
     return dataclasses.replace(
         settings, redis_url=url, auth_failure_limit=LIMIT, trusted_proxies="127.0.0.1/32",
-        webhook_secret=SECRET,
+        webhook_secret=SECRET, webhook_secrets=f"build@registry.example.com={SECRET}",
     )
 
 
@@ -125,6 +125,25 @@ async def test_wrong_webhook_secrets_are_throttled_and_the_right_one_is_not(prox
     headers = {"X-Signature-256": sign(body, SECRET), "Content-Type": "application/json", **via("198.18.202.1")}
     resp = await proxied.post("/api/v1/webhooks/build/", data=body, headers=headers)
     assert resp.status in (200, 202), await resp.text()
+
+
+async def test_wrong_secrets_at_an_account_receiver_are_throttled_and_the_right_one_is_not(
+    proxied: Client, make_user: MakeUser,
+) -> None:
+    user = await make_user()
+    listed = await ok_json(await proxied.get("/api/v1/receiver/", headers=user.headers))
+    build = next(r for r in listed["objects"] if r["sender"] == "build")
+    body = (b'{"image": "registry.example.com/team/app", "tag": "v1", "status": "building", '
+            b'"timestamp": "2024-05-01T12:00:00Z"}')
+    wrong = {"X-Signature-256": sign(body, "wrong"), **via("198.18.203.1")}
+    for _ in range(LIMIT):
+        await json_error(await proxied.post(build["url"], data=body, headers=wrong), 401)
+    resp = await proxied.post(build["url"], data=body, headers=wrong)
+    await json_error(resp, 429)
+    assert resp.headers["Retry-After"].isdigit()
+    right = {"X-Signature-256": sign(body, build["secret"]), "Content-Type": "application/json", **via("198.18.203.1")}
+    resp = await proxied.post(build["url"], data=body, headers=right)
+    assert resp.status == 202, await resp.text()
 
 
 async def test_redis_down_falls_back_to_this_process(settings: Settings, make_user: MakeUser) -> None:

@@ -55,6 +55,8 @@ def trust(postgres_dsn: str, redis_server_url: str) -> Iterator[Trust]:
         dsn, redis_url, ports[0], AUTH_CACHE_SECONDS="0", AUTH_FAILURE_LIMIT=str(LIMIT),
         TRUSTED_PROXIES="127.0.0.1", WEBHOOK_SECRET=SECRET, WEBHOOK_SECRET_QUAY=QUAY_SECRET,
         WEBHOOK_SECRET_DOCKERHUB=DOCKERHUB_SECRET,
+        # the registry the operator runs: WEBHOOK_SECRET's host for the CNCF, Harbor and build receivers
+        TUTUM_REGISTRY_HOST="registry.example.com:5000",
     )
     stack = Stack(env, ports[0])
     untrusted = free_port()

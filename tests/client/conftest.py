@@ -107,6 +107,7 @@ def client_stack(postgres_dsn: str, redis_server_url: str, db: str, home: Path, 
     with RegistryServer(htpasswd={REGISTRY_USER: REGISTRY_PASSWORD}, notifications=[hook]) as reg:
         env = service_env(
             dsn, redis_url, port, WEBHOOK_SECRET=WEBHOOK_SECRET, INSECURE_REGISTRIES=reg.host,
+            WEBHOOK_SECRETS=f"registry@{reg.host}={WEBHOOK_SECRET}",  # the operator's registry (docs/webhooks.md)
             BEAT_INTERVAL_SECONDS="0.5", SYNC_INTERVAL_SECONDS="30", EVENTS_PING_SECONDS="2",
         )
         stack = Stack(env, port)

@@ -18,6 +18,8 @@ import asyncpg
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
+from core import receivers
+from core.accounts import create_account
 from core.crypto import GENERATE_HINT, CredentialBox, Credentials, check_secret_key, weak_secret_reason
 from core.secret_rotation import rotate_credentials
 from core.settings import Settings
@@ -154,3 +156,19 @@ async def test_rotate_secret_command_reports_progress_and_unreadable_credentials
     assert NEW not in done.stdout + done.stderr and OLD not in done.stdout + done.stderr
     token = await rotation_pool.fetchval("SELECT credentials FROM images WHERE id = $1", kept)
     assert CredentialBox(NEW).open(token) == Credentials("c", "d")
+
+
+async def test_rotation_reseals_account_receiver_secrets_too(rotation_pool: asyncpg.Pool) -> None:
+    pool = rotation_pool
+    async with pool.acquire() as conn:
+        account, _ = await create_account(conn, unique("rcv"))
+        lost, _ = await create_account(conn, unique("lost"))
+    before = {r.sender: r.secret for r in await receivers.account_receivers(pool, CredentialBox(OLD), account.id)}
+    await receivers.account_receivers(pool, CredentialBox(secrets.token_urlsafe(32)), lost.id)  # no key opens them
+    async with pool.acquire() as conn:
+        result = await rotate_credentials(conn, CredentialBox(NEW, old_keys=(OLD,)))
+    assert result.resealed >= len(before)
+    assert sorted(result.unreadable) == sorted(f"the {s} receiver of account {lost.username}" for s in before)
+    new_only = CredentialBox(NEW)  # SECRET_KEY_OLD emptied: the same secrets, sealed anew
+    after = {r.sender: r.secret for r in await receivers.account_receivers(pool, new_only, account.id)}
+    assert after == before

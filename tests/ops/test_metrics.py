@@ -42,8 +42,10 @@ def value(scrape: dict, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-async def ops_client(settings: Settings) -> AsyncIterator[test_utils.TestClient]:
-    app = create_app(dataclasses.replace(settings, webhook_secret=SECRET))
+async def ops_client(settings: Settings, registry: RegistryServer) -> AsyncIterator[test_utils.TestClient]:
+    # the operator's build receiver speaks for the registry the build events name
+    bound = f"build@{registry.host}={SECRET}"
+    app = create_app(dataclasses.replace(settings, webhook_secret=SECRET, webhook_secrets=bound))
     c = test_utils.TestClient(test_utils.TestServer(app))
     await c.start_server()
     yield c

@@ -59,7 +59,7 @@ async def test_every_described_path_is_served(settings: Settings) -> None:
     for template, item in DOC["paths"].items():
         sample = (template.replace("{name}", "team/app").replace("{tag}", "v1").replace("{host}", "example.com")
                   .replace("{docker_id}", "ab" * 32).replace("{token}", "secret").replace("{id}", "1")
-                  .replace("{delivery}", "2"))
+                  .replace("{delivery}", "2").replace("{receiver}", "rcv_" + "A" * 22))
         for method in item:
             match = await app.router.resolve(make_mocked_request(method.upper(), sample, app=app))
             assert match.http_exception is None, f"{method.upper()} {template} is described but not served"

@@ -16,8 +16,8 @@ from api.webhooks import store_events
 from core import webhooks as wh
 from core.queue import PRIORITY_QUEUE, PROCESS_EVENT_TASK
 from core.settings import Settings
-from tests.conftest import insert_image, unique
-from tests.webhooks.conftest import SECRET
+from tests.conftest import MakeUser, insert_image, unique
+from tests.webhooks.conftest import Sender
 from worker import inbox
 from worker.runtime import Runtime
 
@@ -75,10 +75,11 @@ async def test_a_message_whose_event_was_applied_already_drains_the_later_ones(
 
 
 async def test_a_failing_event_fails_alone_and_is_then_applied_alone(
-    pool: asyncpg.Pool, wh_settings: Settings,
+    pool: asyncpg.Pool, wh_settings: Settings, make_user: MakeUser,
 ) -> None:
     repo = f"{unique('poison')}/app"
-    await insert_image(pool, name=f"registry.example.com/{repo}", access_proven=True)
+    owner = await make_user()  # a build event reaches an account's image, never the catalog's
+    await insert_image(pool, name=f"registry.example.com/{repo}", owner_id=owner.account.id, access_proven=True)
     broken = wh.WebhookEvent(wh.BUILD, unique("batch"), wh.BUILD_STATE, "registry.example.com", repo, "v1",
                              build_state=None, occurred_at=T0)  # no state: the tag cannot be written
     ids = await store_events(pool, [push(repo, "a"), broken, push(repo, "b")])
@@ -95,21 +96,20 @@ async def test_a_failing_event_fails_alone_and_is_then_applied_alone(
 
 
 async def test_a_burst_of_deliveries_shares_its_messages(
-    wh_client: TestClient, pool: asyncpg.Pool, settings: Settings, runtime: Runtime,
+    wh_client: TestClient, pool: asyncpg.Pool, settings: Settings, runtime: Runtime, sender: Sender,
 ) -> None:
     """The receiver sends one `process_webhook_event` for the events stored while one is
     due; the worker, given only the messages sent, applies every event."""
     queue = redis.Redis.from_url(settings.redis_url)
     before = queue.llen(PRIORITY_QUEUE)
     ns = unique("notice")
-    headers = {"Authorization": f"Bearer {SECRET}"}
     for i in range(20):
         body = {"events": [{
             "id": unique("notice-ev"), "timestamp": T0.isoformat(), "action": "push",
             "target": {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                        "digest": DIGEST, "repository": f"{ns}/app", "tag": f"t{i}"},
             "request": {"host": "registry.example.com"}}]}
-        assert (await wh_client.post("/api/v1/webhooks/registry/", json=body, headers=headers)).status == 202
+        assert (await sender.post(wh_client, wh.REGISTRY, body)).status == 202
     await asyncio.sleep(0.1)  # the last message is due NOTICE_DELAY_SECONDS after the last event
     raw = queue.lrange(PRIORITY_QUEUE, 0, queue.llen(PRIORITY_QUEUE) - before - 1)
     sent = [orjson.loads(base64.b64decode(m["body"]))[0][0] for m in map(orjson.loads, raw)

@@ -8,13 +8,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import orjson
 from aiohttp.test_utils import TestClient
 
-from core import webhook_auth as whauth
+from core import webhooks as wh
 from core.settings import Settings
 from tests.conftest import insert_image, unique
-from tests.webhooks.conftest import QUAY_SECRET, SECRET, fixture
+from tests.webhooks.conftest import EXAMPLE, Sender, fixture
 from worker import builds, inbox
 
 H = "/api/v1/webhooks"
@@ -37,26 +36,28 @@ async def image_state(pool: asyncpg.Pool, image_id: int) -> str:
 
 
 class Quay:
-    def __init__(self, client: TestClient, ns: str) -> None:
-        self.client, self.ns = client, ns
+    def __init__(self, client: TestClient, sender: Sender, ns: str) -> None:
+        self.client, self.sender, self.ns = client, sender, ns
 
     @classmethod
-    async def registered(cls, client: TestClient, pool: asyncpg.Pool) -> tuple[Quay, int]:
-        """A sender for a new quay.io repository, and the proven image registered for it."""
+    async def registered(cls, client: TestClient, pool: asyncpg.Pool, sender: Sender) -> tuple[Quay, int]:
+        """A sender for a new quay.io repository, and the sender's proven image of it."""
         ns = unique("quay")
-        return cls(client, ns), await insert_image(pool, name=f"quay.io/{ns}/app", access_proven=True)
+        image_id = await insert_image(pool, name=f"quay.io/{ns}/app", owner_id=sender.user.account.id,
+                                      access_proven=True)
+        return cls(client, sender, ns), image_id
 
     async def send(self, event: str, build_id: str, tags: list[str]) -> int:
         body = fixture("quay_build_start.json", self.ns) | {"build_id": build_id, "docker_tags": tags}
-        resp = await self.client.post(f"{H}/quay/{QUAY_SECRET}/?event={event}", json=body)
+        resp = await self.sender.post(self.client, wh.QUAY, body, f"?event={event}")
         assert resp.status in (200, 202), await resp.text()
         return int((await resp.json())["accepted"])
 
 
 async def test_quay_build_delivered_out_of_order_and_twice_ends_in_its_terminal_state(
-    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
+    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings, sender: Sender,
 ) -> None:
-    (quay, image_id), build = await Quay.registered(wh_client, pool), unique("build")
+    (quay, image_id), build = await Quay.registered(wh_client, pool, sender), unique("build")
     assert await quay.send("build_queued", build, ["latest"]) == 1
     await apply_all(pool, wh_settings)
     assert (await tag(pool, image_id, "latest"))["state"] == "Building"
@@ -81,9 +82,9 @@ async def test_quay_build_delivered_out_of_order_and_twice_ends_in_its_terminal_
 
 
 async def test_quay_events_of_one_batch_in_any_order(
-    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
+    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings, sender: Sender,
 ) -> None:
-    (quay, image_id), build = await Quay.registered(wh_client, pool), unique("build")
+    (quay, image_id), build = await Quay.registered(wh_client, pool, sender), unique("build")
     for event in ("build_queued", "build_failure", "build_start"):  # stored, then applied at once
         await quay.send(event, build, ["1.0"])
     await apply_all(pool, wh_settings)
@@ -92,9 +93,9 @@ async def test_quay_events_of_one_batch_in_any_order(
 
 
 async def test_quay_a_newer_build_wins_over_a_late_older_one(
-    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
+    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings, sender: Sender,
 ) -> None:
-    (quay, image_id), old, new = await Quay.registered(wh_client, pool), unique("old"), unique("new")
+    (quay, image_id), old, new = await Quay.registered(wh_client, pool, sender), unique("old"), unique("new")
     await quay.send("build_queued", old, ["latest"])
     await apply_all(pool, wh_settings)
     await quay.send("build_queued", new, ["latest"])  # first seen later: the newer build
@@ -112,30 +113,29 @@ async def test_quay_a_newer_build_wins_over_a_late_older_one(
 
 
 class Generic:
-    def __init__(self, client: TestClient, name: str) -> None:
-        self.client, self.name = client, name
+    def __init__(self, client: TestClient, sender: Sender, name: str) -> None:
+        self.client, self.sender, self.name = client, sender, name
 
     @classmethod
-    async def registered(cls, client: TestClient, pool: asyncpg.Pool) -> tuple[Generic, int]:
-        """A CI sending for a new image, and the proven image registered for it."""
-        name = f"registry.example.com/{unique('ci')}/app"
-        return cls(client, name), await insert_image(pool, name=name, access_proven=True)
+    async def registered(cls, client: TestClient, pool: asyncpg.Pool, sender: Sender) -> tuple[Generic, int]:
+        """A CI sending for a new image, and the sender's proven image of it."""
+        name = f"{EXAMPLE}/{unique('ci')}/app"
+        image_id = await insert_image(pool, name=name, owner_id=sender.user.account.id, access_proven=True)
+        return cls(client, sender, name), image_id
 
     async def send(self, status: str, at: datetime, build_id: Any = None, tag: str = "v1") -> int:
         doc: dict[str, Any] = {"image": self.name, "tag": tag, "status": status, "timestamp": at.isoformat()}
         if build_id is not None:
             doc["build_id"] = build_id
-        body = orjson.dumps(doc)
-        headers = {"X-Signature-256": whauth.sign(body, SECRET), "Content-Type": "application/json"}
-        resp = await self.client.post(f"{H}/build/", data=body, headers=headers)
+        resp = await self.sender.post(self.client, wh.BUILD, doc)
         assert resp.status in (200, 202), await resp.text()
         return int((await resp.json())["accepted"])
 
 
 async def test_generic_build_ids_order_by_build_not_by_timestamp(
-    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
+    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings, sender: Sender,
 ) -> None:
-    ci, image_id = await Generic.registered(wh_client, pool)
+    ci, image_id = await Generic.registered(wh_client, pool, sender)
     t = [T0 + timedelta(minutes=i) for i in range(5)]
     await ci.send("building", t[1], build_id=42)
     await ci.send("success", t[2], build_id=42)
@@ -157,9 +157,9 @@ async def test_generic_build_ids_order_by_build_not_by_timestamp(
 
 
 async def test_generic_events_without_build_id_keep_newest_timestamp_wins(
-    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
+    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings, sender: Sender,
 ) -> None:
-    ci, image_id = await Generic.registered(wh_client, pool)
+    ci, image_id = await Generic.registered(wh_client, pool, sender)
     await ci.send("success", T0 + timedelta(minutes=2))
     await ci.send("building", T0 + timedelta(minutes=1))  # older, delivered late
     await apply_all(pool, wh_settings)
@@ -170,14 +170,15 @@ async def test_generic_events_without_build_id_keep_newest_timestamp_wins(
 
 
 async def test_builds_that_never_finish_fall_back_to_the_registry(
-    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
+    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings, sender: Sender,
 ) -> None:
-    name = f"registry.example.com/{unique('ci')}/app"
-    image_id = await insert_image(pool, name=name, access_proven=True, next_sync_at=T0 + timedelta(days=3650))
+    name = f"{EXAMPLE}/{unique('ci')}/app"
+    image_id = await insert_image(pool, name=name, owner_id=sender.user.account.id, access_proven=True,
+                                  next_sync_at=T0 + timedelta(days=3650))
     await pool.execute(
         "INSERT INTO tags (image_id, name, state, manifest_digest, build_date) VALUES ($1, 'v1', 'Success', $2, $3)",
         image_id, DIGEST, T0)
-    ci = Generic(wh_client, name)
+    ci = Generic(wh_client, sender, name)
     now = datetime.now(UTC)
     await ci.send("building", now, build_id="7", tag="v1")  # a rebuild of a pushed tag
     await ci.send("building", now, build_id="7", tag="ci-only")  # a tag no registry has yet
@@ -201,24 +202,24 @@ async def test_builds_that_never_finish_fall_back_to_the_registry(
 
 
 async def test_harbor_artifact_delete_removes_every_tag_at_its_digest(
-    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings,
+    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings, sender: Sender,
 ) -> None:
     ns = unique("harbor")
-    image_id = await insert_image(pool, name=f"harbor.example.com/{ns}/app", access_proven=True)
-    headers = {"Authorization": f"Bearer {SECRET}"}
+    image_id = await insert_image(pool, name=f"harbor.example.com/{ns}/app", owner_id=sender.user.account.id,
+                                  access_proven=True)
     for t in ("h3", "h4"):
         body = fixture("harbor_push.json", ns)
         body["occur_at"] = int(T0.timestamp())
         body["event_data"]["resources"] = [
             {"digest": DIGEST, "tag": t, "resource_url": f"harbor.example.com/{ns}/app:{t}"}]
-        assert (await wh_client.post(f"{H}/harbor/", json=body, headers=headers)).status == 202
+        assert (await sender.post(wh_client, wh.HARBOR, body)).status == 202
     await apply_all(pool, wh_settings)
     assert await tag(pool, image_id, "h3") and await tag(pool, image_id, "h4")
     delete = fixture("harbor_delete.json", ns)  # Harbor names only the artifact's first tag
     delete["occur_at"] = int((T0 + timedelta(minutes=1)).timestamp())
     delete["event_data"]["resources"] = [
         {"digest": DIGEST, "tag": "h3", "resource_url": f"harbor.example.com/{ns}/app:h3"}]
-    assert (await wh_client.post(f"{H}/harbor/", json=delete, headers=headers)).status == 202
+    assert (await sender.post(wh_client, wh.HARBOR, delete)).status == 202
     await apply_all(pool, wh_settings)
     assert await tag(pool, image_id, "h3") is None and await tag(pool, image_id, "h4") is None
     assert await image_state(pool, image_id) == "Empty"

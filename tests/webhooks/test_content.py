@@ -15,20 +15,26 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from core.settings import Settings
-from tests.conftest import MakeUser, User, insert_image, unique
+from tests.conftest import User, insert_image, unique
 from tests.support import content
 from tests.support.registry import RegistryServer, push_image
-from tests.webhooks.conftest import notifying_registry, runtime_for
+from tests.webhooks.conftest import KINDS, Sender, make_sender, new_user, notifying_registry, runtime_for
 from worker import inbox
 from worker.runtime import Runtime
 
 V1_CONFIG: dict[str, Any] = {"created": "2024-01-01T00:00:00Z", "config": {"Cmd": ["serve"]}}
 
 
+@pytest.fixture(scope="module", params=KINDS)
+async def sender(request: pytest.FixtureRequest, wh_client: TestClient, pool: asyncpg.Pool) -> Sender:
+    """Whose receiver the registry notifies (the tests register their images for its user)."""
+    return await make_sender(wh_client, request.param, await new_user(pool))
+
+
 @pytest.fixture(scope="module")
-def notifying(wh_client: TestClient) -> Iterator[RegistryServer]:
+def notifying(wh_client: TestClient, sender: Sender, notifying_hosts: tuple[str, str]) -> Iterator[RegistryServer]:
     """Anonymous."""
-    with notifying_registry(wh_client) as reg:
+    with notifying_registry(wh_client, sender, notifying_hosts[0]) as reg:
         yield reg
 
 
@@ -61,6 +67,7 @@ async def tags(pool: asyncpg.Pool, image_id: int) -> dict[str, asyncpg.Record]:
 
 
 async def register(pool: asyncpg.Pool, user: User, reg: RegistryServer, repo: str) -> tuple[str, int]:
+    """The user's proven image of the repository."""
     name = f"{reg.host}/{repo}"
     return name, await insert_image(pool, name=name, owner_id=user.account.id, access_proven=True)
 
@@ -72,10 +79,10 @@ async def sync_status(client: TestClient, user: User, name: str) -> dict[str, An
 
 
 async def test_signatures_attestations_referrers_and_bundles_never_become_tags(
-    rt: Runtime, notifying: RegistryServer, pool: asyncpg.Pool, make_user: MakeUser,
+    rt: Runtime, notifying: RegistryServer, pool: asyncpg.Pool, sender: Sender,
 ) -> None:
     reg, repo = notifying, f"{unique('signed')}/app"
-    _, image_id = await register(pool, await make_user(), reg, repo)
+    _, image_id = await register(pool, sender.user, reg, repo)
     img = await pushed(push_image, reg.url, repo, "v1", V1_CONFIG)
     sig = await pushed(content.push_cosign_signature, reg.url, repo, img.digest)
     att = await pushed(content.push_cosign_attestation, reg.url, repo, img.digest)
@@ -97,9 +104,9 @@ async def test_signatures_attestations_referrers_and_bundles_never_become_tags(
 
 
 async def test_helm_charts_are_tags_without_layer_dated_by_their_annotation(
-    rt: Runtime, notifying: RegistryServer, pool: asyncpg.Pool, make_user: MakeUser, wh_client: TestClient,
+    rt: Runtime, notifying: RegistryServer, pool: asyncpg.Pool, sender: Sender, wh_client: TestClient,
 ) -> None:
-    reg, repo, user = notifying, f"{unique('charts')}/app", await make_user()
+    reg, repo, user = notifying, f"{unique('charts')}/app", sender.user
     name, image_id = await register(pool, user, reg, repo)
     await pushed(content.push_helm_chart, reg.url, repo, "0.1.0", created="2030-01-01T00:00:00Z")
     await pushed(content.push_helm_chart, reg.url, repo, "undated", created=None, version="0.0.1")
@@ -118,9 +125,9 @@ async def test_helm_charts_are_tags_without_layer_dated_by_their_annotation(
 
 
 async def test_indexes_without_the_platform_or_missing_its_child(
-    rt: Runtime, notifying: RegistryServer, pool: asyncpg.Pool, make_user: MakeUser, wh_client: TestClient,
+    rt: Runtime, notifying: RegistryServer, pool: asyncpg.Pool, sender: Sender, wh_client: TestClient,
 ) -> None:
-    reg, repo, user = notifying, f"{unique('multi')}/app", await make_user()
+    reg, repo, user = notifying, f"{unique('multi')}/app", sender.user
     name, image_id = await register(pool, user, reg, repo)
     await pushed(content.push_platform_index, reg.url, repo, "arm", [("linux", "arm64")])
     broken = await pushed(content.push_index_missing_child, reg.url, repo, "multi")
@@ -137,9 +144,9 @@ async def test_indexes_without_the_platform_or_missing_its_child(
 
 
 async def test_a_broken_config_fails_only_its_own_tag(
-    rt: Runtime, notifying: RegistryServer, pool: asyncpg.Pool, make_user: MakeUser, wh_client: TestClient,
+    rt: Runtime, notifying: RegistryServer, pool: asyncpg.Pool, sender: Sender, wh_client: TestClient,
 ) -> None:
-    reg, repo, user = notifying, f"{unique('broken')}/app", await make_user()
+    reg, repo, user = notifying, f"{unique('broken')}/app", sender.user
     name, image_id = await register(pool, user, reg, repo)
     good = await pushed(push_image, reg.url, repo, "good", V1_CONFIG)
     await pushed(content.push_broken_config, reg.url, repo, "nojson", how="not-json")

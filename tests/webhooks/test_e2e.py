@@ -16,11 +16,15 @@ import asyncpg
 import pytest
 import redis
 
+from core import receivers
+from core import webhooks as wh
 from core.accounts import create_account
-from tests.conftest import create_database, unique
+from core.crypto import CredentialBox
+from tests.conftest import TEST_SECRET_KEY, create_database, unique
 from tests.support.processes import Stack, service_env, wait_for
 from tests.support.registry import RegistryServer, delete_tag, push_image, push_index
 from tests.support.services import ensure_debian_packages, free_port, redis_db, reserved_port, worker_index
+from tests.webhooks.conftest import ACCOUNT, OPERATOR
 
 SECRET = "e2e-webhook-secret"
 
@@ -42,25 +46,32 @@ class HookStack(Stack):
 
 
 @contextmanager
-def _stack(postgres_dsn: str, redis_url: str, db: str) -> Iterator[HookStack]:
+def _stack(postgres_dsn: str, redis_url: str, db: str, kind: str = OPERATOR) -> Iterator[HookStack]:
+    """The registry notifies the operator's registry receiver (its secret bound to the
+    registry's host, as docs/webhooks.md says), or the account's own (`kind`)."""
     dsn = asyncio.run(create_database(postgres_dsn, db))
     port = free_port()
-    hook = {"url": f"http://127.0.0.1:{port}/api/v1/webhooks/registry/",
-            "headers": {"Authorization": f"Bearer {SECRET}"}, "backoff": "200ms"}
+    user = unique("hooker")
+
+    async def account() -> tuple[str, dict[str, str]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            made, key = await create_account(conn, user)
+            mine = {r.sender: r for r in await receivers.account_receivers(
+                conn, CredentialBox(TEST_SECRET_KEY), made.id)}
+        finally:
+            await conn.close()
+        found = mine[wh.REGISTRY]
+        return key, {"url": found.url, "secret": found.secret}
+
+    key, own = asyncio.run(account())
+    path, secret = ("/api/v1/webhooks/registry/", SECRET) if kind == OPERATOR else (own["url"], own["secret"])
+    hook = {"url": f"http://127.0.0.1:{port}{path}",
+            "headers": {"Authorization": f"Bearer {secret}"}, "backoff": "200ms"}
     with RegistryServer(notifications=[hook]) as reg:
-        env = service_env(dsn, redis_url, port, WEBHOOK_SECRET=SECRET, INSECURE_REGISTRIES=reg.host,
-                          BEAT_INTERVAL_SECONDS="0.2", SYNC_INTERVAL_SECONDS="3600")
-        st = HookStack(env, port, registry=reg)
-        st.user = unique("hooker")
-
-        async def account() -> str:
-            conn = await asyncpg.connect(dsn)
-            try:
-                return (await create_account(conn, st.user))[1]
-            finally:
-                await conn.close()
-
-        st.key = asyncio.run(account())
+        env = service_env(dsn, redis_url, port, WEBHOOK_SECRETS=f"registry@{reg.host}={SECRET}",
+                          INSECURE_REGISTRIES=reg.host, BEAT_INTERVAL_SECONDS="0.2", SYNC_INTERVAL_SECONDS="3600")
+        st = HookStack(env, port, registry=reg, user=user, key=key)
         try:
             yield st
         finally:
@@ -83,8 +94,18 @@ def hook_stack(postgres_dsn: str, redis_server_url: str) -> Iterator[HookStack]:
         yield st
 
 
-def test_registry_push_multiarch_and_delete_reach_the_api(hook_stack: HookStack) -> None:
-    st = hook_stack
+@pytest.fixture
+def account_hook_stack(postgres_dsn: str, redis_server_url: str) -> Iterator[HookStack]:
+    """The registry notifies the account's own registry receiver."""
+    redis_url = f"{redis_server_url}/{redis_db('webhooks')}"
+    redis.Redis.from_url(redis_url).flushdb()
+    with _stack(postgres_dsn, redis_url, f"rs_hooks_{worker_index()}", ACCOUNT) as st:
+        yield st
+
+
+@pytest.mark.parametrize("stack_fixture", ["hook_stack", "account_hook_stack"])
+def test_registry_push_multiarch_and_delete_reach_the_api(stack_fixture: str, request: pytest.FixtureRequest) -> None:
+    st: HookStack = request.getfixturevalue(stack_fixture)
     st.start("web")
     st.start("worker", "--queues", "priority")
     wait_for(lambda: st.up(), 20, "the API to answer")

@@ -143,10 +143,11 @@ async def test_deletes_by_tag_by_digest_and_tombstones(pool: asyncpg.Pool, wh_se
 
 
 async def test_build_events_out_of_order_leave_the_newest_state(
-    pool: asyncpg.Pool, wh_settings: Settings,
+    pool: asyncpg.Pool, wh_settings: Settings, make_user: MakeUser,
 ) -> None:
     name = f"registry.example.com/{unique('fx')}/app"
-    image_id = await insert_image(pool, name=name, tags=["stable"], access_proven=True)
+    owner = await make_user()  # builds are an account's: never the shared catalog's
+    image_id = await insert_image(pool, name=name, tags=["stable"], owner_id=owner.account.id, access_proven=True)
     t = [T0 + timedelta(minutes=i) for i in range(4)]
     await apply(pool, wh_settings, ev(wh.BUILD_STATE, name, tag="v1", state="Building", at=t[1]))
     assert (await image_state(pool, image_id))[0] == "Building"

@@ -122,8 +122,6 @@ def test_secrets_constant_time_helpers() -> None:
     body = b'{"a": 1}'
     assert whauth.signature_ok(body, whauth.sign(body, "k"), ["k"])
     assert not whauth.signature_ok(body + b" ", whauth.sign(body, "k"), ["k"])
-    overrides = whauth.parse_secret_overrides("quay=q1, reg.example:5000=r2,bad")
-    assert whauth.secrets_for("quay", None, "d", overrides) == ["q1"]
-    assert whauth.secrets_for("registry", "reg.example:5000", "d", overrides) == ["r2"]
-    assert whauth.secrets_for("registry", None, "d", overrides) == ["d"]
-    assert whauth.secrets_for("registry", None, "", {}) == []
+    bound = {"reg.example:5000": "r2", "quay.io": "q1", "other.example": ""}
+    assert whauth.accepted_hosts(bound, lambda s: s == "r2") == {"reg.example:5000"}
+    assert whauth.accepted_hosts(bound, lambda s: s == "") == frozenset()  # an empty secret never matches

@@ -16,22 +16,30 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from core import webhook_auth as whauth
+from core import webhooks as wh
 from core.settings import Settings
 from tests.conftest import MakeUser, User, unique
 from tests.freshness.streams import Listener
 from tests.support.registry import RegistryServer, adelete_tag, apush_image
-from tests.webhooks.conftest import SECRET, notifying_registry, runtime_for
+from tests.webhooks.conftest import KINDS, Sender, make_sender, new_user, notifying_registry, runtime_for
 from worker import inbox, sync
 from worker.runtime import Runtime
 
 ALICE = ("alice", "wonderland")
 
 
+@pytest.fixture(scope="module", params=KINDS)
+async def sender(request: pytest.FixtureRequest, wh_client: TestClient, pool: asyncpg.Pool) -> Sender:
+    """Whose receiver the registry notifies: the account that holds the registry's credentials."""
+    return await make_sender(wh_client, request.param, await new_user(pool))
+
+
 @pytest.fixture(scope="module")
-def private_registry(wh_client: TestClient) -> Iterator[RegistryServer]:
+def private_registry(
+    wh_client: TestClient, sender: Sender, notifying_hosts: tuple[str, str],
+) -> Iterator[RegistryServer]:
     """htpasswd auth."""
-    with notifying_registry(wh_client, htpasswd=dict([ALICE])) as reg:
+    with notifying_registry(wh_client, sender, notifying_hosts[1], htpasswd=dict([ALICE])) as reg:
         yield reg
 
 
@@ -65,14 +73,14 @@ async def _view(client: TestClient, user: User, name: str) -> dict[str, Any]:
 
 async def test_events_reach_only_the_account_whose_credentials_were_accepted(
     wh_client: TestClient, pool: asyncpg.Pool, rt: Runtime, private_registry: RegistryServer,
-    make_user: MakeUser,
+    make_user: MakeUser, sender: Sender,
 ) -> None:
     reg = private_registry
     repo = f"{unique('private')}/app"
     name = f"{reg.host}/{repo}"
     await apush_image(reg.url, repo, "v0", {"created": "2024-01-01T00:00:00Z"}, auth=ALICE)
     await _events_stored(pool, repo, 1)
-    owner, anonymous, wrong = await make_user(), await make_user(), await make_user()
+    owner, anonymous, wrong = sender.user, await make_user(), await make_user()
     bodies = {
         owner: {"name": name, "username": ALICE[0], "password": ALICE[1]},
         anonymous: {"name": name},
@@ -102,8 +110,7 @@ async def test_events_reach_only_the_account_whose_credentials_were_accepted(
         await _process_pending(rt, repo)
         body = orjson.dumps({"image": name, "tag": "v1", "status": "building",
                              "timestamp": datetime.now(UTC).isoformat(), "build_id": "b1"})
-        resp = await wh_client.post("/api/v1/webhooks/build/", data=body, headers={
-            "X-Signature-256": whauth.sign(body, SECRET), "Content-Type": "application/json"})
+        resp = await sender.post(wh_client, wh.BUILD, body)
         assert resp.status == 202, await resp.text()
         await _process_pending(rt, repo)
         owned = await _view(wh_client, owner, name)
@@ -132,12 +139,12 @@ async def test_events_reach_only_the_account_whose_credentials_were_accepted(
 
 async def test_an_image_registered_before_its_first_push_proves_access_on_the_push(
     wh_client: TestClient, pool: asyncpg.Pool, rt: Runtime, private_registry: RegistryServer,
-    make_user: MakeUser,
+    sender: Sender,
 ) -> None:
     reg = private_registry
     repo = f"{unique('first')}/app"
     name = f"{reg.host}/{repo}"
-    owner = await make_user()
+    owner = sender.user
     resp = await wh_client.post("/api/v1/image/", json={"name": name, "username": ALICE[0], "password": ALICE[1]},
                                 headers=owner.headers)
     assert resp.status == 201, await resp.text()

@@ -7,11 +7,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from core import webhook_auth as whauth
+from core import webhooks as wh
 from tests.conftest import unique
-from tests.webhooks.conftest import QUAY_SECRET, SECRET, fixture_text
+from tests.webhooks.conftest import OPERATOR, SECRET, Sender, fixture_text
 
 H = "/api/v1/webhooks"
-BEARER = {"Authorization": f"Bearer {SECRET}"}
 CNCF_TYPE = {"Content-Type": "application/vnd.docker.distribution.events.v1+json"}
 
 
@@ -25,42 +25,44 @@ def _build_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
 
 
 CASES = [
-    # (fixture, path, headers, events stored)
-    ("registry_push.json", f"{H}/registry/", {**BEARER, **CNCF_TYPE}, 1),
-    ("registry_multiarch.json", f"{H}/registry", {**BEARER, **CNCF_TYPE}, 1),
-    ("registry_delete.json", f"{H}/registry/", BEARER, 2),
-    ("dockerhub_push.json", f"{H}/dockerhub/{SECRET}/", {}, 1),
-    ("harbor_push.json", f"{H}/harbor/", {"Authorization": SECRET}, 1),
-    ("harbor_push_by_digest.json", f"{H}/harbor/", BEARER, 0),
-    ("harbor_cloudevents_push.json", f"{H}/harbor/",
-     {**BEARER, "Content-Type": "application/cloudevents+json"}, 1),
-    ("harbor_delete.json", f"{H}/harbor/", BEARER, 1),
-    ("quay_repo_push.json", f"{H}/quay/{QUAY_SECRET}/", {}, 1),
-    ("quay_repo_push_old.json", f"{H}/quay/{QUAY_SECRET}/", {}, 1),
-    ("quay_build_start.json", f"{H}/quay/{QUAY_SECRET}/?event=build_start", {}, 2),
-    ("quay_build_failure.json", f"{H}/quay/{QUAY_SECRET}/", {}, 2),
+    # (fixture, sender, query, extra headers, events stored)
+    ("registry_push.json", wh.REGISTRY, "", CNCF_TYPE, 1),
+    ("registry_multiarch.json", wh.REGISTRY, "", CNCF_TYPE, 1),
+    ("registry_delete.json", wh.REGISTRY, "", {}, 2),
+    ("dockerhub_push.json", wh.DOCKERHUB, "", {}, 1),
+    ("harbor_push.json", wh.HARBOR, "", {}, 1),
+    ("harbor_push_by_digest.json", wh.HARBOR, "", {}, 0),
+    ("harbor_cloudevents_push.json", wh.HARBOR, "", {"Content-Type": "application/cloudevents+json"}, 1),
+    ("harbor_delete.json", wh.HARBOR, "", {}, 1),
+    ("quay_repo_push.json", wh.QUAY, "", {}, 1),
+    ("quay_repo_push_old.json", wh.QUAY, "", {}, 1),
+    ("quay_build_start.json", wh.QUAY, "?event=build_start", {}, 2),
+    ("quay_build_failure.json", wh.QUAY, "", {}, 2),
 ]
 
 
-@pytest.mark.parametrize("name, path, headers, n", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name, kind, query, headers, n", CASES, ids=[c[0] for c in CASES])
 async def test_every_sender_format_is_stored_once(
-    wh_client: TestClient, pool: asyncpg.Pool, name: str, path: str, headers: dict[str, str], n: int,
+    wh_client: TestClient, pool: asyncpg.Pool, sender: Sender, name: str, kind: str, query: str,
+    headers: dict[str, str], n: int,
 ) -> None:
     ns = unique("hook")
     body = fixture_text(name, ns)
-    resp = await wh_client.post(path, data=body, headers=headers)
+    resp = await sender.post(wh_client, kind, body, query, headers)
     assert resp.status == (202 if n else 200), await resp.text()
     assert (await resp.json())["accepted"] == n
     assert await stored(pool, ns) == n
-    again = await wh_client.post(path, data=body, headers=headers)  # a duplicate delivery
+    again = await sender.post(wh_client, kind, body, query, headers)  # a duplicate delivery
     assert again.status == 200 and (await again.json()) == {"accepted": 0, "duplicates": n}
     assert await stored(pool, ns) == n
+    scope = await pool.fetch("SELECT DISTINCT account_id FROM webhook_events WHERE repository LIKE $1 || '/%'", ns)
+    assert [r["account_id"] for r in scope] == ([] if not n else [None] if sender.kind == OPERATOR
+                                                 else [sender.user.account.id])
 
 
-async def test_generic_build_event_is_signed(wh_client: TestClient, pool: asyncpg.Pool) -> None:
+async def test_generic_build_event_is_signed(wh_client: TestClient, pool: asyncpg.Pool, sender: Sender) -> None:
     ns = unique("hook")
-    body = fixture_text("build_success.json", ns).encode()
-    resp = await wh_client.post(f"{H}/build/", data=body, headers=_build_headers(body))
+    resp = await sender.post(wh_client, wh.BUILD, fixture_text("build_success.json", ns))
     assert resp.status == 202, await resp.text()
     row = await pool.fetchrow(
         "SELECT kind, build_state, occurred_at, status FROM webhook_events WHERE repository = $1",
@@ -95,30 +97,27 @@ async def test_build_signature_of_another_body_is_refused(wh_client: TestClient)
     assert resp.status == 401
 
 
-@pytest.mark.parametrize("path, headers, body", [
-    (f"{H}/registry/", BEARER, "not json"),
-    (f"{H}/registry/", BEARER, ""),
-    (f"{H}/registry/", BEARER, '{"events": {}}'),
-    (f"{H}/dockerhub/{SECRET}/", {},
-     '{"push_data": {"tag": "x", "pushed_at": 1}, "repository": {"repo_name": "NS/Bad"}}'),
-    (f"{H}/harbor/", BEARER,
-     '{"type": "PUSH_ARTIFACT", "occur_at": 1, "event_data": {"resources": [{}],'
-     ' "repository": {"repo_full_name": "a/b"}}}'),
-    (f"{H}/quay/{QUAY_SECRET}/", {}, '{"repository": "a/b", "updated_tags": "latest"}'),
+@pytest.mark.parametrize("kind, body", [
+    (wh.REGISTRY, "not json"),
+    (wh.REGISTRY, ""),
+    (wh.REGISTRY, '{"events": {}}'),
+    (wh.DOCKERHUB, '{"push_data": {"tag": "x", "pushed_at": 1}, "repository": {"repo_name": "NS/Bad"}}'),
+    (wh.HARBOR, '{"type": "PUSH_ARTIFACT", "occur_at": 1, "event_data": {"resources": [{}],'
+                ' "repository": {"repo_full_name": "a/b"}}}'),
+    (wh.QUAY, '{"repository": "a/b", "updated_tags": "latest"}'),
 ])
 async def test_malformed_body_is_400_with_a_sentence_and_stores_nothing(
-    wh_client: TestClient, pool: asyncpg.Pool, path: str, headers: dict[str, str], body: str,
+    wh_client: TestClient, pool: asyncpg.Pool, sender: Sender, kind: str, body: str,
 ) -> None:
     before = await pool.fetchval("SELECT count(*) FROM webhook_events")
-    resp = await wh_client.post(path, data=body, headers=headers)
+    resp = await sender.post(wh_client, kind, body)
     assert resp.status == 400
     assert (await resp.json())["error"].startswith("malformed")
     assert await pool.fetchval("SELECT count(*) FROM webhook_events") == before
 
 
-async def test_malformed_signed_build_event_is_400(wh_client: TestClient) -> None:
-    body = b'{"image": "a/b", "tag": "v1", "status": "maybe", "timestamp": 1}'
-    resp = await wh_client.post(f"{H}/build/", data=body, headers=_build_headers(body))
+async def test_malformed_signed_build_event_is_400(wh_client: TestClient, sender: Sender) -> None:
+    resp = await sender.post(wh_client, wh.BUILD, b'{"image": "a/b", "tag": "v1", "status": "maybe", "timestamp": 1}')
     assert resp.status == 400 and "status" in (await resp.json())["error"]
 
 

@@ -136,6 +136,7 @@ def test_a_hanging_registry_delays_nobody_else(stack: Stack, registry: RegistryS
     hang = HangingRegistry()
     try:
         stack.env.update(INSECURE_REGISTRIES=f"{registry.host},{hang.host}", WEBHOOK_SECRET=WEBHOOK_SECRET,
+                         WEBHOOK_SECRETS=f"registry@{registry.host}={WEBHOOK_SECRET}",
                          SYNC_INTERVAL_SECONDS="3600", WORKER_DRAIN_SECONDS="2")
         key_a, key_b = stack.account("alice"), stack.account("bob")
         repo = f"{unique('healthy')}/app"
