@@ -74,6 +74,9 @@ CREATE TABLE IF NOT EXISTS images (
     -- rejected sync and by new credentials. Webhook events apply only to such images.
     access_proven       boolean     NOT NULL DEFAULT false,
     tags_cut_at         integer,               -- the tag list was cut to this many at the last sync
+    -- Fernet token of the application token that reads a private repository's builds from its
+    -- build API (Quay: worker/quay_builds.py); write-only like `credentials`
+    build_token         bytea,
     CONSTRAINT images_owner_name_key UNIQUE NULLS NOT DISTINCT (owner_id, name),
     CONSTRAINT images_state_check CHECK (state IN ('Empty', 'Success', 'Building', 'Failed'))
 );
@@ -722,4 +725,41 @@ CREATE OR REPLACE TRIGGER tags_unorphan_update AFTER UPDATE ON tags
     FOR EACH STATEMENT EXECUTE FUNCTION tags_unorphan_layers();
 -- ============================================================================================
 -- End of the polling section.
+-- ============================================================================================
+
+-- ============================================================================================
+-- Build states (worker/builds.py, the one writer of build states; worker/quay_builds.py polls
+-- Quay's build API). `builds.first_seen_at` orders the builds of a repository for the SPEC §2
+-- rule "a newer build wins": both the webhook path and the poller write it, so a build that
+-- Quay's webhooks and its API both name (one id) has one place in the order.
+-- images.build_token and the backfill of `builds` come with migrations/0011_builds.sql.
+-- ============================================================================================
+CREATE TABLE IF NOT EXISTS builds (
+    host           text        NOT NULL,  -- registry host as in registries.host
+    repository     text        NOT NULL,  -- as in images.repository
+    build_id       text        NOT NULL,  -- the sender's build id (Quay: the build's uuid)
+    first_seen_at  timestamptz NOT NULL,  -- when the database first saw the id (its clock)
+    ended_at       timestamptz,           -- the time of its first terminal event (Quay's API has no end
+                                          -- time: when the database first saw a terminal phase)
+    CONSTRAINT builds_pkey PRIMARY KEY (host, repository, build_id)
+);
+-- retention (worker/retention.py)
+CREATE INDEX IF NOT EXISTS builds_first_seen_idx ON builds (first_seen_at);
+
+-- Per image on a build-API host: the last read of its builds, and the poll while one runs.
+-- A lease like the sync's (`claim:`/`run:` tokens) keeps two workers from reading at once.
+CREATE TABLE IF NOT EXISTS build_polls (
+    image_id     bigint      NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    due_at       timestamptz,           -- a build is running: read again then; NULL: only with syncs
+    lease_owner  text,
+    lease_until  timestamptz,
+    read_at      timestamptz,           -- the last read the build API answered
+    error        text,                  -- why the last read failed (a 401: no or a wrong build_token)
+    error_at     timestamptz,
+    recent       jsonb       NOT NULL DEFAULT '[]',  -- what the last read saw, for …/sync/
+    CONSTRAINT build_polls_pkey PRIMARY KEY (image_id)
+);
+CREATE INDEX IF NOT EXISTS build_polls_due_idx ON build_polls (due_at) WHERE due_at IS NOT NULL;
+-- ============================================================================================
+-- End of the builds section.
 -- ============================================================================================

@@ -87,6 +87,18 @@ class CredentialBox:
             raise ValueError("credentials cannot be decrypted with SECRET_KEY") from exc
         return Credentials(data["username"], data["password"])
 
+    def seal_secret(self, secret: str) -> bytes:
+        """A single secret (an image's build token) sealed like credentials."""
+        return self._primary.encrypt(orjson.dumps({"secret": secret}))
+
+    def open_secret(self, token: bytes) -> str:
+        """Raises ValueError when the token was made with an unknown key or was altered."""
+        try:
+            data = orjson.loads(self._fernet.decrypt(bytes(token)))
+        except InvalidToken as exc:
+            raise ValueError("the secret cannot be decrypted with SECRET_KEY") from exc
+        return str(data["secret"])
+
     def is_current(self, token: bytes) -> bool:
         """True when `token` is sealed with SECRET_KEY as derived now (nothing to re-seal)."""
         try:
