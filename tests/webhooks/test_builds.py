@@ -4,18 +4,25 @@ artifact with several tags."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 
 from core import webhook_auth as whauth
 from core.settings import Settings
 from tests.conftest import insert_image, unique
+from tests.support.quay import QuayStandIn, quay_build
+from tests.support.registry import RegistryServer, apush_image
 from tests.webhooks.conftest import QUAY_SECRET, SECRET, fixture
-from worker import builds, inbox
+from worker import builds, inbox, sync
+from worker.runtime import Runtime
 
 H = "/api/v1/webhooks"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -37,8 +44,8 @@ async def image_state(pool: asyncpg.Pool, image_id: int) -> str:
 
 
 class Quay:
-    def __init__(self, client: TestClient, ns: str) -> None:
-        self.client, self.ns = client, ns
+    def __init__(self, client: TestClient, ns: str, host: str | None = None) -> None:
+        self.client, self.ns, self.host = client, ns, host
 
     @classmethod
     async def registered(cls, client: TestClient, pool: asyncpg.Pool) -> tuple[Quay, int]:
@@ -48,7 +55,8 @@ class Quay:
 
     async def send(self, event: str, build_id: str, tags: list[str]) -> int:
         body = fixture("quay_build_start.json", self.ns) | {"build_id": build_id, "docker_tags": tags}
-        resp = await self.client.post(f"{H}/quay/{QUAY_SECRET}/?event={event}", json=body)
+        pinned = f"&host={self.host}" if self.host else ""
+        resp = await self.client.post(f"{H}/quay/{QUAY_SECRET}/?event={event}{pinned}", json=body)
         assert resp.status in (200, 202), await resp.text()
         return int((await resp.json())["accepted"])
 
@@ -109,6 +117,69 @@ async def test_quay_a_newer_build_wins_over_a_late_older_one(
     latest = await tag(pool, image_id, "latest")
     assert (latest["state"], latest["build_id"]) == ("Failed", new)
     assert await image_state(pool, image_id) == "Failed"
+
+
+@pytest.fixture(scope="module")
+def quay_host(wh_registry: RegistryServer) -> Iterator[QuayStandIn]:
+    with QuayStandIn(wh_registry) as stand_in:
+        yield stand_in
+
+
+async def test_quay_webhooks_and_its_build_api_name_one_build(
+    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings, quay_host: QuayStandIn,
+) -> None:
+    """Quay's build webhooks and its build API (read by the sync) both name a build by its id:
+    one place in the order of builds, forward-only across both channels."""
+    ns, first, newer = unique("quayapi"), unique("first"), unique("newer")
+    repo = f"{ns}/app"
+    await apush_image(quay_host.registry.url, repo, "latest", {"created": "2024-01-01T00:00:00Z"})
+    image_id = await insert_image(pool, name=f"{quay_host.host}/{repo}", access_proven=True)
+    quay = Quay(wh_client, ns, host=quay_host.host)
+    settings = dataclasses.replace(wh_settings, quay_hosts=frozenset({quay_host.host}),
+                                   insecure_registries=frozenset({quay_host.host}))
+    order = "SELECT first_seen_at, ended_at FROM builds WHERE host = $1 AND repository = $2 AND build_id = $3"
+    async with contextlib.aclosing(await Runtime(settings, name="test-quay-api", backoff_base=0.01).open()) as rt:
+        assert await sync.sync_image(rt, image_id) == sync.SYNCED  # no builds yet
+        # a build the webhook announced first keeps its first sight when the API lists it
+        await quay.send("build_queued", first, ["latest"])
+        await apply_all(pool, wh_settings)
+        announced = await pool.fetchrow(order, quay_host.host, repo, first)
+        quay_host.script(repo, [quay_build(first, "building", repository=repo)])
+        assert await sync.sync_image(rt, image_id) == sync.SYNCED
+        assert await pool.fetchrow(order, quay_host.host, repo, first) == announced
+        assert (await tag(pool, image_id, "latest"))["state"] == "Building"
+
+        # the API lists a newer build: it wins; the late webhook of the older one changes nothing
+        quay_host.script(repo, [quay_build(newer, "building", repository=repo),
+                                quay_build(first, "complete", repository=repo)])
+        assert await sync.sync_image(rt, image_id) == sync.SYNCED
+        await quay.send("build_success", first, ["latest"])
+        await apply_all(pool, wh_settings)
+        latest = await tag(pool, image_id, "latest")
+        assert (latest["state"], latest["build_id"]) == ("Building", newer)
+        assert "later build" in await pool.fetchval(
+            "SELECT note FROM webhook_events WHERE build_id = $1 AND dedupe_key LIKE '%build_success%'", first)
+
+        # a build the API lists below `newer` but shows for the first time counts as older
+        unseen = unique("unseen")
+        quay_host.script(repo, [quay_build(newer, "building", repository=repo),
+                                quay_build(unseen, "complete", repository=repo),
+                                quay_build(first, "complete", repository=repo)])
+        assert await sync.sync_image(rt, image_id) == sync.SYNCED
+        await quay.send("build_success", unseen, ["latest"])
+        await apply_all(pool, wh_settings)
+        assert (await tag(pool, image_id, "latest"))["build_id"] == newer
+
+        # the webhook ends the build the API started; the API reading it over later agrees
+        await quay.send("build_failure", newer, ["latest"])
+        await apply_all(pool, wh_settings)
+        ended = await pool.fetchrow(order, quay_host.host, repo, newer)
+        quay_host.script(repo, [quay_build(newer, "error", error="boom", repository=repo),
+                                quay_build(first, "complete", repository=repo)])
+        assert await sync.sync_image(rt, image_id) == sync.SYNCED
+        latest = await tag(pool, image_id, "latest")
+        assert (latest["state"], latest["build_id"], latest["state_at"]) == ("Failed", newer, ended["ended_at"])
+        assert await pool.fetchrow(order, quay_host.host, repo, newer) == ended
 
 
 class Generic:
