@@ -15,6 +15,7 @@ from tests.support.registry import RegistryServer, push_image
 
 BUILD_POLL_SECONDS = 3.0
 QUAY_SECRET = "quay-e2e-secret-0123456789"
+BUILD_TOKEN = "quay-app-token-e2e-9f8e7d6c"  # the stand-in's repository is public: sent, never needed
 
 
 @pytest.fixture
@@ -45,7 +46,8 @@ def test_build_states_follow_quays_build_api_without_webhooks(stack: Stack, quay
         status, tag = stack.http("GET", f"/api/v1/image/{name}/tag/latest/", user="alice", key=key)
         return tag["state"] if status == 200 else None
 
-    status, _ = stack.http("POST", "/api/v1/image/", user="alice", key=key, body={"name": name})
+    status, _ = stack.http("POST", "/api/v1/image/", user="alice", key=key,
+                           body={"name": name, "build_token": BUILD_TOKEN})
     assert status == 201
     wait_for(lambda: tag_state() == "Success", 30, "the first sync")
 
@@ -93,3 +95,6 @@ def test_build_states_follow_quays_build_api_without_webhooks(stack: Stack, quay
     assert tag_state() == "Failed"
     _, image = stack.http("GET", f"/api/v1/image/{name}/", user="alice", key=key)
     assert image["state"] == "Failed"
+    assert quay.authorization[repo] == f"Bearer {BUILD_TOKEN}"
+    for service in stack.services:
+        assert BUILD_TOKEN not in service.output(), f"the build token leaked into {service.args[0]}'s log"
