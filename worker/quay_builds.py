@@ -101,6 +101,9 @@ async def poll(rt: Runtime, image_id: int, claim: str | None = None) -> Polled:
     row = await rt.pool.fetchrow(IMAGE_SQL, image_id)
     if row is None:
         return Polled(SKIPPED)
+    if not rt.is_quay(row["host"]):  # QUAY_HOSTS changed since the poll was due
+        await rt.pool.execute(STOP_SQL, image_id, token)
+        return Polled(SKIPPED)
     try:
         build_token = rt.box.open_secret(row["build_token"]) if row["build_token"] is not None else None
     except ValueError:
@@ -188,6 +191,9 @@ UPDATE build_polls
    SET lease_owner = NULL, lease_until = NULL, error = $3, error_at = now(),
        due_at = CASE WHEN $4::boolean AND due_at IS NOT NULL THEN now() + make_interval(secs => $5) END
  WHERE image_id = $1 AND lease_owner = $2
+"""
+STOP_SQL = """
+UPDATE build_polls SET lease_owner = NULL, lease_until = NULL, due_at = NULL WHERE image_id = $1 AND lease_owner = $2
 """
 HAND_BACK_SQL = """
 UPDATE build_polls
