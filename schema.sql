@@ -76,6 +76,9 @@ CREATE TABLE IF NOT EXISTS images (
     tags_cut_at         integer,               -- the tag list was cut to this many at the last sync
     -- globs of tags expected never to move (`v*.*.*`): a move is flagged (tag_history.unexpected)
     immutable_tags      text[]      NOT NULL DEFAULT '{}',
+    -- Fernet token of the application token that reads a private repository's builds from its
+    -- build API (Quay: worker/quay_builds.py); write-only like `credentials`
+    build_token         bytea,
     CONSTRAINT images_owner_name_key UNIQUE NULLS NOT DISTINCT (owner_id, name),
     CONSTRAINT images_state_check CHECK (state IN ('Empty', 'Success', 'Building', 'Failed'))
 );
@@ -760,8 +763,7 @@ CREATE OR REPLACE TRIGGER tags_unorphan_update AFTER UPDATE ON tags
 -- pruned by worker/notify_retention.py. A writer says how it saw a change with
 -- `SET LOCAL registry_sync.observed_via = 'webhook' | 'poll'` (worker/history.py); a path
 -- that says nothing is recorded as 'unknown'.
--- ============================================================================================
-
+-- =====================================================================================
 -- A tag glob (`*` any run, `?` one character) as a LIKE pattern (tag names may contain `_`).
 CREATE OR REPLACE FUNCTION glob_like(pattern text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -1000,4 +1002,48 @@ CREATE OR REPLACE TRIGGER images_failing_event AFTER UPDATE OF sync_failures ON 
     EXECUTE FUNCTION images_record_events('failing');
 -- ============================================================================================
 -- End of the notifications section.
+-- ============================================================================================
+
+-- ============================================================================================
+-- Build states (worker/builds.py, the one writer of build states; worker/quay_builds.py polls
+-- Quay's build API). `builds.first_seen_at` orders the builds of a repository for the SPEC §2
+-- rule "a newer build wins": both the webhook path and the poller write it, so a build that
+-- Quay's webhooks and its API both name (one id) has one place in the order.
+-- images.build_token and the backfill of `builds` come with migrations/0011_builds.sql.
+-- ============================================================================================
+-- Each sender has its own order: `account_id` is the account whose receiver reported the
+-- build (NULL: the registry's own word, an operator receiver or its build API). A sender's
+-- builds are ordered by its own sightings and the registry's, never another account's: an
+-- account that reports a build id first (a CI's predictable build numbers) cannot move the
+-- builds of another.
+CREATE TABLE IF NOT EXISTS builds (
+    id             bigserial   PRIMARY KEY,
+    host           text        NOT NULL,  -- registry host as in registries.host
+    repository     text        NOT NULL,  -- as in images.repository
+    build_id       text        NOT NULL,  -- the sender's build id (Quay: the build's uuid)
+    account_id     bigint      REFERENCES accounts (id) ON DELETE CASCADE,
+    first_seen_at  timestamptz NOT NULL,  -- when the database first saw the id (its clock)
+    ended_at       timestamptz,           -- the time of its first terminal event (Quay's API has no end
+                                          -- time: when the database first saw a terminal phase)
+    CONSTRAINT builds_key UNIQUE NULLS NOT DISTINCT (host, repository, build_id, account_id)
+);
+-- retention (worker/retention.py)
+CREATE INDEX IF NOT EXISTS builds_first_seen_idx ON builds (first_seen_at);
+
+-- Per image on a build-API host: the last read of its builds, and the poll while one runs.
+-- A lease like the sync's (`claim:`/`run:` tokens) keeps two workers from reading at once.
+CREATE TABLE IF NOT EXISTS build_polls (
+    image_id     bigint      NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    due_at       timestamptz,           -- a build is running: read again then; NULL: only with syncs
+    lease_owner  text,
+    lease_until  timestamptz,
+    read_at      timestamptz,           -- the last read the build API answered
+    error        text,                  -- why the last read failed (a 401: no or a wrong build_token)
+    error_at     timestamptz,
+    recent       jsonb       NOT NULL DEFAULT '[]',  -- what the last read saw, for …/sync/
+    CONSTRAINT build_polls_pkey PRIMARY KEY (image_id)
+);
+CREATE INDEX IF NOT EXISTS build_polls_due_idx ON build_polls (due_at) WHERE due_at IS NOT NULL;
+-- ============================================================================================
+-- End of the builds section.
 -- ============================================================================================

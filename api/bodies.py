@@ -35,6 +35,9 @@ class ImagePatch(_Body):
     # Our extension (Tutum clients never send it): which tags are synced; `null` in a PATCH
     # goes back to the default. Never part of the image's wire format; shown at …/sync/.
     tag_policy: dict[str, Any] | None = None
+    # Our extension: the application token that reads a private repository's builds from its
+    # registry's build API (Quay); write-only like `password`, `null` in a PATCH removes it.
+    build_token: str | None = Field(default=None, min_length=1, max_length=4096, repr=False)
 
     # Our extension: globs of tags expected never to move (`v*.*.*`); a move of one is
     # flagged (a tag.moved notification with expected_immutable, and at …/sync/).
@@ -57,6 +60,11 @@ class ImagePatch(_Body):
     def sets_tag_policy(self) -> bool:
         """The body names `tag_policy` (possibly as null: back to the default)."""
         return "tag_policy" in self.model_fields_set
+
+    @property
+    def sets_build_token(self) -> bool:
+        """The body names `build_token` (possibly as null: remove it)."""
+        return "build_token" in self.model_fields_set
 
 
 class ImageCreate(ImagePatch):
@@ -152,6 +160,8 @@ def _describe(exc: ValidationError) -> tuple[str, str]:
         return field, f"field '{field}' must be a string"
     if kind == "string_too_long":
         return field, f"field '{field}' is too long"
+    if kind == "string_too_short":
+        return field, f"field '{field}' must not be empty"
     if kind == "dict_type":
         return field, f"field '{field}' must be an object"
     if kind == "value_error":

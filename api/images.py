@@ -26,7 +26,7 @@ from api.publish import FALLBACK_SECONDS, queue_priority_sync
 from core import tag_policy
 from core.accounts import Account
 from core.crypto import CredentialBox, Credentials
-from core.names import HUB_HOST, InvalidNameError, parse_image_name
+from core.names import HUB_HOST, InvalidNameError, canonical_host, parse_image_name
 from core.registries import ensure_registry, namespace_refusal
 
 log = structlog.get_logger("api.images")
@@ -139,7 +139,9 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
         raise ForbiddenError(refusal)
     await targets.check_registry_host(request.app, name)
     pair = credentials_pair(body)
-    sealed = request.app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
+    box = request.app[CREDENTIAL_BOX]
+    sealed = box.seal(Credentials(*pair)) if pair else None
+    build_token = box.seal_text(body.build_token) if body.build_token is not None else None
     pool = request.app[POOL]
     async with pool.acquire() as conn, conn.transaction():
         registry_id = await ensure_registry(conn, name.host, settings)
@@ -148,12 +150,14 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
             repository=name.repository, description=body.description or "",
             is_private=sealed is not None or not name.is_hub, public_url=name.public_url,
             credentials=sealed, first_sync_in=FALLBACK_SECONDS, tag_policy=body.tag_policy,
+            build_token=build_token,
         )
         if image_id is None:
             raise ConflictError(f"you have already registered '{name.name}'", field="name")
         if body.immutable_tags:
             await history.set_immutable_tags(conn, image_id, body.immutable_tags)
-    log.info("image.created", image=name.name, image_id=image_id, with_credentials=sealed is not None)
+    log.info("image.created", image=name.name, image_id=image_id, with_credentials=sealed is not None,
+             with_build_token=build_token is not None)
     await queue_priority_sync(request.app, image_id)
     image = await queries.get_image(pool, account.id, name.name)
     if image is None:  # deleted by a concurrent request right after it was created
@@ -165,8 +169,8 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
     """Changes only the fields the body names: a password alone keeps the stored username and
     a username alone the stored password (the Go SDK's save() sends only changed fields)."""
     body = await read_json(request, ImagePatch)
-    if body.username is not None or body.password is not None:
-        # new credentials: the sync that follows sends them to the registry
+    if body.username is not None or body.password is not None or body.build_token is not None:
+        # new credentials (or build token): the sync that follows sends them to the registry
         await targets.check_registry_host(request.app, parse_image_name(image["name"]))
     box = request.app[CREDENTIAL_BOX]
     pool = request.app[POOL]
@@ -180,7 +184,8 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
         sealed = box.seal(Credentials(*pair)) if pair else None
         await queries.update_image(
             conn, image["id"], description=body.description, set_credentials=new_creds, credentials=sealed,
-            set_tag_policy=body.sets_tag_policy, tag_policy=body.tag_policy,
+            set_tag_policy=body.sets_tag_policy, tag_policy=body.tag_policy, set_build_token=body.sets_build_token,
+            build_token=box.seal_text(body.build_token) if body.build_token is not None else None,
         )
         if body.immutable_tags is not None:
             await history.set_immutable_tags(conn, image["id"], body.immutable_tags)
@@ -188,7 +193,9 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
         log.info("image.credentials_changed", image=image["name"])
     if body.sets_tag_policy:
         log.info("image.tag_policy_changed", image=image["name"])
-    if new_creds or body.sets_tag_policy:
+    if body.sets_build_token:
+        log.info("image.build_token_changed", image=image["name"], removed=body.build_token is None)
+    if new_creds or body.sets_tag_policy or body.sets_build_token:
         await queue_priority_sync(request.app, image["id"])
     updated = await queries.get_image(pool, request_account(request).id, image["name"])
     if updated is None:  # deleted by a concurrent request after our update
@@ -267,4 +274,10 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
         # tags expected never to move (PATCH `immutable_tags`), and their moves, newest first
         "immutable_tags": immutable,
         "warnings": moved,
+        # build states read from the registry's build API (worker/quay_builds.py); null: none
+        "builds": serializers.build_status(row) if _quay_host(request, image["registry_host"]) else None,
     })
+
+
+def _quay_host(request: web.Request, host: str) -> bool:
+    return canonical_host(host) in {canonical_host(h) for h in request.app[SETTINGS].quay_hosts}

@@ -63,6 +63,34 @@ IMMUTABLE_TAGS: Schema = {"type": "array", "items": STR, "maxItems": 50,
                           "description": "Globs of tags expected never to move (`v*.*.*`): a move is flagged"}
 
 
+# our extension: build states read from the registry's build API (worker/quay_builds.py)
+BUILDS = obj({
+    "build_token": {"type": "boolean", "description": "A build_token is stored (it is never shown)"},
+    "read_at": nullable(RFC2822),
+    "error": nullable({"type": "string", "description": "Why the last read failed: a 401/403 means the"
+                                                        " repository is private and needs a build_token"}),
+    "error_at": nullable(RFC2822),
+    "next_poll_at": nullable({**RFC2822, "description": "A build runs: read again then (BUILD_POLL_SECONDS)"}),
+    "recent": array(obj({
+        "id": STR,
+        "phase": {"type": "string", "description": "Quay's phase: waiting, build-scheduled, unpacking, pulling,"
+                                                   " building, pushing, complete, error, internalerror, expired,"
+                                                   " cannot_load, cancelled"},
+        "state": nullable({**STATE, "description": "What the phase makes of the tags it names; null: none"
+                                                   " (cancelled: the tags show what the registry has)"}),
+        "tags": array(STR),
+        "started": nullable(RFC2822),
+        "ended_at": nullable({**RFC2822, "description": "When a terminal phase was first seen"}),
+        "error": nullable(STR),
+    })),
+}, description="The last read of the image's builds, newest first")
+_BUILD_TOKEN_IN: Schema = nullable({
+    "type": "string", "minLength": 1, "maxLength": 4096, "writeOnly": True,
+    "description": "An extension: a Quay application token that may read the repository's builds"
+                   " (private repositories); encrypted, never returned; null removes it",
+})
+
+
 def _list(item: str) -> Schema:
     return obj({"meta": ref("Meta"), "objects": array(ref(item))},
                description=f"The list envelope of {item} objects, ordered by name")
@@ -142,17 +170,20 @@ SCHEMAS: dict[str, Schema] = {
         "tag_policy": obj({**_TAG_POLICY_FIELDS, "default": BOOL}),
         "immutable_tags": array(STR),
         "warnings": array(ref("ImmutableMove")),
+        "builds": nullable(BUILDS),
     }, description="An extension: the image's last sync, its error and the next run; the tags"
                    " whose content could not be read (`error`, their last good data kept) or"
                    " has no layer (`note`), the first 100 by name; whether the tag list was"
-                   " cut to MAX_TAGS_PER_IMAGE; the adaptive poll interval and the tag policy"),
+                   " cut to MAX_TAGS_PER_IMAGE; the adaptive poll interval and the tag policy;"
+                   " on a build-API host (QUAY_HOSTS), the last read of its builds"),
     "ImagePatch": obj({
         "description": {"type": "string", "maxLength": 4096},
         "username": {"type": "string", "maxLength": 255},
         "password": {"type": "string", "maxLength": 4096, "writeOnly": True},
         "tag_policy": TAG_POLICY_IN,
         "immutable_tags": IMMUTABLE_TAGS,
-    }, optional=("description", "username", "password", "tag_policy", "immutable_tags"),
+        "build_token": _BUILD_TOKEN_IN,
+    }, optional=("description", "username", "password", "tag_policy", "immutable_tags", "build_token"),
         description="username and password go together; they are encrypted and never returned"),
     "ImageCreate": obj({
         "name": STR,
@@ -161,7 +192,8 @@ SCHEMAS: dict[str, Schema] = {
         "password": {"type": "string", "maxLength": 4096, "writeOnly": True},
         "tag_policy": TAG_POLICY_IN,
         "immutable_tags": IMMUTABLE_TAGS,
-    }, optional=("description", "username", "password", "tag_policy", "immutable_tags")),
+        "build_token": _BUILD_TOKEN_IN,
+    }, optional=("description", "username", "password", "tag_policy", "immutable_tags", "build_token")),
     "Health": obj({"status": {"const": "ok"}}),
     "Ready": obj({"status": {"const": "ok"},
                   "checks": obj({"postgres": STR, "redis": STR})}),

@@ -115,8 +115,8 @@ async def get_layer(conn: Conn, account_id: int, config_digest: str) -> asyncpg.
 
 INSERT_IMAGE_SQL = """
 INSERT INTO images (name, owner_id, registry_id, repository, description, is_private_image,
-                    public_url, credentials, next_sync_at, sync_requested_at, tag_policy)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), now(), $10)
+                    public_url, credentials, next_sync_at, sync_requested_at, tag_policy, build_token)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), now(), $10, $11)
 ON CONFLICT ON CONSTRAINT images_owner_name_key DO NOTHING
 RETURNING id
 """
@@ -125,12 +125,12 @@ RETURNING id
 async def insert_image(
     conn: Conn, *, name: str, owner_id: int | None, registry_id: int, repository: str,
     description: str, is_private: bool, public_url: str, credentials: bytes | None,
-    first_sync_in: float, tag_policy: dict[str, Any] | None = None,
+    first_sync_in: float, tag_policy: dict[str, Any] | None = None, build_token: bytes | None = None,
 ) -> int | None:
     """The new image's id, or None when this owner already has the name."""
     return await conn.fetchval(
         INSERT_IMAGE_SQL, name, owner_id, registry_id, repository, description, is_private,
-        public_url, credentials, first_sync_in, tag_policy,
+        public_url, credentials, first_sync_in, tag_policy, build_token,
     )
 
 
@@ -138,9 +138,11 @@ UPDATE_IMAGE_SQL = """
 UPDATE images
    SET description = COALESCE($2, description),
        credentials = CASE WHEN $3::boolean THEN $4 ELSE credentials END,
-       sync_requested_at = CASE WHEN $3::boolean OR $5::boolean THEN now() ELSE sync_requested_at END,
+       sync_requested_at = CASE WHEN $3::boolean OR $5::boolean OR $7::boolean THEN now()
+                                ELSE sync_requested_at END,
        sync_failures = CASE WHEN $3::boolean THEN 0 ELSE sync_failures END,
        tag_policy = CASE WHEN $5::boolean THEN $6::jsonb ELSE tag_policy END,
+       build_token = CASE WHEN $7::boolean THEN $8 ELSE build_token END,
        access_proven = access_proven AND NOT $3::boolean,
        updated_at = now()
  WHERE id = $1
@@ -150,9 +152,11 @@ UPDATE images
 async def update_image(
     conn: Conn, image_id: int, *, description: str | None, set_credentials: bool,
     credentials: bytes | None, set_tag_policy: bool = False, tag_policy: dict[str, Any] | None = None,
+    set_build_token: bool = False, build_token: bytes | None = None,
 ) -> None:
     await conn.execute(
-        UPDATE_IMAGE_SQL, image_id, description, set_credentials, credentials, set_tag_policy, tag_policy
+        UPDATE_IMAGE_SQL, image_id, description, set_credentials, credentials, set_tag_policy, tag_policy,
+        set_build_token, build_token,
     )
 
 
@@ -181,10 +185,16 @@ async def request_sync(conn: Conn, image_id: int, *, fallback_in: float) -> None
     await conn.execute(REQUEST_SYNC_SQL, image_id, fallback_in)
 
 
+# With the last read of the image's builds from a build API (worker/quay_builds.py; the
+# build_polls columns are NULL when it was never read).
 SYNC_STATUS_SQL = """
-SELECT last_synced_at, next_sync_at, sync_error, sync_error_at, sync_failures, tags_cut_at,
-       lease_until > now() AS syncing, tag_policy, sync_interval
-  FROM images WHERE id = $1
+SELECT i.last_synced_at, i.next_sync_at, i.sync_error, i.sync_error_at, i.sync_failures, i.tags_cut_at,
+       i.lease_until > now() AS syncing, i.tag_policy, i.sync_interval,
+       i.build_token IS NOT NULL AS has_build_token, p.read_at AS builds_read_at,
+       p.error AS builds_error, p.error_at AS builds_error_at, p.due_at AS builds_due_at,
+       p.recent AS builds_recent
+  FROM images AS i LEFT JOIN build_polls AS p ON p.image_id = i.id
+ WHERE i.id = $1
 """
 
 # Tags whose last sync found a problem (kept with their last good data) or left a note (no

@@ -234,3 +234,24 @@ def delivery(row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> d
         ],
         "redeliver": f"{uri}redeliver/",
     }
+
+
+def build_status(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The `builds` part of `…/sync/` (an extension): the last read of the image's builds from
+    its registry's build API (SYNC_STATUS_SQL's `builds_*` columns; recent builds keep ISO 8601
+    dates, written here as RFC 2822). Never the token, only whether there is one."""
+    return {
+        "build_token": bool(row["has_build_token"]),
+        "read_at": rfc2822(row["builds_read_at"]),
+        "error": row["builds_error"],
+        "error_at": rfc2822(row["builds_error_at"]),
+        "next_poll_at": rfc2822(row["builds_due_at"]),
+        "recent": [
+            {**b, "started": _iso_rfc2822(b.get("started")), "ended_at": _iso_rfc2822(b.get("ended_at"))}
+            for b in row["builds_recent"] or ()
+        ],
+    }
+
+
+def _iso_rfc2822(value: str | None) -> str | None:
+    return rfc2822(datetime.fromisoformat(value)) if value else None

@@ -162,7 +162,7 @@ def cmd_env(_: argparse.Namespace) -> int:
 
 async def _rotate(settings: Settings, batch_size: int) -> int:
     from core.crypto import CredentialBox
-    from core.secret_rotation import RotationResult, rotate_credentials, rotate_subscription_secrets
+    from core.secret_rotation import RotationResult, rotate_credentials
 
     def progress(r: RotationResult) -> None:
         print(f"rotate-secret: {r.checked} checked, {r.resealed} re-sealed, {r.current} already current, "
@@ -172,21 +172,15 @@ async def _rotate(settings: Settings, batch_size: int) -> int:
     conn = await asyncpg.connect(settings.database_url)
     try:
         result = await rotate_credentials(conn, box, batch_size=batch_size, progress=progress)
-        hooks = await rotate_subscription_secrets(conn, box, batch_size=batch_size)
     finally:
         await conn.close()
     progress(result)
-    print(f"rotate-secret: {hooks.checked} subscription secret(s) checked, {hooks.resealed} re-sealed", flush=True)
-    if hooks.unreadable:
-        print(f"rotate-secret: no key opens the secrets of subscription(s) {', '.join(hooks.unreadable[:20])}; "
-              "add the key they were sealed with to SECRET_KEY_OLD and run again, or rotate them (POST …/rotate/)",
-              file=sys.stderr)
-        return 1
     if result.unreadable:
-        print(f"rotate-secret: no key opens {len(result.unreadable)} secret(s), the credentials of images or"
-              f" account receivers: {', '.join(result.unreadable[:20])}{' …' if len(result.unreadable) > 20 else ''};"
-              " add the key they were sealed with to SECRET_KEY_OLD and run again, or PATCH new credentials"
-              " (POST /api/v1/receiver/rotate/ for receivers)",
+        print(f"rotate-secret: no key opens {len(result.unreadable)} secret(s):"
+              f" {', '.join(result.unreadable[:20])}{' …' if len(result.unreadable) > 20 else ''};"
+              " add the key they were sealed with to SECRET_KEY_OLD and run again, or replace them: PATCH new"
+              " credentials or build_token, POST /api/v1/receiver/rotate/ for receivers,"
+              " POST /api/v1/subscription/<id>/rotate/ for subscriptions",
               file=sys.stderr)
         return 1
     print("rotate-secret: every credential is sealed with SECRET_KEY; SECRET_KEY_OLD can be emptied")

@@ -81,15 +81,13 @@ class CredentialBox:
         return self._primary.encrypt(payload)
 
     def seal_text(self, text: str) -> bytes:
-        """Any other secret kept at rest (an account's webhook receiver secrets)."""
-        return self._primary.encrypt(text.encode())
+        """Any other secret kept at rest as text (an account's webhook receiver secrets, an
+        image's build token)."""
+        return self.seal_bytes(text.encode())
 
     def open_text(self, token: bytes) -> str:
         """Raises ValueError when the token was made with an unknown key or was altered."""
-        try:
-            return self._fernet.decrypt(bytes(token)).decode()
-        except InvalidToken as exc:
-            raise ValueError("the secret cannot be decrypted with SECRET_KEY") from exc
+        return self.open_bytes(token).decode()
 
     def open(self, token: bytes) -> Credentials:
         """Raises ValueError when the token was made with an unknown key or was altered."""

@@ -10,7 +10,7 @@ import orjson
 import structlog
 
 # Keys whose values are never written to a log line, wherever they appear.
-SECRET_KEYS = frozenset({"password", "credentials", "authorization", "secret", "token", "apikey"})
+SECRET_KEYS = frozenset({"password", "credentials", "authorization", "secret", "token", "apikey", "build_token"})
 
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

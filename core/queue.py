@@ -19,6 +19,7 @@ SYNC_IMAGE_TASK = "sync_image"  # args: image_id; priority
 SYNC_BATCH_TASK = "sync_images"  # args: [image_id, ...], claim token; routine
 PROCESS_EVENT_TASK = "process_webhook_event"  # args: event_id
 INSPECT_HUB_IMAGE_TASK = "inspect_hub_image"  # args: image name; priority (a GET waits)
+POLL_BUILDS_TASK = "poll_builds"  # args: [image_id, ...], claim token; priority (a build runs)
 
 
 def make_celery(settings: Settings, name: str = "registry-sync") -> Celery:
@@ -34,6 +35,7 @@ def make_celery(settings: Settings, name: str = "registry-sync") -> Celery:
             SYNC_IMAGE_TASK: {"queue": PRIORITY_QUEUE},
             PROCESS_EVENT_TASK: {"queue": PRIORITY_QUEUE},
             INSPECT_HUB_IMAGE_TASK: {"queue": PRIORITY_QUEUE},
+            POLL_BUILDS_TASK: {"queue": PRIORITY_QUEUE},
             SYNC_BATCH_TASK: {"queue": ROUTINE_QUEUE},
         },
         # Long I/O work: ack after the task ran, take one message at a time per consumer,

@@ -1,9 +1,10 @@
-"""`registry-sync rotate-secret`: re-seal every stored credential (registry credentials,
-account receivers' secrets) with SECRET_KEY.
+"""`registry-sync rotate-secret`: re-seal every stored secret with SECRET_KEY: registry
+credentials and build tokens of images, account receivers' secrets, and the signing secrets
+of notification subscriptions (the current one and a rotated one still honoured).
 
 Run it after setting SECRET_KEY to the new key and SECRET_KEY_OLD to the old one(s), with the
-new settings already rolled out (web and worker then open both). Afterwards no credential
-needs SECRET_KEY_OLD, and the old keys can be dropped.
+new settings already rolled out (web and worker then open both). Afterwards no secret needs
+SECRET_KEY_OLD, and the old keys can be dropped.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from core.crypto import CredentialBox
 
 # Each batch query (id > $1, $2 rows) yields `id`, `label` (what to name when no key opens it)
 # and `token`. Each re-seal is a compare-and-swap ($1 id, $2 new, $3 old): a secret changed
-# meanwhile (a PATCH of credentials, a rotation of an account's receivers) is already sealed
-# with the new key (the API seals with SECRET_KEY) and must not be overwritten with the old value.
+# meanwhile (a PATCH of credentials, a rotation of receivers or of a subscription's secret) is
+# already sealed with the new key (the API seals with SECRET_KEY) and must not be overwritten
+# with the old value.
 CREDENTIALS_BATCH_SQL = """
 SELECT id, name AS label, credentials AS token FROM images
  WHERE credentials IS NOT NULL AND id > $1
@@ -26,6 +28,13 @@ SELECT id, name AS label, credentials AS token FROM images
  LIMIT $2
 """
 CREDENTIALS_RESEAL_SQL = "UPDATE images SET credentials = $2 WHERE id = $1 AND credentials = $3"
+BUILD_TOKENS_BATCH_SQL = """
+SELECT id, name || ' (build_token)' AS label, build_token AS token FROM images
+ WHERE build_token IS NOT NULL AND id > $1
+ ORDER BY id
+ LIMIT $2
+"""
+BUILD_TOKENS_RESEAL_SQL = "UPDATE images SET build_token = $2 WHERE id = $1 AND build_token = $3"
 RECEIVERS_BATCH_SQL = """
 SELECT r.id, 'the ' || r.sender || ' receiver of account ' || a.username AS label, r.secret AS token
   FROM receivers AS r JOIN accounts AS a ON a.id = r.account_id
@@ -34,7 +43,29 @@ SELECT r.id, 'the ' || r.sender || ' receiver of account ' || a.username AS labe
  LIMIT $2
 """
 RECEIVERS_RESEAL_SQL = "UPDATE receivers SET secret = $2 WHERE id = $1 AND secret = $3"
-SEALED = ((CREDENTIALS_BATCH_SQL, CREDENTIALS_RESEAL_SQL), (RECEIVERS_BATCH_SQL, RECEIVERS_RESEAL_SQL))
+SUBSCRIPTIONS_BATCH_SQL = """
+SELECT id, 'subscription ' || id AS label, secret AS token FROM subscriptions
+ WHERE id > $1
+ ORDER BY id
+ LIMIT $2
+"""
+SUBSCRIPTIONS_RESEAL_SQL = "UPDATE subscriptions SET secret = $2 WHERE id = $1 AND secret = $3"
+PREVIOUS_SUBSCRIPTION_SECRETS_BATCH_SQL = """
+SELECT id, 'subscription ' || id || ' (its previous secret)' AS label, previous_secret AS token FROM subscriptions
+ WHERE previous_secret IS NOT NULL AND id > $1
+ ORDER BY id
+ LIMIT $2
+"""
+PREVIOUS_SUBSCRIPTION_SECRETS_RESEAL_SQL = (
+    "UPDATE subscriptions SET previous_secret = $2 WHERE id = $1 AND previous_secret = $3"
+)
+SEALED = (
+    (CREDENTIALS_BATCH_SQL, CREDENTIALS_RESEAL_SQL),
+    (BUILD_TOKENS_BATCH_SQL, BUILD_TOKENS_RESEAL_SQL),
+    (RECEIVERS_BATCH_SQL, RECEIVERS_RESEAL_SQL),
+    (SUBSCRIPTIONS_BATCH_SQL, SUBSCRIPTIONS_RESEAL_SQL),
+    (PREVIOUS_SUBSCRIPTION_SECRETS_BATCH_SQL, PREVIOUS_SUBSCRIPTION_SECRETS_RESEAL_SQL),
+)
 
 
 @dataclass
@@ -42,7 +73,7 @@ class RotationResult:
     checked: int = 0
     resealed: int = 0
     current: int = 0  # already sealed with SECRET_KEY (a second run finds only these)
-    unreadable: list[str] = field(default_factory=list)  # image names (and receivers) no key opens
+    unreadable: list[str] = field(default_factory=list)  # labels of the secrets no key opens
 
 
 async def rotate_credentials(
@@ -52,9 +83,9 @@ async def rotate_credentials(
     batch_size: int = 500,
     progress: Callable[[RotationResult], None] | None = None,
 ) -> RotationResult:
-    """Re-seal, batch by batch (one short transaction each), every registry credential and
-    every account receiver's secret not sealed with SECRET_KEY yet. Idempotent; safe while
-    the service runs. Secrets that no key opens are left as they are and listed in the result."""
+    """Re-seal, batch by batch (one short transaction each), every stored secret (see the
+    module's docstring) not sealed with SECRET_KEY yet. Idempotent; safe while the service
+    runs. Secrets that no key opens are left as they are and listed in the result."""
     result = RotationResult()
     for batch_sql, reseal_sql in SEALED:
         await _rotate(conn, box, batch_sql, reseal_sql, result, batch_size, progress)
@@ -87,39 +118,3 @@ async def _rotate(conn: asyncpg.Connection, box: CredentialBox, batch_sql: str, 
         last_id = rows[-1]["id"]
         if progress:
             progress(result)
-
-
-SUBSCRIPTIONS_SQL = """
-SELECT id, secret, previous_secret FROM subscriptions WHERE id > $1 ORDER BY id LIMIT $2
-"""
-RESEAL_SUBSCRIPTION_SQL = """
-UPDATE subscriptions SET secret = $2, previous_secret = $3
- WHERE id = $1 AND secret = $4 AND previous_secret IS NOT DISTINCT FROM $5
-"""
-
-
-async def rotate_subscription_secrets(
-    conn: asyncpg.Connection, box: CredentialBox, *, batch_size: int = 500,
-) -> RotationResult:
-    """Re-seal the signing secrets of notification subscriptions (and a rotated one still
-    honoured) like rotate_credentials; `unreadable` lists subscription ids."""
-    result = RotationResult()
-    last_id = 0
-    while rows := await conn.fetch(SUBSCRIPTIONS_SQL, last_id, batch_size):
-        async with conn.transaction():
-            for row in rows:
-                result.checked += 1
-                tokens = [bytes(t) if t is not None else None for t in (row["secret"], row["previous_secret"])]
-                if all(t is None or box.is_current(t) for t in tokens):
-                    result.current += 1
-                    continue
-                try:
-                    new = [box.reseal(t) if t is not None and not box.is_current(t) else t for t in tokens]
-                except ValueError:
-                    result.unreadable.append(str(row["id"]))
-                    continue
-                status = await conn.execute(RESEAL_SUBSCRIPTION_SQL, row["id"], *new, *tokens)
-                result.resealed += status.endswith(" 1")
-                result.current += status.endswith(" 0")
-        last_id = rows[-1]["id"]
-    return result

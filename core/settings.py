@@ -94,6 +94,11 @@ class Settings:
     webhook_max_events: int = 100  # events one webhook request may name; more: 413, nothing stored
     webhook_event_retention_seconds: float = 7 * 86400.0  # processed events: dedupe, tombstones, build order
     build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
+    # build states polled from Quay's build API (worker/quay_builds.py): its hosts (host[:port]),
+    # how often an image with a running build is read again, and how many builds one read asks for
+    quay_hosts: frozenset[str] = field(default_factory=lambda: frozenset({"quay.io"}))
+    build_poll_seconds: float = 15.0
+    quay_build_limit: int = 10
     # lists (issue 14): name buckets that let a deep `offset` skip only one bucket's rows
     list_bucket_size: int = 1000
     list_upkeep_seconds: float = 60.0
@@ -153,7 +158,7 @@ class Settings:
                     values[f.name] = int(raw)
                 elif f.type == "float":
                     values[f.name] = float(raw)
-                elif f.name == "insecure_registries":
+                elif f.name in ("insecure_registries", "quay_hosts"):
                     values[f.name] = _hosts(raw)
                 else:
                     values[f.name] = raw

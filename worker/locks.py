@@ -6,7 +6,9 @@ refresh_image_state) then finds the locks held and aggregates on fresh data. Two
 therefore never hold one lock each and wait for the other's: no deadlock, no stale state.
 The sync's write locks its single image first (worker/store.py write_success); a batch of
 webhook events locks its images in the statement that finds them (worker/inbox.py), in the
-same order.
+same order; so does a read of a build API (worker/quay_builds.py). Build states then write
+the repository's `builds` rows (in build-id order when several) before the tags
+(worker/builds.py).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ long for it).
   the API only reads recent outcomes (a `missing` answer is trusted for minutes).
 - processed (`done`, `ignored`) `webhook_events` older than WEBHOOK_EVENT_RETENTION_SECONDS:
   they are the dedupe window and the delete tombstones, so keep this at days, not minutes.
+- `builds` first seen more than WEBHOOK_EVENT_RETENTION_SECONDS ago: their order against
+  builds as old is settled (a build API still listing one records it again, just before the
+  builds listed above it: worker/builds.py).
 - `layers` no tag has pointed at for LAYER_RETENTION_SECONDS (never less than MIN_LAYER_GRACE),
   with their `layer_sources` (ON DELETE CASCADE). A pass walks the table in config-digest
   order (a cursor, a batch per step) and stamps unreferenced layers `orphaned_at`; a trigger
@@ -45,6 +48,13 @@ WEBHOOK_EVENTS_SQL = """
 DELETE FROM webhook_events WHERE id IN (
     SELECT id FROM webhook_events
      WHERE status IN ('done', 'ignored') AND processed_at < now() - make_interval(secs => $1)
+     LIMIT $2)
+"""
+
+BUILDS_SQL = """
+DELETE FROM builds WHERE id IN (
+    SELECT id FROM builds
+     WHERE first_seen_at < now() - make_interval(secs => $1)
      LIMIT $2)
 """
 
@@ -102,6 +112,7 @@ class Retention:
                                             deadline),
             "webhook_events": await _drain(pool, WEBHOOK_EVENTS_SQL, s.webhook_event_retention_seconds, batch,
                                            deadline),
+            "builds": await _drain(pool, BUILDS_SQL, s.webhook_event_retention_seconds, batch, deadline),
         }
         marked = 0
         for _ in range(MARK_STEPS):

@@ -25,7 +25,7 @@ import structlog
 from core.address_policy import AddressPolicy
 from core.crypto import CredentialBox, Credentials
 from core.db import create_pool
-from core.names import HUB_HOST
+from core.names import HUB_HOST, canonical_host
 from core.settings import Settings
 from worker.registry import RegistryClient, make_session
 from worker.registry.budget import Budget
@@ -63,6 +63,7 @@ class Runtime:
         )
         self.limits = parse_limits(settings.registry_limits, hub_authenticated=self.hub_credentials is not None)
         self.poll_policy = PollPolicy.from_settings(settings)
+        self.quay_hosts = frozenset(canonical_host(h) for h in settings.quay_hosts)
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> Runtime:
@@ -114,6 +115,10 @@ class Runtime:
     def network_host(self, host: str) -> str:
         """Where to reach a registry: Docker Hub's API host is configured, others are as named."""
         return self.hub_host if host == HUB_HOST else host
+
+    def is_quay(self, host: str) -> bool:
+        """The registry `host` (as in image names) serves Quay's build API (QUAY_HOSTS)."""
+        return canonical_host(host) in self.quay_hosts
 
     def catalog_credentials(self, host: str, owner_id: int | None) -> Credentials | None:
         """The service's Docker Hub credentials (DOCKER_HUB_USERNAME / DOCKER_HUB_TOKEN) for a

@@ -14,7 +14,9 @@ The routine queue stays bounded: beat claims nothing while BEAT_QUEUE_MAX messag
 it, and keeps the claims of the batches still waiting there alive, so a backlog never makes
 claims lapse and breed duplicate messages. (Redis lists are FIFO and beat is the routine
 queue's only producer: when the queue holds L messages, they are beat's last L batches.)
-Each tick also runs the webhook inbox sweep and, every RETENTION_INTERVAL_SECONDS, retention.
+Each tick also runs the webhook inbox sweep, queues the due build polls (worker/quay_builds.py:
+images with a running build, to the priority queue) and, every RETENTION_INTERVAL_SECONDS,
+retention.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from redis.exceptions import RedisError
 
 from core import metrics
 from core.db import create_pool
-from core.queue import PRIORITY_QUEUE, PROCESS_EVENT_TASK, ROUTINE_QUEUE, SYNC_BATCH_TASK
+from core.queue import POLL_BUILDS_TASK, PRIORITY_QUEUE, PROCESS_EVENT_TASK, ROUTINE_QUEUE, SYNC_BATCH_TASK
 from core.settings import Settings
-from worker import store
+from worker import quay_builds, store
 from worker.beat_lock import DB_ERRORS, SingletonLock
 from worker.retention import Retention
 from worker.sweep import EventSweeper
@@ -153,6 +155,24 @@ async def tick(pool: asyncpg.Pool, settings: Settings, send: Send, queue: Routin
     return len(ids)
 
 
+async def queue_build_polls(pool: asyncpg.Pool, settings: Settings, send: Send) -> int:
+    """Claim the images whose builds are due to be read and queue them in batches; if Redis
+    refuses, the claims are released and the polls stay due. Returns how many were queued."""
+    token, ids = await quay_builds.claim_due_polls(pool, settings.beat_batch_size, settings.lease_seconds)
+    if not ids:
+        return 0
+    loop = asyncio.get_running_loop()
+    try:
+        for batch in _chunks(ids, settings.task_batch_size):
+            await loop.run_in_executor(None, send, POLL_BUILDS_TASK, [batch, token])
+    except Exception as exc:  # broker down
+        await quay_builds.release_claim(pool, token)
+        log.warning("beat.build_polls_queue_failed", error=type(exc).__name__, images=len(ids))
+        return 0
+    log.info("beat.build_polls_queued", images=len(ids))
+    return len(ids)
+
+
 def celery_sender(settings: Settings) -> Send:
     """A `send` that publishes to the routine queue and fails fast when Redis is down."""
     from core.queue import make_celery
@@ -161,7 +181,8 @@ def celery_sender(settings: Settings) -> Send:
     app.conf.broker_connection_timeout = 3.0
 
     def send(task: str, args: list) -> None:
-        queue = PRIORITY_QUEUE if task == PROCESS_EVENT_TASK else ROUTINE_QUEUE  # webhook sweep
+        # webhook sweep, build polls
+        queue = PRIORITY_QUEUE if task in (PROCESS_EVENT_TASK, POLL_BUILDS_TASK) else ROUTINE_QUEUE
         app.send_task(task, args=args, queue=queue, retry=False)
 
     return send
@@ -205,6 +226,7 @@ async def _active(pool: asyncpg.Pool, settings: Settings, send: Send, queue: Rou
         try:
             queued = await tick(pool, settings, send, queue, claims)
             await sweep_webhooks(pool, send)
+            await queue_build_polls(pool, settings, send)
             await retention(pool)
         except DB_ERRORS as exc:
             log.warning("beat.tick_failed", error=f"{type(exc).__name__}: {exc}")

@@ -26,7 +26,7 @@ from core.artifacts import METADATA
 from core.crypto import Credentials
 from core.registries import namespace_refusal, on_own_registry
 from core.settings import Settings
-from worker import layers, store, tag_policy
+from worker import layers, quay_builds, store, tag_policy
 from worker.registry import TagResolution, Target
 from worker.registry.errors import (
     ForbiddenTargetError,
@@ -102,6 +102,7 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
                     " and gave up (the registry is too slow or the repository too large)"
                 ) from None
         await store.write_success(rt.pool, image, run_token, result, poll=rt.poll_policy)
+        await quay_builds.after_sync(rt, image_id, image.host)  # build states, on a Quay host
         finished = datetime.now(UTC)
         log.info("sync.done", tags=len(result.present), changed=len(result.tags),
                  problems=len(result.problems), cut_at=result.cut_at,

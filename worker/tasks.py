@@ -12,8 +12,14 @@ import structlog
 from celery import Celery, Task
 from celery.exceptions import Reject
 
-from core.queue import INSPECT_HUB_IMAGE_TASK, PROCESS_EVENT_TASK, SYNC_BATCH_TASK, SYNC_IMAGE_TASK
-from worker import hub_lookup, inbox, sync
+from core.queue import (
+    INSPECT_HUB_IMAGE_TASK,
+    POLL_BUILDS_TASK,
+    PROCESS_EVENT_TASK,
+    SYNC_BATCH_TASK,
+    SYNC_IMAGE_TASK,
+)
+from worker import hub_lookup, inbox, quay_builds, sync
 from worker.dispatch import Dispatcher, Release, ShuttingDownError
 from worker.runtime import Runtime
 
@@ -73,16 +79,41 @@ async def sync_batch(rt: Runtime, image_ids: Sequence[int], claim: str, release:
         raise
     finally:
         keeper.cancel()
+    counts = _counted(image_ids, outcomes, "sync.crashed")
+    log.info("batch.done", images=len(image_ids), **counts)
+    return counts
+
+
+def _counted(image_ids: Sequence[int], outcomes: Sequence[object], crashed: str) -> dict[str, int]:
+    """Outcomes by name; an error is logged as `crashed` and counted as "crashed"; a
+    cancellation is raised again."""
     counts: dict[str, int] = {}
     for image_id, o in zip(image_ids, outcomes, strict=True):
         if isinstance(o, asyncio.CancelledError):
             raise o
         if isinstance(o, BaseException):
-            log.error("sync.crashed", image_id=image_id, exc_info=o)
+            log.error(crashed, image_id=image_id, exc_info=o)
             o = "crashed"
-        counts[o] = counts.get(o, 0) + 1
-    log.info("batch.done", images=len(image_ids), **counts)
+        counts[str(o)] = counts.get(str(o), 0) + 1
     return counts
+
+
+async def poll_builds(rt: Runtime, image_ids: Sequence[int], claim: str, release: Release) -> dict[str, int]:
+    """Read the builds of a batch of images whose builds are due (worker/quay_builds.py), each
+    followed by a sync when one of its builds newly completed; gives back one unit of capacity
+    as each image is done. Counts by outcome."""
+
+    async def one(image_id: int) -> str:
+        try:
+            polled = await quay_builds.poll(rt, image_id, claim)
+            if polled.completed:  # a priority sync now, rather than the scheduler's next round
+                await sync.sync_image(rt, image_id)
+            return polled.outcome
+        finally:
+            release()
+
+    outcomes = await asyncio.gather(*(one(i) for i in image_ids), return_exceptions=True)
+    return _counted(image_ids, outcomes, "builds.poll_crashed")
 
 
 def register_tasks(app: Celery, runtime: Runtime, dispatcher: Dispatcher) -> None:
@@ -105,6 +136,11 @@ def register_tasks(app: Celery, runtime: Runtime, dispatcher: Dispatcher) -> Non
     def sync_images(task: Task, image_ids: list[int], claim: str) -> str:
         ids = [int(i) for i in image_ids]
         return start(task, len(ids), lambda release: sync_batch(runtime, ids, str(claim), release))
+
+    @app.task(name=POLL_BUILDS_TASK, bind=True)
+    def poll_builds_task(task: Task, image_ids: list[int], claim: str) -> str:
+        ids = [int(i) for i in image_ids]
+        return start(task, len(ids), lambda release: poll_builds(runtime, ids, str(claim), release))
 
     @app.task(name=PROCESS_EVENT_TASK, bind=True)
     def process_webhook_event(task: Task, event_id: int) -> str:

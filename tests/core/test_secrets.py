@@ -138,6 +138,27 @@ async def test_rotation_reseals_every_credential_and_the_old_key_can_go(rotation
         assert new_only.is_current(token)
 
 
+async def test_rotation_reseals_build_tokens_too(rotation_pool: asyncpg.Pool) -> None:
+    pool = rotation_pool
+    old_box = CredentialBox(OLD)
+    with_both = await insert_image(pool, name=f"quay.io/{unique('rot')}/app", build_token=old_box.seal_text("tok-1"),
+                                   credentials=old_box.seal(Credentials("robot", "pw")))
+    token_only = await insert_image(pool, name=f"quay.io/{unique('rot')}/app", build_token=old_box.seal_text("tok-2"))
+    unreadable = await insert_image(pool, name=f"quay.io/{unique('rot')}/gone",
+                                    build_token=CredentialBox("x" * 8 + NEW).seal_text("tok-3"))
+    async with pool.acquire() as conn:
+        result = await rotate_credentials(conn, CredentialBox(NEW, old_keys=(OLD,)))
+    assert any(u.endswith("/gone (build_token)") for u in result.unreadable)
+    new_only = CredentialBox(NEW)
+    for image_id, secret in ((with_both, "tok-1"), (token_only, "tok-2")):
+        token = await pool.fetchval("SELECT build_token FROM images WHERE id = $1", image_id)
+        assert new_only.is_current(token) and new_only.open_text(token) == secret
+    creds = await pool.fetchval("SELECT credentials FROM images WHERE id = $1", with_both)
+    assert new_only.open(creds).username == "robot"
+    with pytest.raises(ValueError):
+        new_only.open_text(await pool.fetchval("SELECT build_token FROM images WHERE id = $1", unreadable))
+
+
 async def test_rotate_secret_command_reports_progress_and_unreadable_credentials(
     rotation_db: str, rotation_pool: asyncpg.Pool,
 ) -> None:

@@ -4,17 +4,24 @@ artifact with several tags."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
 
 from core import webhooks as wh
 from core.settings import Settings
-from tests.conftest import insert_image, unique
-from tests.webhooks.conftest import EXAMPLE, Sender, fixture
-from worker import builds, inbox
+from tests.conftest import MakeUser, insert_image, unique
+from tests.support.quay import QuayStandIn, quay_build
+from tests.support.registry import RegistryServer, apush_image
+from tests.webhooks.conftest import ACCOUNT, EXAMPLE, Sender, fixture, make_sender
+from worker import builds, inbox, sync
+from worker.runtime import Runtime
 
 H = "/api/v1/webhooks"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -36,8 +43,8 @@ async def image_state(pool: asyncpg.Pool, image_id: int) -> str:
 
 
 class Quay:
-    def __init__(self, client: TestClient, sender: Sender, ns: str) -> None:
-        self.client, self.sender, self.ns = client, sender, ns
+    def __init__(self, client: TestClient, sender: Sender, ns: str, host: str = "quay.io") -> None:
+        self.client, self.sender, self.ns, self.host = client, sender, ns, host
 
     @classmethod
     async def registered(cls, client: TestClient, pool: asyncpg.Pool, sender: Sender) -> tuple[Quay, int]:
@@ -48,7 +55,8 @@ class Quay:
         return cls(client, sender, ns), image_id
 
     async def send(self, event: str, build_id: str, tags: list[str]) -> int:
-        body = fixture("quay_build_start.json", self.ns) | {"build_id": build_id, "docker_tags": tags}
+        body = fixture("quay_build_start.json", self.ns) | {"build_id": build_id, "docker_tags": tags,
+                                                            "docker_url": f"{self.host}/{self.ns}/app"}
         resp = await self.sender.post(self.client, wh.QUAY, body, f"?event={event}")
         assert resp.status in (200, 202), await resp.text()
         return int((await resp.json())["accepted"])
@@ -130,6 +138,74 @@ class Generic:
         resp = await self.sender.post(self.client, wh.BUILD, doc)
         assert resp.status in (200, 202), await resp.text()
         return int((await resp.json())["accepted"])
+
+
+@pytest.fixture(scope="module")
+def quay_host(wh_registry: RegistryServer) -> Iterator[QuayStandIn]:
+    with QuayStandIn(wh_registry) as stand_in:
+        yield stand_in
+
+
+async def test_quay_webhooks_and_its_build_api_name_one_build(
+    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings, quay_host: QuayStandIn, make_user: MakeUser,
+) -> None:
+    """Quay's build webhooks (here through the owner's own receiver) and its build API (read by
+    the sync) both name a build by its id: one place in the order of builds, forward-only
+    across both channels."""
+    ns, first, newer = unique("quayapi"), unique("first"), unique("newer")
+    repo = f"{ns}/app"
+    await apush_image(quay_host.registry.url, repo, "latest", {"created": "2024-01-01T00:00:00Z"})
+    owner = await make_sender(wh_client, ACCOUNT, await make_user())
+    image_id = await insert_image(pool, name=f"{quay_host.host}/{repo}", owner_id=owner.user.account.id,
+                                  access_proven=True)
+    quay = Quay(wh_client, owner, ns, host=quay_host.host)
+    settings = dataclasses.replace(wh_settings, quay_hosts=frozenset({quay_host.host}),
+                                   insecure_registries=frozenset({quay_host.host}))
+    # the order as the owner knows it: its own sightings and the registry's (its build API)
+    order = ("SELECT min(first_seen_at) AS first_seen_at, min(ended_at) AS ended_at FROM builds"
+             " WHERE host = $1 AND repository = $2 AND build_id = $3")
+    async with contextlib.aclosing(await Runtime(settings, name="test-quay-api", backoff_base=0.01).open()) as rt:
+        assert await sync.sync_image(rt, image_id) == sync.SYNCED  # no builds yet
+        # a build the webhook announced first keeps its first sight when the API lists it
+        await quay.send("build_queued", first, ["latest"])
+        await apply_all(pool, wh_settings)
+        announced = await pool.fetchrow(order, quay_host.host, repo, first)
+        quay_host.script(repo, [quay_build(first, "building", repository=repo)])
+        assert await sync.sync_image(rt, image_id) == sync.SYNCED
+        assert await pool.fetchrow(order, quay_host.host, repo, first) == announced
+        assert (await tag(pool, image_id, "latest"))["state"] == "Building"
+
+        # the API lists a newer build: it wins; the late webhook of the older one changes nothing
+        quay_host.script(repo, [quay_build(newer, "building", repository=repo),
+                                quay_build(first, "complete", repository=repo)])
+        assert await sync.sync_image(rt, image_id) == sync.SYNCED
+        await quay.send("build_success", first, ["latest"])
+        await apply_all(pool, wh_settings)
+        latest = await tag(pool, image_id, "latest")
+        assert (latest["state"], latest["build_id"]) == ("Building", newer)
+        assert "later build" in await pool.fetchval(
+            "SELECT note FROM webhook_events WHERE build_id = $1 AND dedupe_key LIKE '%build_success%'", first)
+
+        # a build the API lists below `newer` but shows for the first time counts as older
+        unseen = unique("unseen")
+        quay_host.script(repo, [quay_build(newer, "building", repository=repo),
+                                quay_build(unseen, "complete", repository=repo),
+                                quay_build(first, "complete", repository=repo)])
+        assert await sync.sync_image(rt, image_id) == sync.SYNCED
+        await quay.send("build_success", unseen, ["latest"])
+        await apply_all(pool, wh_settings)
+        assert (await tag(pool, image_id, "latest"))["build_id"] == newer
+
+        # the webhook ends the build the API started; the API reading it over later agrees
+        await quay.send("build_failure", newer, ["latest"])
+        await apply_all(pool, wh_settings)
+        ended = await pool.fetchrow(order, quay_host.host, repo, newer)
+        quay_host.script(repo, [quay_build(newer, "error", error="boom", repository=repo),
+                                quay_build(first, "complete", repository=repo)])
+        assert await sync.sync_image(rt, image_id) == sync.SYNCED
+        latest = await tag(pool, image_id, "latest")
+        assert (latest["state"], latest["build_id"], latest["state_at"]) == ("Failed", newer, ended["ended_at"])
+        assert await pool.fetchrow(order, quay_host.host, repo, newer) == ended
 
 
 async def test_generic_build_ids_order_by_build_not_by_timestamp(
