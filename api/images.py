@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from api import hub_lookup, pages, paths, queries, read_marks, serializers, targets
+from api.account_limits import HUB_LOOKUP, REGISTRATION, RESYNC, admit_account_action
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -66,7 +67,8 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         image = await queries.get_image_ref(pool, account.id, target.image.name)
     if image is None and method == "GET" and target.image.is_hub:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
-        image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image)
+        lane = await admit_account_action(request, account, HUB_LOOKUP)
+        image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image, lane)
     if image is None:
         raise NotFoundError(f"image '{target.image.name}' not found")
     if method == "GET":
@@ -77,7 +79,7 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
             return json_response(serializers.image(image))
         _check_writable(account, image)
         if method == "PATCH":
-            return await patch_image(request, image)
+            return await patch_image(request, account, image)
         return await delete_image(request, image)
     if target.kind == paths.TAG_LIST:
         return await list_tags(request, image)
@@ -92,8 +94,9 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         raise NotFoundError(f"image '{image['name']}' has no tag '{target.tag}'")
     if target.kind == paths.BUILD:
         _check_writable(account, image)
+        lane = await admit_account_action(request, account, RESYNC)
         await queries.request_sync(pool, image["id"], fallback_in=FALLBACK_SECONDS)
-        await queue_priority_sync(request.app, image["id"])
+        await queue_priority_sync(request.app, image["id"], priority=lane)
         return json_response(serializers.tag(image["name"], tag), status=202)
     return json_response(serializers.tag(image["name"], tag))
 
@@ -131,6 +134,7 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
         name = parse_image_name(body.name)
     except InvalidNameError as exc:
         raise BadRequestError(f"invalid image name: {exc}", field="name") from None
+    lane = await admit_account_action(request, account, REGISTRATION)
     await targets.check_registry_host(request.app, name)
     settings = request.app[SETTINGS]
     pair = credentials_pair(body)
@@ -147,17 +151,21 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
         if image_id is None:
             raise ConflictError(f"you have already registered '{name.name}'", field="name")
     log.info("image.created", image=name.name, image_id=image_id, with_credentials=sealed is not None)
-    await queue_priority_sync(request.app, image_id)
+    await queue_priority_sync(request.app, image_id, priority=lane)
     image = await queries.get_image(pool, account.id, name.name)
     if image is None:  # deleted by a concurrent request right after it was created
         raise NotFoundError(f"image '{name.name}' not found")
     return json_response(serializers.image(image), status=201)
 
 
-async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Response:
+async def patch_image(request: web.Request, account: Account, image: asyncpg.Record) -> web.Response:
     """Changes only the fields the body names: a password alone keeps the stored username and
-    a username alone the stored password (the Go SDK's save() sends only changed fields)."""
+    a username alone the stored password (the Go SDK's save() sends only changed fields).
+    New credentials or a new tag policy queue a sync: a re-sync request of the account."""
     body = await read_json(request, ImagePatch)
+    lane = 0
+    if body.username is not None or body.password is not None or body.sets_tag_policy:
+        lane = await admit_account_action(request, account, RESYNC)
     if body.username is not None or body.password is not None:
         # new credentials: the sync that follows sends them to the registry
         await targets.check_registry_host(request.app, parse_image_name(image["name"]))
@@ -180,8 +188,8 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
     if body.sets_tag_policy:
         log.info("image.tag_policy_changed", image=image["name"])
     if new_creds or body.sets_tag_policy:
-        await queue_priority_sync(request.app, image["id"])
-    updated = await queries.get_image(pool, request_account(request).id, image["name"])
+        await queue_priority_sync(request.app, image["id"], priority=lane)
+    updated = await queries.get_image(pool, account.id, image["name"])
     if updated is None:  # deleted by a concurrent request after our update
         raise NotFoundError(f"image '{image['name']}' not found")
     return json_response(serializers.image(updated))

@@ -91,6 +91,11 @@ class Settings:
     auth_failure_limit: int = 20
     auth_failure_window_seconds: float = 60.0
     trusted_proxies: str = ""
+    # what one account may make the service do per window (api/account_limits.py; 0: no limit)
+    account_limit_window_seconds: float = 60.0
+    account_registration_limit: int = 120  # POST /api/v1/image/
+    account_resync_limit: int = 120  # re-sync requests (…/build/, a PATCH that queues a sync)
+    account_hub_lookup_limit: int = 60  # GETs of Docker Hub names the catalog does not have
     webhook_event_retention_seconds: float = 7 * 86400.0  # processed events: dedupe, tombstones, build order
     build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
     # lists (issue 14): name buckets that let a deep `offset` skip only one bucket's rows
@@ -105,6 +110,7 @@ class Settings:
     registry_wait_max_seconds: float = 2.0  # longer budget waits hand the image back
     host_share: float = 0.25  # most of a process's in-flight syncs one registry host may hold
     slow_host_share: float = 0.25  # most all recently timing-out hosts may hold together
+    account_share: float = 0.25  # most of a process's in-flight syncs one account (or the catalog) may hold
     docker_hub_username: str = ""
     docker_hub_token: str = field(default="", repr=False, metadata=SECRET)
     hub_default_max_tags: int = 10  # Docker Hub images without a tag policy: most recent N
