@@ -76,7 +76,9 @@ async def test_registrations_past_the_limit_are_refused_by_every_web_process(
     assert await register(web1, bob) == 201  # per account
 
 
-async def test_resync_requests_past_the_limit_are_refused(web1: Client, make_user: MakeUser, pool: asyncpg.Pool) -> None:
+async def test_resync_requests_past_the_limit_are_refused(
+    web1: Client, make_user: MakeUser, pool: asyncpg.Pool,
+) -> None:
     user = await make_user()
     name = f"registry.example/{unique('lim')}/app"
     await insert_image(pool, name=name, owner_id=user.account.id, tags=["v1"])
