@@ -22,6 +22,7 @@ from api.errors import (
     json_response,
 )
 from api.keys import CREDENTIAL_BOX, POOL, SETTINGS
+from api.list_body import ListBody
 from api.params import parse_image_filters, parse_paging, reject_unknown
 from api.publish import FALLBACK_SECONDS, queue_priority_sync
 from core import tag_policy
@@ -106,16 +107,17 @@ def _check_writable(account: Account, image: asyncpg.Record) -> None:
         raise ForbiddenError(f"image '{image['name']}' is in the shared catalog, which is read-only")
 
 
-async def list_images(request: web.Request, account: Account) -> web.Response:
+async def list_images(request: web.Request, account: Account) -> web.StreamResponse:
+    """A page of images, written image by image within a memory bound (api/list_body.py)."""
     page = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
     filters, keep = parse_image_filters(request.query)
-    result = await pages.list_images(request.app[POOL], account.id, filters, page)
-    return json_response(
-        serializers.envelope(
-            (serializers.image(r) for r in result.rows), path="/api/v1/image/", params=keep,
-            page=page, result=result, key=_by_name,
-        )
-    )
+    pool = request.app[POOL]
+    result = await pages.list_images(pool, account.id, filters, page)
+    meta = serializers.list_meta(path="/api/v1/image/", params=keep, page=page, result=result, key=_by_name)
+    body = ListBody(request, meta, request.app[SETTINGS].list_buffer_bytes)
+    async for row, tags in pages.with_tags(pool, result.rows):
+        await body.add(serializers.image(row, tags))
+    return await body.finish()
 
 
 def _by_name(row: Mapping[str, Any]) -> str:
@@ -221,8 +223,8 @@ async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response
     return json_response(
         serializers.envelope(
             (serializers.tag(image["name"], r) for r in result.rows),
-            path=serializers.tag_uri(image["name"], "").removesuffix("/"), params=[],
-            page=page, result=result, key=_by_tag_name,
+            serializers.list_meta(path=serializers.tag_uri(image["name"], "").removesuffix("/"), params=[],
+                                  page=page, result=result, key=_by_tag_name),
         )
     )
 

@@ -41,6 +41,7 @@ class Settings:
     log_format: str = "json"
     max_body_bytes: int = 64 * 1024
     page_limit_max: int = 1000
+    list_buffer_bytes: int = 4 * 1024 * 1024  # a larger list body is streamed, without an ETag
     db_pool_min: int = 2
     db_pool_max: int = 10
     auth_cache_seconds: float = 10.0
