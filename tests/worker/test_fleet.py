@@ -179,7 +179,7 @@ def test_sigterm_drains_then_hands_back_what_still_runs(stack: Stack) -> None:
     try:
         stack.env.update(INSECURE_REGISTRIES=hang.host, WORKER_DRAIN_SECONDS="1", LEASE_SECONDS="600",
                          SYNC_INTERVAL_SECONDS="3600",
-                         WORKER_CONCURRENCY="10", TASK_BATCH_SIZE="5", HOST_SHARE="1")
+                         WORKER_CONCURRENCY="10", TASK_BATCH_SIZE="5", HOST_SHARE="1", ACCOUNT_SHARE="1")
         add_images(stack, hang.host, 20, unique("drain"))
         worker = stack.start("worker", "--queues", "routine")
         beat = stack.start("beat")
