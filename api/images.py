@@ -114,10 +114,10 @@ async def list_images(request: web.Request, account: Account) -> web.StreamRespo
     pool = request.app[POOL]
     result = await pages.list_images(pool, account.id, filters, page)
     meta = serializers.list_meta(path="/api/v1/image/", params=keep, page=page, result=result, key=_by_name)
-    body = ListBody(request, meta, request.app[SETTINGS].list_buffer_bytes)
-    async for row, tags in pages.with_tags(pool, result.rows):
-        await body.add(serializers.image(row, tags))
-    return await body.finish()
+    async with ListBody(request, meta, request.app[SETTINGS].list_buffer_bytes) as body:
+        async for row, tags in pages.with_tags(pool, result.rows):
+            await body.add(serializers.image(row, tags))
+        return await body.finish()
 
 
 def _by_name(row: Mapping[str, Any]) -> str:

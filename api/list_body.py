@@ -8,12 +8,14 @@ LIST_BUFFER_BYTES they are kept and answered as one body, with its ETag and 304s
 of tags each: a page may hold 1,000 images of MAX_TAGS_PER_IMAGE tags, 700 MB) is streamed
 instead, chunked, in pieces of about FLUSH_BYTES, each written only once the client has taken
 the previous ones (aiohttp drains the socket), and without an ETag: that would need the whole
-body first. A streamed response that fails half-way is cut off before its final chunk, so a
-client never takes a partial list for a whole one.
+body first. A streamed response that fails half-way has its connection closed before its
+final chunk (the error is answered as usual when nothing was sent yet), so a client never
+takes a partial list for a whole one.
 """
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -32,6 +34,17 @@ class ListBody:
         self._size = sum(len(p) for p in self._pieces)
         self._first = True
         self._stream: web.StreamResponse | None = None
+
+    async def __aenter__(self) -> ListBody:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        """An error once the stream has started: the status line is gone, so the connection
+        is closed mid-body (the client sees a transfer cut short) and the error goes on to be
+        logged; the answer the error middleware makes of it can no longer be sent."""
+        if exc is not None and self._stream is not None and self._request.transport is not None:
+            self._request.transport.close()
 
     async def add(self, obj: dict[str, Any]) -> None:
         """Append one object (written out once the pieces kept pass the bound)."""

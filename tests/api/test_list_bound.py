@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
 import pytest
@@ -139,3 +140,30 @@ async def test_tags_past_the_embedding_bound_are_read_in_later_statements(
     again = await buffered.get(LIST, headers=owner.headers)
     assert await again.read() == body and again.headers["ETag"] == first.headers["ETag"]
     assert len(small_batches) == IMAGES - 1  # no later statement this time
+
+
+async def test_a_failure_after_the_stream_started_cuts_the_transfer(
+    streamed: test_utils.TestClient, owner: User, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The status line is sent: an error half-way closes the connection before the final
+    chunk, so the client sees a transfer cut short, never a list that looks whole."""
+    real = pages.with_tags
+
+    async def failing(conn: Any, rows: Any) -> AsyncIterator[Any]:
+        async for n, out in aenumerate(real(conn, rows)):
+            if n == 5:
+                raise ConnectionResetError("the database went away")
+            yield out
+
+    monkeypatch.setattr(pages, "with_tags", failing)
+    resp = await streamed.get(LIST, headers=owner.headers)
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+
+
+async def aenumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+    n = 0
+    async for item in items:
+        yield n, item
+        n += 1
