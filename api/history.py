@@ -75,8 +75,8 @@ async def tag_history(request: web.Request, image: asyncpg.Record, tag: str, *, 
         raise NotFoundError(f"image '{image['name']}' has no tag '{tag}'")
     path = serializers.tag_uri(image["name"], tag) + "history/"
     return json_response(serializers.envelope(
-        (serializers.history_entry(r) for r in result.rows), path=path, params=[], page=page, result=result,
-        key=_by_position,
+        (serializers.history_entry(r) for r in result.rows),
+        serializers.list_meta(path=path, params=[], page=page, result=result, key=_by_position),
     ))
 
 

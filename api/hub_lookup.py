@@ -57,8 +57,8 @@ UPDATE hub_inspections SET outcome = 'failed', finished_at = now(), error = $2
 """
 
 
-async def _send(app: web.Application, name: str) -> None:
-    if not await send_tasks(app, INSPECT_HUB_IMAGE_TASK, [[name]]):
+async def _send(app: web.Application, name: str, priority: int) -> None:
+    if not await send_tasks(app, INSPECT_HUB_IMAGE_TASK, [[name]], priority=priority):
         # nobody will answer this lookup
         await app[POOL].execute(QUEUE_FAILED_SQL, name, "the task queue is unavailable")
         raise UnavailableError(
@@ -67,9 +67,11 @@ async def _send(app: web.Application, name: str) -> None:
         )
 
 
-async def inspect_hub_image(app: web.Application, account_id: int, name: ImageName) -> asyncpg.Record | None:
+async def inspect_hub_image(app: web.Application, account_id: int, name: ImageName,
+                            priority: int = 0) -> asyncpg.Record | None:
     """The image after looking `name` up on Docker Hub, as `account_id` sees it; None when the
-    hub does not have it. Raises UnavailableError when the lookup failed or took too long."""
+    hub does not have it. Raises UnavailableError when the lookup failed or took too long.
+    `priority`: the lane of the look-up task (api/account_limits.py)."""
     pool = app[POOL]
     timeout = app[SETTINGS].inspect_timeout_seconds
     loop = asyncio.get_running_loop()
@@ -78,7 +80,7 @@ async def inspect_hub_image(app: web.Application, account_id: int, name: ImageNa
         # The worker's own timeout is the same, so a request older than twice that is lost.
         if await pool.fetchval(REQUEST_SQL, name.name, 2 * timeout, MISSING_TTL, FAILED_TTL):
             log.info("inspect.requested", image=name.name)
-            await _send(app, name.name)
+            await _send(app, name.name, priority)
         while True:
             image = await queries.get_image(pool, account_id, name.name)
             if image is not None:

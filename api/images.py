@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from api import history, hub_lookup, pages, paths, queries, read_marks, serializers, targets
+from api.account_limits import HUB_LOOKUP, REGISTRATION, RESYNC, admit_account_action
 from api.auth import request_account
 from api.bodies import ImageCreate, ImagePatch, credentials_pair, read_json
 from api.errors import (
@@ -21,6 +22,7 @@ from api.errors import (
     json_response,
 )
 from api.keys import CREDENTIAL_BOX, POOL, SETTINGS
+from api.list_body import ListBody
 from api.params import parse_image_filters, parse_paging, reject_unknown
 from api.publish import FALLBACK_SECONDS, queue_priority_sync
 from core import tag_policy
@@ -66,7 +68,8 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         image = await queries.get_image_ref(pool, account.id, target.image.name)
     if image is None and method == "GET" and target.image.is_hub:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
-        image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image)
+        lane = await admit_account_action(request, account, HUB_LOOKUP)
+        image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image, lane)
     if image is None:
         raise NotFoundError(f"image '{target.image.name}' not found")
     if method == "GET":
@@ -77,7 +80,7 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
             return json_response(serializers.image(image))
         _check_writable(account, image)
         if method == "PATCH":
-            return await patch_image(request, image)
+            return await patch_image(request, account, image)
         return await delete_image(request, image)
     if target.kind == paths.TAG_LIST:
         return await list_tags(request, image)
@@ -94,8 +97,9 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         raise NotFoundError(f"image '{image['name']}' has no tag '{target.tag}'")
     if target.kind == paths.BUILD:
         _check_writable(account, image)
+        lane = await admit_account_action(request, account, RESYNC)
         await queries.request_sync(pool, image["id"], fallback_in=FALLBACK_SECONDS)
-        await queue_priority_sync(request.app, image["id"])
+        await queue_priority_sync(request.app, image["id"], priority=lane)
         return json_response(serializers.tag(image["name"], tag), status=202)
     return json_response(serializers.tag(image["name"], tag))
 
@@ -105,16 +109,17 @@ def _check_writable(account: Account, image: asyncpg.Record) -> None:
         raise ForbiddenError(f"image '{image['name']}' is in the shared catalog, which is read-only")
 
 
-async def list_images(request: web.Request, account: Account) -> web.Response:
+async def list_images(request: web.Request, account: Account) -> web.StreamResponse:
+    """A page of images, written image by image within a memory bound (api/list_body.py)."""
     page = parse_paging(request.query, request.app[SETTINGS].page_limit_max)
     filters, keep = parse_image_filters(request.query)
-    result = await pages.list_images(request.app[POOL], account.id, filters, page)
-    return json_response(
-        serializers.envelope(
-            (serializers.image(r) for r in result.rows), path="/api/v1/image/", params=keep,
-            page=page, result=result, key=_by_name,
-        )
-    )
+    pool = request.app[POOL]
+    result = await pages.list_images(pool, account.id, filters, page)
+    meta = serializers.list_meta(path="/api/v1/image/", params=keep, page=page, result=result, key=_by_name)
+    async with ListBody(request, meta, request.app[SETTINGS].list_buffer_bytes) as body:
+        async for row, tags in pages.with_tags(pool, result.rows):
+            await body.add(serializers.image(row, tags))
+        return await body.finish()
 
 
 def _by_name(row: Mapping[str, Any]) -> str:
@@ -133,6 +138,7 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
         name = parse_image_name(body.name)
     except InvalidNameError as exc:
         raise BadRequestError(f"invalid image name: {exc}", field="name") from None
+    lane = await admit_account_action(request, account, REGISTRATION)
     settings = request.app[SETTINGS]
     refusal = namespace_refusal(name.host, name.repository, account.username, account.is_admin, settings)
     if refusal is not None:
@@ -158,17 +164,21 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
             await history.set_immutable_tags(conn, image_id, body.immutable_tags)
     log.info("image.created", image=name.name, image_id=image_id, with_credentials=sealed is not None,
              with_build_token=build_token is not None)
-    await queue_priority_sync(request.app, image_id)
+    await queue_priority_sync(request.app, image_id, priority=lane)
     image = await queries.get_image(pool, account.id, name.name)
     if image is None:  # deleted by a concurrent request right after it was created
         raise NotFoundError(f"image '{name.name}' not found")
     return json_response(serializers.image(image), status=201)
 
 
-async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Response:
+async def patch_image(request: web.Request, account: Account, image: asyncpg.Record) -> web.Response:
     """Changes only the fields the body names: a password alone keeps the stored username and
-    a username alone the stored password (the Go SDK's save() sends only changed fields)."""
+    a username alone the stored password (the Go SDK's save() sends only changed fields).
+    New credentials or a new tag policy queue a sync: a re-sync request of the account."""
     body = await read_json(request, ImagePatch)
+    lane = 0
+    if body.username is not None or body.password is not None or body.sets_tag_policy or body.sets_build_token:
+        lane = await admit_account_action(request, account, RESYNC)
     if body.username is not None or body.password is not None or body.build_token is not None:
         # new credentials (or build token): the sync that follows sends them to the registry
         await targets.check_registry_host(request.app, parse_image_name(image["name"]))
@@ -196,8 +206,8 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
     if body.sets_build_token:
         log.info("image.build_token_changed", image=image["name"], removed=body.build_token is None)
     if new_creds or body.sets_tag_policy or body.sets_build_token:
-        await queue_priority_sync(request.app, image["id"])
-    updated = await queries.get_image(pool, request_account(request).id, image["name"])
+        await queue_priority_sync(request.app, image["id"], priority=lane)
+    updated = await queries.get_image(pool, account.id, image["name"])
     if updated is None:  # deleted by a concurrent request after our update
         raise NotFoundError(f"image '{image['name']}' not found")
     return json_response(serializers.image(updated))
@@ -229,8 +239,8 @@ async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response
     return json_response(
         serializers.envelope(
             (serializers.tag(image["name"], r) for r in result.rows),
-            path=serializers.tag_uri(image["name"], "").removesuffix("/"), params=[],
-            page=page, result=result, key=_by_tag_name,
+            serializers.list_meta(path=serializers.tag_uri(image["name"], "").removesuffix("/"), params=[],
+                                  page=page, result=result, key=_by_tag_name),
         )
     )
 

@@ -27,7 +27,7 @@ from api.errors import Handler
 from api.health import CHECK_TIMEOUT, REDIS
 from api.keys import POOL
 from core import metrics
-from core.queue import QUEUES
+from core.queue import QUEUES, queue_keys
 
 log = structlog.get_logger("api.metrics")
 
@@ -110,11 +110,13 @@ class _Live:
 
 
 async def _queue_depths(app: web.Application) -> dict[str, int]:
+    """Messages waiting per queue, every lane of it (core/queue.py LANES) together."""
     async with app[REDIS].pipeline(transaction=False) as pipe:
         for queue in QUEUES:
-            pipe.llen(queue)
-        depths = await asyncio.wait_for(pipe.execute(), CHECK_TIMEOUT)
-    return dict(zip(QUEUES, (int(d) for d in depths), strict=True))
+            for key in queue_keys(queue):
+                pipe.llen(key)
+        depths = iter(await asyncio.wait_for(pipe.execute(), CHECK_TIMEOUT))
+    return {queue: sum(int(next(depths)) for _ in queue_keys(queue)) for queue in QUEUES}
 
 
 async def live_families(app: web.Application) -> list[Metric]:

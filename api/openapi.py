@@ -54,8 +54,11 @@ ERRORS: dict[str, Op] = {
     "PayloadTooLarge": _error("The body is over MAX_BODY_BYTES (a webhook: it names more than "
                               "WEBHOOK_MAX_EVENTS events)"),
     "UnsupportedMediaType": _error("The body is not sent as application/json"),
-    "Throttled": _error("Too many failed authentications, or (events) too many open streams of the "
-                        "account", ("Retry-After",)),
+    "Throttled": _error("Too many failed authentications; (events) too many open streams of the "
+                        "account; or the account is over its rate limit of registrations, re-sync "
+                        "requests or Docker Hub look-ups (ACCOUNT_*_LIMIT per "
+                        "ACCOUNT_LIMIT_WINDOW_SECONDS); Retry-After says when to ask again",
+                        ("Retry-After",)),
     "Internal": _error("Unexpected error; the X-Request-ID header identifies it in the logs"),
     "Unavailable": _error("A dependency (Postgres, Redis) is unreachable", ("Retry-After",)),
 }
@@ -161,15 +164,21 @@ def _paths() -> dict[str, dict[str, Op]]:
                                    "in the list."),
             "post": _op("Register a private image; its first sync is queued at once",
                         {"201": _body("Image", "Created, state `Empty` until its first sync")},
-                        (400, 403, 405, 409, 413, 415), body="ImageCreate",
+                        (400, 403, 405, 409, 413, 415, 429), body="ImageCreate",
                         description="403: the name is in another account's namespace on this service's "
-                                    "own registry (`<registry>/<user>/…` belongs to the account `<user>`)."),
+                                    "own registry (`<registry>/<user>/…` belongs to the account `<user>`). "
+                                    "An account registers at most ACCOUNT_REGISTRATION_LIMIT images per "
+                                    "ACCOUNT_LIMIT_WINDOW_SECONDS; past that, 429 with Retry-After."),
         },
         "/api/v1/image/{name}/": {
             "get": _op("One image; an unknown Docker Hub name is looked up on the hub and added",
-                       {"200": _body("Image")}, (400, 404, 405), params=img, etag=True),
+                       {"200": _body("Image")}, (400, 404, 405, 429), params=img, etag=True,
+                       description="Each look-up of a new Docker Hub name counts against the account's "
+                                   "ACCOUNT_HUB_LOOKUP_LIMIT; past it, 429 with Retry-After."),
             "patch": _op("Change description or credentials (new credentials queue a sync)",
-                         {"200": _body("Image")}, (400, 403, 404, 405, 413, 415), params=img, body="ImagePatch"),
+                         {"200": _body("Image")}, (400, 403, 404, 405, 413, 415, 429), params=img, body="ImagePatch",
+                         description="New credentials or a new tag policy queue a sync: a re-sync request "
+                                     "(ACCOUNT_RESYNC_LIMIT; past it, 429 with Retry-After)."),
             "delete": _op("Remove the image and its tags", {"204": {"description": "Deleted, no body"}},
                           (400, 403, 404, 405), params=img),
         },
@@ -180,8 +189,10 @@ def _paths() -> dict[str, dict[str, Op]]:
             "get": _op("One tag", {"200": _body("Tag")}, (400, 404, 405), params=tag, etag=True)},
         "/api/v1/image/{name}/tag/{tag}/build/": {
             "post": _op("Re-sync the tag at the highest priority", {"202": _body("Tag", "Accepted")},
-                        (400, 403, 404, 405), params=tag,
-                        description="Any other method on this path is a 405 with `Allow: POST`.")},
+                        (400, 403, 404, 405, 429), params=tag,
+                        description="Any other method on this path is a 405 with `Allow: POST`. A re-sync "
+                                    "request counts against the account's ACCOUNT_RESYNC_LIMIT; past it, "
+                                    "429 with Retry-After.")},
         "/api/v1/image/{name}/sync/": {
             "get": _op("Last sync, its error and the next run (extension)", {"200": _body("SyncStatus")},
                        (400, 404, 405), params=img, etag=True)},

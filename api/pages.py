@@ -12,12 +12,20 @@ A page costs the same at the end of a list as at its start, however large the ca
 - everything a page needs (rows, total, ids of the named registry and category) comes from
   one statement, so it is one snapshot: the total agrees with the rows.
 
+An image page's memory is bounded whatever the tag counts (an image may hold
+MAX_TAGS_PER_IMAGE tags, a page 1,000 images): the page statement embeds the tag names of its
+images only while their running count stays within INLINE_TAGS; the others are read
+afterwards, at most about INLINE_TAGS names per statement, as the response is written
+(`with_tags`; api/list_body.py streams what does not fit its buffer). Each image's tags are
+then one statement's snapshot of that image, a moment after the page's.
+
 Statement texts are built from constant fragments with `$n` parameters (never values), one
 text per shape, so asyncpg's statement cache keeps them prepared.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -25,7 +33,9 @@ from typing import Any
 import asyncpg
 
 from api.params import ImageFilter, Page
-from api.queries import IMAGE_COLUMNS, TAG_COLUMNS, Conn, get_image
+from api.queries import IMAGE_FIELDS, IMAGE_TAG_NAMES, TAG_COLUMNS, Conn, get_image
+
+INLINE_TAGS = 20_000  # tag names a page statement embeds, and a later statement reads, at most
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ def _scopes(account_id: int, f: ImageFilter) -> list[int]:
 
 # Parameters of every image page statement, in this order (the text depends only on the mode
 # and on whether a registry is named, so there are eight texts, each prepared once).
-ME, JS, PS, SCOPES, CAT_NAME, HOST, OWN_ON, CAT_ON, LIMIT, CURSOR = (f"${i}" for i in range(1, 11))
+ME, JS, PS, SCOPES, CAT_NAME, HOST, OWN_ON, CAT_ON, LIMIT, CURSOR, INLINE = (f"${i}" for i in range(1, 12))
 
 
 def _image_args(account_id: int, f: ImageFilter, page: Page, mode: str) -> list[Any]:
@@ -75,6 +85,7 @@ def _image_args(account_id: int, f: ImageFilter, page: Page, mode: str) -> list[
         _scopes(account_id, f), f.category, f.registry, f.is_user is not False, f.is_user is not True,
         page.limit + 1,
         page.offset if mode == "bucket" else (page.before if mode == "before" else page.after or ""),
+        INLINE_TAGS,
     ]
 
 
@@ -130,11 +141,16 @@ def _image_sql(mode: str, by_registry: bool) -> str:
         f" WHERE s.image_id = u.image_id AND s.scope + 0 = -{ME}::bigint AND s.category_id = 0 OFFSET 0))"
         f" ORDER BY u.name {direction} OFFSET {offset_sql} LIMIT {LIMIT}::bigint)"
     )
+    # The tag names of the first rows whose counts add up to at most INLINE_TAGS; NULL for the
+    # rest (the CASE evaluates the sub-query only for the rows it embeds).
+    embedded = (f"CASE WHEN sum(coalesce(tc.n, 0)) OVER (ORDER BY p.name {direction} ROWS UNBOUNDED PRECEDING)"
+                f" <= {INLINE}::bigint THEN {IMAGE_TAG_NAMES} END AS tags")
     return (
         f"WITH {', '.join(ctes)}"
-        f" SELECT {IMAGE_COLUMNS}, (SELECT coalesce({signed}, 0) FROM list_counts AS c"
-        f" WHERE {cells} AND c.bucket = 0) AS total_count"
+        f" SELECT {IMAGE_FIELDS}, {embedded}, coalesce(tc.n, 0) AS tag_count,"
+        f" (SELECT coalesce({signed}, 0) FROM list_counts AS c WHERE {cells} AND c.bucket = 0) AS total_count"
         " FROM page AS p JOIN images AS i ON i.id = p.image_id JOIN registries AS r ON r.id = i.registry_id"
+        " LEFT JOIN tag_counts AS tc ON tc.image_id = i.id"
         f" ORDER BY p.name {direction}"
     )
 
@@ -185,6 +201,38 @@ async def list_images(conn: Conn, account_id: int, f: ImageFilter, page: Page) -
         args = _image_args(account_id, f, page, mode)
         total = await conn.fetchval(IMAGE_TOTAL_SQL, args[3], f.category, f.registry, args[1], args[2])
     return _finish(list(rows), page, total, mode == "before")
+
+
+# the same names, in the same order, as the page statement embeds (from the (image, name) index)
+TAG_NAMES_SQL = f"SELECT i.id AS image_id, {IMAGE_TAG_NAMES} AS tags FROM unnest($1::bigint[]) AS i (id)"
+
+
+async def with_tags(conn: Conn, rows: Sequence[asyncpg.Record]) -> AsyncIterator[tuple[asyncpg.Record, list[str]]]:
+    """Each row of an image page with its tag names, in order: those the page statement
+    embedded, the others read by one statement per run of rows whose tag counts add up to at
+    most INLINE_TAGS (at least one image each), so that about INLINE_TAGS names are held at once."""
+    budget = INLINE_TAGS
+    pending: list[asyncpg.Record] = []  # rows waiting for their names, in order
+    held = 0
+
+    async def read() -> AsyncIterator[tuple[asyncpg.Record, list[str]]]:
+        found = {r["image_id"]: r["tags"] for r in await conn.fetch(TAG_NAMES_SQL, [r["id"] for r in pending])}
+        for r in pending:
+            yield r, found.get(r["id"], [])
+
+    for row in rows:
+        if pending and (row["tags"] is not None or held + row["tag_count"] > budget):
+            async for out in read():
+                yield out
+            pending, held = [], 0
+        if row["tags"] is not None:
+            yield row, row["tags"]
+        else:
+            pending.append(row)
+            held += row["tag_count"]
+    if pending:
+        async for out in read():
+            yield out
 
 
 # --------------------------------------------------------------------------- tags

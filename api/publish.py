@@ -60,9 +60,11 @@ async def broker(app: web.Application) -> AsyncIterator[None]:
 
 
 async def send_tasks(
-    app: web.Application, task: str, args_list: Sequence[list[Any]], *, queue: str = PRIORITY_QUEUE
+    app: web.Application, task: str, args_list: Sequence[list[Any]], *, queue: str = PRIORITY_QUEUE,
+    priority: int = 0,
 ) -> bool:
-    """Send `task` once per argument list. True when the broker took every message; False
+    """Send `task` once per argument list, in the lane `priority` of the queue (core/queue.py
+    LANES; api/account_limits.py picks it). True when the broker took every message; False
     when it failed (logged once, and sends pause) or is paused: the caller's fallback runs."""
     outbox = app[OUTBOX]
     if not args_list:
@@ -71,9 +73,11 @@ async def send_tasks(
         return False
     celery = app[CELERY]
 
+    lane = {"priority": priority} if priority else {}
+
     def send_all() -> None:
         for args in args_list:
-            celery.send_task(task, args=args, queue=queue, retry=False)
+            celery.send_task(task, args=args, queue=queue, retry=False, **lane)
 
     try:
         loop = asyncio.get_running_loop()
@@ -97,10 +101,11 @@ def send_tasks_later(
     pending.add_done_callback(outbox.tasks.discard)
 
 
-async def queue_priority_sync(app: web.Application, image_id: int) -> bool:
-    """Send `sync_image` to the priority queue; when that fails, mark the image due so the
-    scheduler queues it. True if sent."""
-    if await send_tasks(app, SYNC_IMAGE_TASK, [[image_id]]):
+async def queue_priority_sync(app: web.Application, image_id: int, *, priority: int = 0) -> bool:
+    """Send `sync_image` to the priority queue, in the lane `priority` (what
+    api/account_limits.py admit_account_action returned); when that fails, mark the image due
+    so the scheduler queues it. True if sent."""
+    if await send_tasks(app, SYNC_IMAGE_TASK, [[image_id]], priority=priority):
         return True
     await app[POOL].execute(MARK_DUE_SQL, image_id)
     return False

@@ -13,13 +13,15 @@ import asyncpg
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
-IMAGE_COLUMNS = """
+# An image's columns but its tag names (list pages bound how many they embed: api/pages.py).
+IMAGE_FIELDS = """
     i.id, i.name, i.owner_id, i.description, i.icon_url, i.state, i.star_count, i.jumpstart,
     i.in_use, i.is_private_image, i.public_url, i.last_build_date, r.host AS registry_host,
-    ARRAY(SELECT t.name FROM tags AS t WHERE t.image_id = i.id ORDER BY t.name COLLATE "C") AS tags,
     ARRAY(SELECT c.name FROM image_categories AS ic JOIN categories AS c ON c.id = ic.category_id
            WHERE ic.image_id = i.id ORDER BY c.name COLLATE "C") AS categories
 """
+IMAGE_TAG_NAMES = 'ARRAY(SELECT t.name FROM tags AS t WHERE t.image_id = i.id ORDER BY t.name COLLATE "C")'
+IMAGE_COLUMNS = f"{IMAGE_FIELDS}, {IMAGE_TAG_NAMES} AS tags"
 
 # The image $2 as account $1 sees it: its own if it has one, else the catalog's.
 _VISIBLE_IMAGE = """

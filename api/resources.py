@@ -26,8 +26,9 @@ async def list_registries(request: web.Request) -> web.Response:
     result = await pages.list_registries(request.app[POOL], account.id, HUB_HOST, page)
     return json_response(
         serializers.envelope(
-            (serializers.registry(r) for r in result.rows), path="/api/v1/registry/", params=[],
-            page=page, result=result, key=lambda row: str(row["host"]),
+            (serializers.registry(r) for r in result.rows),
+            serializers.list_meta(path="/api/v1/registry/", params=[], page=page, result=result,
+                                  key=lambda row: str(row["host"])),
         )
     )
 

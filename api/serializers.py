@@ -41,7 +41,8 @@ def layer_uri(docker_id: str) -> str:
     return f"{API}/layer/{docker_id}/"
 
 
-def image(row: Mapping[str, Any]) -> dict[str, Any]:
+def image(row: Mapping[str, Any], tags: Sequence[str] | None = None) -> dict[str, Any]:
+    """An image object; its `tags` are the tag URIs of `tags` (default: the row's tag names)."""
     name = row["name"]
     return {
         "resource_uri": image_uri(name),
@@ -57,7 +58,7 @@ def image(row: Mapping[str, Any]) -> dict[str, Any]:
         "public_url": row["public_url"],
         "registry": registry_uri(row["registry_host"]),
         "last_build_date": rfc2822(row["last_build_date"]),
-        "tags": [tag_uri(name, t) for t in row["tags"]],
+        "tags": [tag_uri(name, t) for t in (row["tags"] if tags is None else tags)],
         "build_source": None,
     }
 
@@ -113,8 +114,13 @@ def page_link(path: str, params: Sequence[tuple[str, str]], limit: int, offset: 
     return f"{path}?{urlencode(pairs, quote_via=quote)}"
 
 
-def envelope(
-    objects: Iterable[dict[str, Any]],
+def envelope(objects: Iterable[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """The `meta/objects` list envelope, `meta` from list_meta (first: api/list_body.py writes
+    the same bytes piece by piece)."""
+    return {"meta": meta, "objects": list(objects)}
+
+
+def list_meta(
     *,
     path: str,
     params: Sequence[tuple[str, str]],
@@ -122,7 +128,7 @@ def envelope(
     result: Result,
     key: Callable[[Mapping[str, Any]], str],
 ) -> dict[str, Any]:
-    """The `meta/objects` list envelope; next/previous keep the caller's filters.
+    """The `meta` of a list page; next/previous keep the caller's filters.
 
     A page the caller addressed by `offset` links to the neighbouring offsets (what such a
     client computes itself). Any other page links by cursor, `after` its last row or `before`
@@ -139,10 +145,7 @@ def envelope(
                if result.more and rows else None)
         before = ("before", key(rows[0])) if rows else None
         prev = None if result.first else page_link(path, params, limit, max(offset - limit, 0), before)
-    return {
-        "meta": {"limit": limit, "offset": offset, "total_count": result.total, "next": nxt, "previous": prev},
-        "objects": list(objects),
-    }
+    return {"limit": limit, "offset": offset, "total_count": result.total, "next": nxt, "previous": prev}
 
 
 def offset_envelope(objects: list[dict[str, Any]], *, path: str, limit: int, offset: int,

@@ -1,5 +1,6 @@
-"""Failed-authentication throttling shared by every web process (SPEC §6), and the client
-address it is keyed by.
+"""Failed-authentication throttling shared by every web process (SPEC §6), the client
+address it is keyed by, and the fixed-window counter in Redis that it (and the per-account
+rate limits of api/account_limits.py) count with.
 
 A wrong API key or webhook secret is counted, in Redis, per account name (per receiver for
 webhooks), per client address, per client network (/24 or /64) and over the whole service,
@@ -115,14 +116,48 @@ class _LocalCounts:
         return out
 
 
-class Throttle:
-    def __init__(self, redis: aioredis.Redis | None, *, limit: int, window: float) -> None:
+class WindowCounter:
+    """Counts in fixed windows of `window` seconds, shared by every web process through Redis
+    (keys under `prefix`); in this process alone while Redis does not answer (logged once,
+    and again when it answers)."""
+
+    def __init__(self, redis: aioredis.Redis | None, *, window: float, prefix: str) -> None:
         self.redis = redis
-        self.limit = limit
         self.window = window
+        self.prefix = prefix
         self.local = _LocalCounts()
         self._redis_down_until = 0.0
         self._redis_down = False
+
+    async def incr(self, keys: list[str]) -> list[tuple[int, float]]:
+        """Count one more of each key: (count in its window, seconds until the window ends)."""
+        if self.redis is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for key in keys:
+                        full = f"{self.prefix}:{key}"
+                        # the window starts with the first count (SET NX EX: any Redis >= 2.6.12)
+                        pipe.set(full, 0, ex=max(1, round(self.window)), nx=True)
+                        pipe.incr(full)
+                        pipe.ttl(full)
+                    replies = await pipe.execute()
+            except Exception as exc:  # any Redis failure: count in this process
+                self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+                if not self._redis_down:
+                    self._redis_down = True
+                    log.warning("throttle.redis_unavailable", error=type(exc).__name__, counts=self.prefix)
+            else:
+                if self._redis_down:
+                    self._redis_down = False
+                    log.info("throttle.redis_available", counts=self.prefix)
+                return [(int(replies[i + 1]), float(max(replies[i + 2], 1))) for i in range(0, len(replies), 3)]
+        return self.local.incr(keys, self.window)
+
+
+class Throttle:
+    def __init__(self, redis: aioredis.Redis | None, *, limit: int, window: float) -> None:
+        self.limit = limit
+        self.counts = WindowCounter(redis, window=window, prefix=KEY_PREFIX)
 
     async def failed(self, scope: str, name: str, client: str) -> float:
         """Count one wrong attempt; seconds to wait (Retry-After) when it is throttled, else 0."""
@@ -133,36 +168,15 @@ class Throttle:
         if (net := _network(client)) is not None:
             limits[f"{scope}:net:{net}"] = self.limit * NETWORK_FACTOR
         keys = list(limits)
-        counts = await self._incr(keys)
+        counts = await self.counts.incr(keys)
         waits = [ttl for key, (count, ttl) in zip(keys, counts, strict=True) if count > limits[key]]
         return max(1.0, max(waits)) if waits else 0.0
-
-    async def _incr(self, keys: list[str]) -> list[tuple[int, float]]:
-        if self.redis is not None and time.monotonic() >= self._redis_down_until:
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    for key in keys:
-                        full = f"{KEY_PREFIX}:{key}"
-                        # the window starts with the first failure (SET NX EX: any Redis >= 2.6.12)
-                        pipe.set(full, 0, ex=max(1, round(self.window)), nx=True)
-                        pipe.incr(full)
-                        pipe.ttl(full)
-                    replies = await pipe.execute()
-            except Exception as exc:  # any Redis failure: count in this process
-                self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
-                if not self._redis_down:
-                    self._redis_down = True
-                    log.warning("throttle.redis_unavailable", error=type(exc).__name__)
-            else:
-                if self._redis_down:
-                    self._redis_down = False
-                    log.info("throttle.redis_available")
-                return [(int(replies[i + 1]), float(max(replies[i + 2], 1))) for i in range(0, len(replies), 3)]
-        return self.local.incr(keys, self.window)
 
 
 THROTTLE = web.AppKey("throttle", Throttle)
 TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple)
+# what each account made the service do, per ACCOUNT_LIMIT_WINDOW_SECONDS (api/account_limits.py)
+ACCOUNT_COUNTS = web.AppKey("account_counts", WindowCounter)
 
 
 def configure(app: web.Application, settings: Settings) -> None:
@@ -177,6 +191,7 @@ async def _throttle_ctx(app: web.Application) -> AsyncIterator[None]:
         s.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
     )
     app[THROTTLE] = Throttle(client, limit=s.auth_failure_limit, window=s.auth_failure_window_seconds)
+    app[ACCOUNT_COUNTS] = WindowCounter(client, window=s.account_limit_window_seconds, prefix="rs:account")
     yield
     await client.aclose()
 

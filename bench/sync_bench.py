@@ -15,7 +15,8 @@ the requests reaching the registry per second). Everything below goes through th
 (b) for each worker count N: a fresh database (`rs_bench_sync`), REPOS images inserted
     directly (not due yet), a flushed Redis database of its own, N `registry-sync worker
     --queues routine` processes and one `registry-sync beat`. The proxy's host has no fleet
-    budget here (REGISTRY_LIMITS sets it unlimited, HOST_SHARE=1: it is the only registry), so
+    budget here (REGISTRY_LIMITS sets it unlimited, HOST_SHARE=1 and ACCOUNT_SHARE=1: it is the
+    only registry, the catalog the only account), so
     each process is held to --per-process requests in flight (REGISTRY_CONCURRENCY): the
     scaling measured is the workers'. Once every worker answers a Celery ping and beat holds
     its lock, every image is made due and the clock runs until every image has synced.
@@ -86,7 +87,7 @@ def worker_env(dsn: str, redis_url: str, host: str, args: argparse.Namespace, li
         "LOG_LEVEL": "warning", "LOG_FORMAT": "json",
         "SYNC_INTERVAL_SECONDS": "86400",  # nothing falls due again by itself
         "BEAT_INTERVAL_SECONDS": "0.1",  # scheduler latency: at most 0.1 s of each figure
-        "REGISTRY_CONCURRENCY": str(args.per_process), "HOST_SHARE": "1",
+        "REGISTRY_CONCURRENCY": str(args.per_process), "HOST_SHARE": "1", "ACCOUNT_SHARE": "1",
         "REGISTRY_LIMITS": json.dumps({host: limits}),
     }
 

@@ -103,14 +103,16 @@ BUDGET_LATE = Counter(
 BUDGET_BUSY = Counter(
     "registry_sync_budget_busy_total",
     "Syncs handed back for later because their registry host could not be asked now, by "
-    "registry and reason: paused, concurrency, rate, pulls (fleet budget) or share (the host "
-    "holds its share of a worker process)",
+    "registry and reason: paused, concurrency, rate, pulls (fleet budget: the host's, or the "
+    "image's credentials'), share (the host holds its share of a worker process) or account "
+    "(the image's account holds its share)",
     ["registry", "reason"],
 )
 BUDGET_PAUSES = Counter(
     "registry_sync_budget_pauses_total",
-    "Pauses of a registry host for the whole fleet, by registry and cause: 429 (Retry-After) "
-    "or ratelimit (Docker Hub's ratelimit-remaining at its floor)",
+    "Pauses of a registry host for the whole fleet, by registry and cause: 429 (Retry-After; "
+    "its anonymous requests), 429_credentials (the requests with one set of credentials) or "
+    "ratelimit (Docker Hub's ratelimit-remaining at its floor)",
     ["registry", "cause"],
 )
 BUDGET_IN_FLIGHT = Gauge(
@@ -121,7 +123,7 @@ BUDGET_IN_FLIGHT = Gauge(
 )
 BUDGET_PULLS_REMAINING = Gauge(
     "registry_sync_budget_pulls_remaining",
-    "Pulls left in the registry's own window as it last reported them (Docker Hub's "
+    "Anonymous pulls left in the registry's own window as it last reported them (Docker Hub's "
     "ratelimit-remaining), by registry",
     ["registry"],
     multiprocess_mode="livemostrecent",

@@ -21,6 +21,25 @@ PROCESS_EVENT_TASK = "process_webhook_event"  # args: event_id
 INSPECT_HUB_IMAGE_TASK = "inspect_hub_image"  # args: image name; priority (a GET waits)
 POLL_BUILDS_TASK = "poll_builds"  # args: [image_id, ...], claim token; priority (a build runs)
 
+# Lanes of the priority queue: Celery message priorities, which kombu's Redis transport keeps
+# in one list per step (`priority`, then `priority\x06\x163`, …) and consumers empty in
+# order, step 0 first. What an account asks for beyond its first few requests of a window
+# (api/account_limits.py counts them) goes in a later lane, behind every other account's
+# first requests: 300 registrations of one account never queue ahead of another's one.
+LANES = (0, 3, 6, 9)
+_LANE_UPTO = ((10, 0), (100, 3), (1000, 6))  # requests in the window -> lane
+_LANE_SEP = "\x06\x16"  # kombu.transport.redis.Channel.sep
+
+
+def lane_for(count: int) -> int:
+    """The lane (message priority) of an account's `count`-th request of the window."""
+    return next((lane for upto, lane in _LANE_UPTO if count <= upto), LANES[-1])
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that hold `queue`'s messages, one per lane (for its depth)."""
+    return [queue, *(f"{queue}{_LANE_SEP}{lane}" for lane in LANES[1:])]
+
 
 def make_celery(settings: Settings, name: str = "registry-sync") -> Celery:
     app = Celery(name, broker=settings.redis_url, set_as_current=False)

@@ -41,6 +41,7 @@ class Settings:
     log_format: str = "json"
     max_body_bytes: int = 64 * 1024
     page_limit_max: int = 1000
+    list_buffer_bytes: int = 4 * 1024 * 1024  # a larger list body is streamed, without an ETag
     db_pool_min: int = 2
     db_pool_max: int = 10
     auth_cache_seconds: float = 10.0
@@ -92,6 +93,11 @@ class Settings:
     auth_failure_window_seconds: float = 60.0
     trusted_proxies: str = ""
     webhook_max_events: int = 100  # events one webhook request may name; more: 413, nothing stored
+    # what one account may make the service do per window (api/account_limits.py; 0: no limit)
+    account_limit_window_seconds: float = 60.0
+    account_registration_limit: int = 120  # POST /api/v1/image/
+    account_resync_limit: int = 120  # re-sync requests (…/build/, a PATCH that queues a sync)
+    account_hub_lookup_limit: int = 60  # GETs of Docker Hub names the catalog does not have
     webhook_event_retention_seconds: float = 7 * 86400.0  # processed events: dedupe, tombstones, build order
     build_timeout_seconds: float = 7200.0  # a tag Building this long falls back to the registry
     # build states polled from Quay's build API (worker/quay_builds.py): its hosts (host[:port]),
@@ -111,6 +117,7 @@ class Settings:
     registry_wait_max_seconds: float = 2.0  # longer budget waits hand the image back
     host_share: float = 0.25  # most of a process's in-flight syncs one registry host may hold
     slow_host_share: float = 0.25  # most all recently timing-out hosts may hold together
+    account_share: float = 0.25  # most of a process's in-flight syncs one account (or the catalog) may hold
     docker_hub_username: str = ""
     docker_hub_token: str = field(default="", repr=False, metadata=SECRET)
     hub_default_max_tags: int = 10  # Docker Hub images without a tag policy: most recent N

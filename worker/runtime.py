@@ -28,7 +28,7 @@ from core.db import create_pool
 from core.names import HUB_HOST, canonical_host
 from core.settings import Settings
 from worker.registry import RegistryClient, make_session
-from worker.registry.budget import Budget
+from worker.registry.budget import Budget, credential_key
 from worker.registry.limits import parse_limits
 from worker.schedule import PollPolicy
 from worker.shares import HostShares
@@ -61,7 +61,7 @@ class Runtime:
             Credentials(settings.docker_hub_username, settings.docker_hub_token)
             if settings.docker_hub_username and settings.docker_hub_token else None
         )
-        self.limits = parse_limits(settings.registry_limits, hub_authenticated=self.hub_credentials is not None)
+        self.limits = parse_limits(settings.registry_limits)
         self.poll_policy = PollPolicy.from_settings(settings)
         self.quay_hosts = frozenset(canonical_host(h) for h in settings.quay_hosts)
         self._session: aiohttp.ClientSession | None = None
@@ -84,7 +84,7 @@ class Runtime:
         self.client.transport.budget = self.budget
         self.shares = HostShares(
             self.capacity, share=s.host_share, per_host_max=2 * s.registry_concurrency,
-            slow_share=s.slow_host_share,
+            slow_share=s.slow_host_share, account_share=s.account_share,
             last_failure=self.client.transport.last_failure, paused_for=self.budget.paused_for,
             wait_max=s.registry_wait_max_seconds,
         )
@@ -106,11 +106,15 @@ class Runtime:
         assert self._session is not None, "Runtime.open() first"
         return self._session
 
-    def host_slot(self, host: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """Held around the registry work of one sync of an image on `host` (as in image
-        names): this process's fair share between hosts (worker/shares.py). Raises
-        HostBusyError instead of waiting long: the caller hands the image back for later."""
-        return self.shares.slot(self.network_host(host))
+    def host_slot(self, host: str, *, account: int | None = None,
+                  credentials: Credentials | None = None) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held around the registry work of one sync of an image of `account` (its owner;
+        None: the shared catalog, one account of its own) on `host` (as in image names), read
+        with `credentials`: this process's fair share between accounts, then hosts
+        (worker/shares.py), and the pause of those credentials (or of the host's anonymous
+        requests). Raises HostBusyError instead of waiting long: the caller hands the image
+        back for later."""
+        return self.shares.slot(self.network_host(host), account, credential_key(credentials))
 
     def network_host(self, host: str) -> str:
         """Where to reach a registry: Docker Hub's API host is configured, others are as named."""

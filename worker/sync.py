@@ -89,7 +89,7 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
         await _check_namespace(rt, image)
         creds = _credentials(rt, image.credentials) or rt.catalog_credentials(image.host, image.owner_id)
         target = Target(rt.network_host(image.host), image.repository, creds)
-        async with rt.host_slot(image.host):
+        async with rt.host_slot(image.host, account=image.owner_id, credentials=creds):
             deadline = asyncio.timeout(s.sync_deadline_seconds)
             try:
                 async with deadline:

@@ -25,7 +25,10 @@ The first component of the repository name picks the behaviour:
 | hang/*        | `hang_tags` (50,000) tags in one page; manifests never answer              |
 
 `auth` is None (anonymous), "basic" or "bearer" (token endpoint at /token; `users` are the
-valid Basic credentials there). Counters: `hits[(method, path)]`, `token_requests`,
+valid Basic credentials there). Per user, as Docker Hub limits each account: with a token
+of a user in `limited_users`, every manifest GET is a 429 with `Retry-After: <retry_after>`;
+`ratelimit_users` (user -> pulls left) adds Docker Hub's `ratelimit-limit` /
+`ratelimit-remaining` headers to that user's manifest answers. Counters: `hits[(method, path)]`, `token_requests`,
 `cdn_authorization` (the Authorization header the redirect target received, or None).
 """
 
@@ -90,6 +93,8 @@ class FakeRegistry:
         page_tags: int = 65_000,
         hang_tags: int = 50_000,
         huge_bytes: int = 5 * 1024 * 1024,
+        limited_users: frozenset[str] = frozenset(),
+        ratelimit_users: dict[str, int] | None = None,
     ) -> None:
         self.auth = auth
         self.users = dict(users or {})
@@ -103,7 +108,9 @@ class FakeRegistry:
         self.hits: collections.Counter[tuple[str, str]] = collections.Counter()
         self.token_requests: list[str | None] = []
         self.cdn_authorization: list[str | None] = []
-        self._tokens: set[str] = set()
+        self.limited_users = limited_users
+        self.ratelimit_users = dict(ratelimit_users or {})
+        self._tokens: dict[str, str | None] = {}  # token -> the user it was issued to (None: anonymous)
         self._scope_failed: set[str] = set()
         self._app = ThreadedApp(self._make_app)
 
@@ -172,7 +179,7 @@ class FakeRegistry:
         if has_creds and user is None:
             return web.json_response({"details": "incorrect username or password"}, status=401)
         token = f"tok-{len(self.token_requests)}"
-        self._tokens.add(token)
+        self._tokens[token] = user
         return web.json_response({"access_token": token, "expires_in": 300})
 
     # ------------------------------------------------------------------ API
@@ -198,6 +205,12 @@ class FakeRegistry:
             return self._unauthorized(request)
         n = self.hits[(request.method, path)]
         repo = tail.split("/manifests/")[0]
+        user = self._tokens.get(request.headers.get("Authorization", "")[7:])
+        if user in self.limited_users and request.method == "GET" and "/manifests/" in path:
+            return web.Response(
+                status=429, body=_errors("TOOMANYREQUESTS", "pull rate limit of this account"),
+                content_type="application/json", headers={"Retry-After": self.retry_after},
+            )
         if kind == "scope" and "/manifests/" in path and repo not in self._scope_failed:
             self._scope_failed.add(repo)
             return self._unauthorized(request, "insufficient_scope")
@@ -228,6 +241,8 @@ class FakeRegistry:
         headers: dict[str, str] = {}
         if kind == "hub":
             headers = {"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "3;w=21600"}
+        if user in self.ratelimit_users and "/manifests/" in path:
+            headers = {"ratelimit-limit": "200;w=21600", "ratelimit-remaining": f"{self.ratelimit_users[user]};w=21600"}
         if "/tags/list" in path:
             return self._tags(request, kind, headers)
         if "/manifests/" in path:

@@ -67,6 +67,17 @@ class Service:
         self.proc.wait(5)
 
 
+def rss_mb(pid: int) -> float:
+    """The resident memory of process `pid` in MB (Linux /proc); 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
     """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

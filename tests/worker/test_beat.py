@@ -120,6 +120,9 @@ def backlog_stack(postgres_dsn: str, redis_server_url: str, fake_registry: FakeR
     env = service_env(
         dsn, redis_url, INSECURE_REGISTRIES=fake_registry.host, BEAT_INTERVAL_SECONDS="0.2",
         SYNC_INTERVAL_SECONDS="3600", LEASE_SECONDS="3", BEAT_QUEUE_MAX="3", TASK_BATCH_SIZE="5",
+        # one account (the catalog) is all it syncs: its share is the whole process, so no
+        # sync is handed back (and queued again) for being over it
+        ACCOUNT_SHARE="1",
     )
     st = Stack(env, free_port())
     yield st

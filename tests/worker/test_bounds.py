@@ -19,7 +19,7 @@ import redis
 
 from tests.conftest import create_database, unique
 from tests.support.fake_registry import FakeRegistry
-from tests.support.processes import Stack, service_env, wait_for
+from tests.support.processes import Stack, rss_mb, service_env, wait_for
 from tests.support.services import free_port, redis_db, worker_index
 
 RSS_BOUND_MB = 250  # per process: an idle consumer is ~80 MB here; unbounded, one reached 1.5 GB
@@ -35,16 +35,6 @@ def descendants(pid: int) -> list[int]:
         for child in children:
             found += [child, *descendants(child)]
     return found
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 class RssWatch:

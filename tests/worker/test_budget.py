@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import structlog
 
+from core.crypto import Credentials
 from core.settings import ConfigError
 from tests.conftest import unique
 from tests.support.services import free_port
-from worker.registry.budget import RATELIMIT_FLOOR, Budget
+from worker.registry.budget import RATELIMIT_FLOOR, Budget, credential_key
 from worker.registry.errors import HostBusyError
 from worker.registry.limits import HostLimits, LimitTable, parse_limits
 from worker.shares import HostShares
@@ -49,7 +50,7 @@ def test_limits_override_the_defaults_field_by_field() -> None:
     assert (hub.pulls, hub.pull_window, hub.concurrency) == (5000, 21600.0, 8)
     # Docker Hub's published limits by default: 100 pulls / 6 h anonymously, 200 with an account
     assert parse_limits("").for_host("registry-1.docker.io").pulls == 100
-    assert parse_limits("", hub_authenticated=True).for_host("index.docker.io").pulls == 200
+    assert parse_limits("").for_host("index.docker.io", authenticated=True).pulls == 200
     assert not parse_limits('{"reg.internal": null}').for_host("reg.internal").shared
 
 
@@ -135,6 +136,32 @@ async def test_pulls_follow_docker_hubs_ratelimit_remaining(make_budget: MakeBud
     await (await b.acquire(h, pull=False)).release()  # HEADs (and blobs) are not pulls
 
 
+async def test_each_credential_has_its_own_fleet_bucket(make_budget: MakeBudget) -> None:
+    """Two processes (Budget objects) on the real Redis: pauses and pull counts per
+    credential key, shared by the fleet; anonymous requests have the host's bucket."""
+    h = host()
+    limits = {h: HostLimits(concurrency=10, pulls=100, credential_pulls=200)}
+    a, b = make_budget(limits, wait_max=0.2), make_budget(limits, wait_max=0.2)
+    one, two = credential_key(Credentials("one", "x")), credential_key(Credentials("two", "x"))
+    assert one == credential_key(Credentials("one", "another secret"))  # the user name, never the secret
+    await a.pause(h, 5.0, "429", one)
+    with pytest.raises(HostBusyError, match="these credentials"):
+        await b.acquire(h, credential=one)
+    await (await b.acquire(h, credential=two)).release()
+    await (await b.acquire(h)).release()
+    assert await b.paused_for(h, one) > 4 and await b.paused_for(h, two) == 0 and await b.paused_for(h) == 0
+
+    await a.note_ratelimit(h, "200;w=21600", f"{RATELIMIT_FLOOR + 1};w=21600", two)
+    await (await b.acquire(h, pull=True, credential=two)).release()
+    with pytest.raises(HostBusyError, match="pulls"):
+        await b.acquire(h, pull=True, credential=two)
+    await (await b.acquire(h, pull=True)).release()  # the anonymous bucket is untouched
+    await a.pause(h, 5.0, "429")  # an anonymous 429 pauses the anonymous requests
+    with pytest.raises(HostBusyError):
+        await b.acquire(h)
+    await (await b.acquire(h, credential=two)).release()
+
+
 async def test_without_redis_each_process_keeps_the_limits_and_says_so_once(make_budget: MakeBudget) -> None:
     h = host()
     dead = f"redis://127.0.0.1:{free_port()}/0"
@@ -151,7 +178,7 @@ async def test_without_redis_each_process_keeps_the_limits_and_says_so_once(make
 async def test_a_host_over_its_share_waits_briefly_then_hands_back() -> None:
     failures: dict[str, float] = {}
 
-    async def not_paused(_: str) -> float:
+    async def not_paused(*_: object) -> float:
         return 0.0
 
     shares = HostShares(8, share=0.25, per_host_max=16, slow_share=0.25, last_failure=failures,
@@ -187,3 +214,48 @@ async def test_a_host_over_its_share_waits_briefly_then_hands_back() -> None:
     assert await sync("hang.test") == "deferred" and time.monotonic() - started < 0.1
     hold.set()
     await asyncio.gather(*hung)
+
+
+async def test_an_account_over_its_share_is_handed_back_at_once() -> None:
+    """Accounts first, hosts second: an account spread over many hosts holds at most its
+    share of the process (the catalog is an account of its own); a sync over it does not
+    wait; the account's slow hosts hold at most SLOW_HOST_SHARE of its share."""
+    failures: dict[str, float] = {}
+
+    async def not_paused(*_: object) -> float:
+        return 0.0
+
+    shares = HostShares(8, share=0.5, per_host_max=16, slow_share=0.5, account_share=0.25, last_failure=failures,
+                        paused_for=not_paused, wait_max=1.0)
+    assert (shares.account_limit, shares.account_slow_limit) == (2, 1)
+    hold = asyncio.Event()
+
+    async def sync(account: int | None, host: str) -> str:
+        try:
+            async with shares.slot(host, account):
+                await hold.wait()
+                return "synced"
+        except HostBusyError as exc:
+            assert exc.retry_after >= 1.0
+            return "deferred"
+
+    held = [asyncio.create_task(sync(7, f"h{i}.test")) for i in range(2)]  # two hosts, one account
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    assert await sync(7, "h3.test") == "deferred" and time.monotonic() - started < 0.1  # no wait
+    others = [asyncio.create_task(sync(8, "h3.test")), asyncio.create_task(sync(None, "h0.test"))]
+    await asyncio.sleep(0.05)
+    assert {k: len(v) for k, v in shares.accounts.items()} == {7: 2, 8: 1, None: 1}
+    hold.set()
+    assert await asyncio.gather(*held, *others) == ["synced"] * 4
+    assert shares.accounts == {}
+    # of its share, an account's slow hosts hold one slot here
+    hold.clear()
+    failures.update({"slow1.test": time.monotonic(), "slow2.test": time.monotonic()})
+    slow = asyncio.create_task(sync(7, "slow1.test"))
+    await asyncio.sleep(0.05)
+    assert await sync(7, "slow2.test") == "deferred"
+    healthy = asyncio.create_task(sync(7, "h1.test"))
+    await asyncio.sleep(0.05)
+    hold.set()
+    assert await asyncio.gather(slow, healthy) == ["synced"] * 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
 import time
 import uuid
 
@@ -15,6 +14,7 @@ from aiohttp import web
 from tests.conftest import unique
 from tests.support import ThreadedApp
 from tests.support.fake_registry import CONFIG, CONFIG_DIGEST, DOCKER_MANIFEST, MANIFEST, MANIFEST_DIGEST
+from tests.support.hanging import HangingRegistry
 from tests.support.processes import Stack, wait_for
 from tests.support.registry import RegistryServer, push_image
 
@@ -113,22 +113,6 @@ def test_a_429_pauses_the_host_for_every_worker_process(stack: Stack) -> None:
         assert logs, "syncs that met the pause were handed back"
 
 
-class HangingRegistry:
-    """Accepts TCP connections and never answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(512)
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_a_hanging_registry_delays_nobody_else(stack: Stack, registry: RegistryServer) -> None:
     """Account B registers 10 images on a registry that never answers; meanwhile account A's
     registration on a healthy registry reaches Success and A's webhook push is visible, both
@@ -196,7 +180,7 @@ def test_sigterm_drains_then_hands_back_what_still_runs(stack: Stack) -> None:
     try:
         stack.env.update(INSECURE_REGISTRIES=hang.host, WORKER_DRAIN_SECONDS="1", LEASE_SECONDS="600",
                          SYNC_INTERVAL_SECONDS="3600",
-                         WORKER_CONCURRENCY="10", TASK_BATCH_SIZE="5", HOST_SHARE="1")
+                         WORKER_CONCURRENCY="10", TASK_BATCH_SIZE="5", HOST_SHARE="1", ACCOUNT_SHARE="1")
         add_images(stack, hang.host, 20, unique("drain"))
         worker = stack.start("worker", "--queues", "routine")
         beat = stack.start("beat")

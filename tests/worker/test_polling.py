@@ -55,7 +55,7 @@ async def test_catalog_images_on_docker_hub_are_polled_with_the_services_credent
 
     token_server.requests.clear()
     with_account = await runtime(with_settings={**hub, "docker_hub_username": BOB[0], "docker_hub_token": BOB[1]})
-    assert with_account.limits.for_host("registry-1.docker.io").pulls == 200  # an account's pull limit
+    assert with_account.limits.for_host("registry-1.docker.io", authenticated=True).pulls == 200  # per account
     await pool.execute("UPDATE images SET next_sync_at = now(), sync_failures = 0 WHERE id = $1", catalog)
     assert await sync.sync_image(with_account, catalog) == sync.SYNCED
     assert await tag_names(pool, catalog) == ["v1"]

@@ -193,7 +193,7 @@ async def test_a_busy_host_hands_the_image_back_without_a_failure(
     busy = HostBusyError(f"{fake_registry.host} is paused", retry_after=42.0)
     if where == "slot":
         @contextlib.asynccontextmanager
-        async def slot(host: str) -> AsyncIterator[None]:
+        async def slot(host: str, **_: object) -> AsyncIterator[None]:
             assert host == fake_registry.host
             raise busy
             yield
@@ -221,7 +221,7 @@ async def test_the_host_slot_is_held_around_the_registry_work(
     real = rt.client.list_tags
 
     @contextlib.asynccontextmanager
-    async def slot(host: str) -> AsyncIterator[None]:
+    async def slot(host: str, **_: object) -> AsyncIterator[None]:
         held.append("enter")
         yield
         held.append("exit")

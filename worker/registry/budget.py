@@ -10,6 +10,13 @@ Per host (limits.py, REGISTRY_LIMITS):
   `ratelimit-remaining` headers set its size and lower it to what the hub says is left;
 - pause: a 429 pauses the host for the whole fleet for its Retry-After.
 
+Pulls and pauses are kept per *bucket*: anonymous requests share the host's bucket, and each
+set of credentials has its own (keyed by a hash of the user name, never the secret:
+`credential_key`), learned from the answers to its own requests. Docker Hub counts pulls per
+account (anonymous ones per address), so one account's exhausted quota, or a 429 earned by
+its own token, pauses only the syncs that use those credentials; everyone else's requests go
+on. Concurrency and rate stay per host: they protect the registry, whoever asks.
+
 A wait of at most REGISTRY_WAIT_MAX_SECONDS is slept; a longer one raises HostBusyError
 (not retried by the client), and the sync hands its image back due when the host can be
 asked again, without holding worker capacity meanwhile. Redis down: every process applies
@@ -20,6 +27,7 @@ answers again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 import uuid
@@ -30,8 +38,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from core import metrics
+from core.crypto import Credentials
 from worker.registry.errors import HostBusyError
-from worker.registry.limits import GRANTED, PAUSED, REASONS, SATURATED, HostLimits, LimitTable, LocalLimiter
+from worker.registry.limits import GRANTED, PAUSED, PULLS, REASONS, SATURATED, HostLimits, LimitTable, LocalLimiter
 
 log = structlog.get_logger("worker.budget")
 
@@ -113,9 +122,23 @@ return math.floor(tokens)
 """
 
 
-def _keys(host: str) -> list[str]:
+def credential_key(credentials: Credentials | None) -> str | None:
+    """The budget bucket of `credentials`: a hash of the user name (never of the secret, which
+    must not reach Redis or the logs), the same in every worker process; None: anonymous."""
+    if credentials is None:
+        return None
+    return hashlib.sha256(credentials.username.encode(errors="replace")).hexdigest()[:24]
+
+
+def bucket_name(host: str, credential: str | None) -> str:
+    """How this process names the bucket of `credential` on `host` (the host: anonymous)."""
+    return host if credential is None else f"{host}#{credential}"
+
+
+def _keys(host: str, credential: str | None = None) -> list[str]:
     base = f"rs:budget:{{{host}}}"  # one hash slot per host (Redis Cluster)
-    return [f"{base}:hold", f"{base}:tat", f"{base}:pulls", f"{base}:pause"]
+    bucket = base if credential is None else f"{base}:cred:{credential}"
+    return [f"{base}:hold", f"{base}:tat", f"{bucket}:pulls", f"{bucket}:pause"]
 
 
 @dataclass
@@ -126,6 +149,7 @@ class Permit:
     host: str
     holder: str | None  # the Redis holder id, None when nothing is held in Redis
     local: bool  # held in this process's LocalLimiter
+    credential: str | None = None  # the bucket (credential_key) the request was counted in
 
     async def release(self) -> None:
         await self.budget._release(self)
@@ -148,7 +172,7 @@ class Budget:
             self._pause = self._redis.register_script(PAUSE_LUA)
             self._remaining = self._redis.register_script(REMAINING_LUA)
         self._redis_down_until = 0.0 if redis_url else float("inf")
-        self._pause_seen: dict[str, tuple[float, float]] = {}  # host -> (checked at, paused until)
+        self._pause_seen: dict[str, tuple[float, float]] = {}  # bucket -> (checked at, paused until)
 
     async def aclose(self) -> None:
         if self._redis is not None:
@@ -171,7 +195,8 @@ class Budget:
             log.info("budget.redis_back")
             self._redis_down_until = 0.0
 
-    async def _try(self, host: str, limits: HostLimits, holder: str, pull: bool) -> tuple[int, float, bool]:
+    async def _try(self, host: str, limits: HostLimits, holder: str, pull: bool,
+                   credential: str | None) -> tuple[int, float, bool]:
         """(outcome, ms, local) of one attempt."""
         max_wait_ms = self.wait_max * 1000
         if self._redis is not None and self._use_redis():
@@ -180,57 +205,61 @@ class Budget:
                 max_wait_ms, int(pull), limits.pulls, limits.pull_per_ms,
             ]
             try:
-                outcome, ms = await self._acquire(keys=_keys(host), args=args)
+                outcome, ms = await self._acquire(keys=_keys(host, credential), args=args)
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
             else:
                 self._redis_answered()
                 return int(outcome), float(ms), False
-        outcome, ms = self._local.try_acquire(host, limits, pull=pull, max_wait_ms=max_wait_ms)
+        outcome, ms = self._local.try_acquire(host, limits, pull=pull, max_wait_ms=max_wait_ms,
+                                              bucket=bucket_name(host, credential))
         return outcome, ms, True
 
-    async def _paused_ms(self, host: str, *, fresh: bool = False) -> float:
-        """How long `host` stays paused, as Redis (else this process) knows it; asked at most
-        every PAUSE_CHECK_EVERY seconds per host unless `fresh`."""
+    async def _paused_ms(self, host: str, credential: str | None = None, *, fresh: bool = False) -> float:
+        """How long `host` (for `credential`'s requests) stays paused, as Redis (else this
+        process) knows it; asked at most every PAUSE_CHECK_EVERY seconds per bucket unless
+        `fresh`."""
         now = time.monotonic()
-        checked, until = self._pause_seen.get(host, (0.0, 0.0))
+        bucket = bucket_name(host, credential)
+        checked, until = self._pause_seen.get(bucket, (0.0, 0.0))
         if fresh or now - checked >= PAUSE_CHECK_EVERY:
-            until = now + self._local.paused_ms(host) / 1000
+            until = now + self._local.paused_ms(bucket) / 1000
             if self._redis is not None and self._use_redis():
                 try:
-                    ms = await self._redis.pttl(_keys(host)[3])
+                    ms = await self._redis.pttl(_keys(host, credential)[3])
                 except (RedisError, OSError) as exc:
                     self._redis_failed(exc)
                 else:
                     self._redis_answered()
                     until = max(until, now + max(int(ms), 0) / 1000)
-            self._pause_seen[host] = (now, until)
+            self._pause_seen[bucket] = (now, until)
         return max(0.0, until - now) * 1000
 
     # ------------------------------------------------------------------ the API
 
-    async def acquire(self, host: str, *, pull: bool = False) -> Permit:
-        """A slot for one request to `host` (`pull`: a manifest GET). Sleeps a short wait;
-        raises HostBusyError (give_up: not retried by the client) for a long one."""
-        limits = self.table.for_host(host)
+    async def acquire(self, host: str, *, pull: bool = False, credential: str | None = None) -> Permit:
+        """A slot for one request to `host` (`pull`: a manifest GET) sent with the credentials
+        keyed `credential` (None: anonymous), whose own pulls and pauses count. Sleeps a short
+        wait; raises HostBusyError (give_up: not retried by the client) for a long one."""
+        limits = self.table.for_host(host, credential is not None)
         started = time.monotonic()
         deadline = started + self.wait_max
         holder = uuid.uuid4().hex
         poll = 0.01
         while True:
             if limits.shared:
-                outcome, ms, local = await self._try(host, limits, holder, pull)
+                outcome, ms, local = await self._try(host, limits, holder, pull, credential)
             else:
-                ms = await self._paused_ms(host)
+                ms = await self._paused_ms(host, credential)
                 outcome, local = (PAUSED if ms > 0 else GRANTED), False
             if outcome == GRANTED:
-                permit = Permit(self, host, None if local or not limits.concurrency else holder, local)
+                permit = Permit(self, host, None if local or not limits.concurrency else holder, local, credential)
                 metrics.BUDGET_IN_FLIGHT.labels(registry=host).inc()
                 if ms > 0:
                     turn = time.monotonic() + ms / 1000
                     await asyncio.sleep(ms / 1000)
                     # a 429 may have paused the host while this request waited for its turn
-                    if await self._paused_ms(host, fresh=True) > 0:
+                    if await self._paused_ms(host, credential, fresh=True) > 0:
                         await permit.release()
                         continue
                     # Woken a whole interval after its turn (this process was busy): sent now
@@ -250,8 +279,10 @@ class Budget:
             if time.monotonic() + wait > deadline:
                 retry = SATURATED_RETRY * random.uniform(0.5, 1.5) if outcome == SATURATED else wait  # noqa: S311
                 metrics.BUDGET_BUSY.labels(registry=host, reason=REASONS[outcome]).inc()
+                own = credential is not None and outcome in (PAUSED, PULLS)
+                whose = "the budget of these credentials" if own else "the registry's budget"
                 err = HostBusyError(
-                    f"{host}: the registry's budget is used ({REASONS[outcome]}); ask again in {retry:.0f}s",
+                    f"{host}: {whose} is used ({REASONS[outcome]}); ask again in {retry:.0f}s",
                     retry_after=max(retry, 1.0),
                 )
                 err.give_up = True
@@ -268,45 +299,52 @@ class Budget:
             except (RedisError, OSError) as exc:  # the holder expires by itself
                 self._redis_failed(exc)
 
-    async def pause(self, host: str, seconds: float, cause: str) -> float:
-        """Pause `host` for the whole fleet (never shortening a longer pause). Returns the
-        pause in force, seconds."""
+    async def pause(self, host: str, seconds: float, cause: str, credential: str | None = None) -> float:
+        """Pause `host` for the whole fleet (never shortening a longer pause): its anonymous
+        requests, or with `credential` only the requests sent with those credentials.
+        Returns the pause in force, seconds."""
         ms = max(1, int(seconds * 1000))
-        self._local.pause(host, ms)
-        self._pause_seen.pop(host, None)
+        bucket = bucket_name(host, credential)
+        self._local.pause(bucket, ms)
+        self._pause_seen.pop(bucket, None)
         in_force = float(ms)
         if self._redis is not None and self._use_redis():
             try:
-                in_force = float(await self._pause(keys=[_keys(host)[3]], args=[ms]))
+                in_force = float(await self._pause(keys=[_keys(host, credential)[3]], args=[ms]))
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
-        metrics.BUDGET_PAUSES.labels(registry=host, cause=cause).inc()
-        log.warning("budget.host_paused", registry=host, seconds=round(in_force / 1000, 1), cause=cause)
+        metrics.BUDGET_PAUSES.labels(registry=host, cause=cause if credential is None else f"{cause}_credentials").inc()
+        log.warning("budget.host_paused", registry=host, seconds=round(in_force / 1000, 1), cause=cause,
+                    bucket=credential or "anonymous")
         return in_force / 1000
 
-    async def paused_for(self, host: str) -> float:
-        """Seconds left of a pause of `host` (0 when it may be asked)."""
-        return await self._paused_ms(host) / 1000
+    async def paused_for(self, host: str, credential: str | None = None) -> float:
+        """Seconds left of a pause of `host` for requests with the credentials keyed
+        `credential` (None: anonymous requests); 0 when they may be sent."""
+        return await self._paused_ms(host, credential) / 1000
 
-    async def note_ratelimit(self, host: str, limit_header: str | None, remaining_header: str | None) -> None:
-        """Docker Hub's `ratelimit-limit: 100;w=21600` and `ratelimit-remaining: 76;w=21600`:
-        the fleet's pull bucket for `host` never counts more than the hub says is left."""
+    async def note_ratelimit(self, host: str, limit_header: str | None, remaining_header: str | None,
+                             credential: str | None = None) -> None:
+        """Docker Hub's `ratelimit-limit: 100;w=21600` and `ratelimit-remaining: 76;w=21600`
+        on an answer to a request sent with the credentials keyed `credential` (None:
+        anonymous): that bucket of `host` never counts more than the hub says is left."""
         remaining = _leading_number(remaining_header)
         if remaining is None:
             return
-        metrics.BUDGET_PULLS_REMAINING.labels(registry=host).set(remaining)
+        if credential is None:  # per credentials it would be a label per account
+            metrics.BUDGET_PULLS_REMAINING.labels(registry=host).set(remaining)
         limit, window = _leading_number(limit_header), _window(remaining_header) or _window(limit_header)
-        configured = self.table.for_host(host)
+        configured = self.table.for_host(host, credential is not None)
         cap = limit if limit else float(configured.pulls)
         window = window or configured.pull_window
         if cap <= 0 or window <= 0:
             return
         per_ms = cap / (window * 1000)
         left = remaining - RATELIMIT_FLOOR
-        self._local.note_remaining(host, left, cap, per_ms)
+        self._local.note_remaining(bucket_name(host, credential), left, cap, per_ms)
         if self._redis is not None and self._use_redis():
             try:
-                await self._remaining(keys=[_keys(host)[2]], args=[left, cap, per_ms])
+                await self._remaining(keys=[_keys(host, credential)[2]], args=[left, cap, per_ms])
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
 

@@ -31,6 +31,7 @@ from worker.registry.auth import (
     parse_token_response,
     pick_challenge,
 )
+from worker.registry.budget import credential_key
 from worker.registry.errors import (
     RateLimitedError,
     RegistryAuthError,
@@ -224,8 +225,11 @@ class RegistryClient:
         auth = await self._authorization(target, challenge)
         if auth:
             headers["Authorization"] = auth
+        # sent with the image's credentials (or a token they bought): counted in their own
+        # budget bucket, so their quota and their 429s are theirs alone
+        credential = credential_key(target.credentials) if auth else None
         send = self.transport.send
-        reply = await send(method, url, kind, headers, target.host, limit)
+        reply = await send(method, url, kind, headers, target.host, limit, credential=credential)
         if reply.status == 401:
             # A new challenge (insufficient_scope, an expired token, or a registry whose
             # ping was anonymous): authenticate once more, then give up.
@@ -240,7 +244,8 @@ class RegistryClient:
                 retry_auth = await self._authorization(target, chosen)
                 if retry_auth and retry_auth != auth:
                     headers["Authorization"] = retry_auth
-                    reply = await send(method, url, kind, headers, target.host, limit)
+                    credential = credential_key(target.credentials)
+                    reply = await send(method, url, kind, headers, target.host, limit, credential=credential)
         if not 200 <= reply.status < 300:
             # the body of a redirect hop's answer is not the registry's: not even its code
             body = reply.body if urlsplit(reply.url)[:2] == urlsplit(url)[:2] else b""
@@ -302,7 +307,8 @@ class RegistryClient:
                     f"service {parts.netloc}"
                 )
             headers["Authorization"] = basic_header(target.credentials)
-        reply = await self.transport.send("GET", url, "token", headers, target.host, 1024 * 1024)
+        reply = await self.transport.send("GET", url, "token", headers, target.host, 1024 * 1024,
+                                          credential=credential_key(target.credentials))
         if reply.status in (401, 403):
             raise RegistryAuthError(
                 f"{where('GET', url)}: the token service refused "

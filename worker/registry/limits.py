@@ -13,12 +13,16 @@ other host. Each value names the fields it changes; the others keep their defaul
 - rate, burst: requests per second across the fleet, and how many may go at once after an
   idle spell (rate 0: no limit)
 - pulls, pull_window: manifest GETs per window of seconds (Docker Hub's pull limit: GETs of
-  manifests count, HEADs do not; 0: no such limit)
+  manifests count, HEADs do not; 0: no such limit) of the anonymous requests, which share
+  one bucket across the fleet
+- credential_pulls: the same for each set of credentials, which has a bucket of its own
+  (0: as many as `pulls`)
 
-Defaults keep Docker Hub's published limits: 100 pulls per 6 hours anonymously, 200 with
-DOCKER_HUB_USERNAME/DOCKER_HUB_TOKEN. Counting every manifest GET as a pull is on the safe
-side (Docker Hub counts an index and its platform manifest as one pull), and the hub's own
-`ratelimit-remaining` header corrects the count fleet-wide (budget.py).
+Defaults keep Docker Hub's published limits: 100 pulls per 6 hours anonymously (per address:
+the fleet's), 200 per account with credentials (an image's own, or DOCKER_HUB_USERNAME /
+DOCKER_HUB_TOKEN for the catalog). Counting every manifest GET as a pull is on the safe side
+(Docker Hub counts an index and its platform manifest as one pull), and the hub's own
+`ratelimit-limit` / `ratelimit-remaining` headers correct each bucket fleet-wide (budget.py).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class HostLimits:
     burst: int = 1
     pulls: int = 0
     pull_window: float = 21600.0
+    credential_pulls: int = 0
 
     @property
     def shared(self) -> bool:
@@ -69,8 +74,7 @@ class HostLimits:
 ANY_DEFAULT = HostLimits(concurrency=64, rate=200.0, burst=20)
 
 
-def hub_default(authenticated: bool) -> HostLimits:
-    return HostLimits(concurrency=8, rate=10.0, burst=5, pulls=200 if authenticated else 100, pull_window=21600.0)
+HUB_DEFAULT = HostLimits(concurrency=8, rate=10.0, burst=5, pulls=100, pull_window=21600.0, credential_pulls=200)
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,12 @@ class LimitTable:
     hosts: dict[str, HostLimits]
     other: HostLimits
 
-    def for_host(self, host: str) -> HostLimits:
-        return self.hosts.get(host.lower(), self.other)
+    def for_host(self, host: str, authenticated: bool = False) -> HostLimits:
+        """The limits of `host`; `authenticated`: with the pull bucket of one set of credentials."""
+        limits = self.hosts.get(host.lower(), self.other)
+        if authenticated and limits.credential_pulls:
+            return dataclasses.replace(limits, pulls=limits.credential_pulls)
+        return limits
 
 
 _FIELDS = {f.name: f.type for f in dataclasses.fields(HostLimits)}
@@ -100,7 +108,7 @@ def _override(base: HostLimits, raw: object, where: str) -> HostLimits:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def parse_limits(raw: str, *, hub_authenticated: bool = False) -> LimitTable:
+def parse_limits(raw: str) -> LimitTable:
     """The limits of every host: defaults overridden field by field by REGISTRY_LIMITS.
     Raises ConfigError naming REGISTRY_LIMITS when it is not valid."""
     try:
@@ -110,7 +118,7 @@ def parse_limits(raw: str, *, hub_authenticated: bool = False) -> LimitTable:
     if not isinstance(data, dict):
         raise ConfigError("REGISTRY_LIMITS must be a JSON object keyed by registry host")
     other = _override(ANY_DEFAULT, data[ANY_HOST], '"*"') if ANY_HOST in data else ANY_DEFAULT
-    hosts = dict.fromkeys(HUB_REGISTRY_HOSTS, hub_default(hub_authenticated))
+    hosts = dict.fromkeys(HUB_REGISTRY_HOSTS, HUB_DEFAULT)
     for host, value in data.items():
         if host == ANY_HOST:
             continue
@@ -121,31 +129,36 @@ def parse_limits(raw: str, *, hub_authenticated: bool = False) -> LimitTable:
 
 class LocalLimiter:
     """The same limits kept in this process only: what a worker applies while Redis is
-    unreachable (each process then allows the whole budget: the fleet may send more)."""
+    unreachable (each process then allows the whole budget: the fleet may send more).
+    Concurrency and rate are kept per host, pulls and pauses per bucket (budget.bucket_name:
+    the host for anonymous requests, host#key for a set of credentials)."""
 
     def __init__(self) -> None:
         self._holders: dict[str, int] = {}
         self._tat: dict[str, float] = {}
-        # host -> (tokens, at ms, capacity, refill per ms): configured, or learned from the host
+        # bucket -> (tokens, at ms, capacity, refill per ms): configured, or learned from the host
         self._pulls: dict[str, tuple[float, float, float, float]] = {}
-        self._paused: dict[str, float] = {}  # host -> until, ms
+        self._paused: dict[str, float] = {}  # bucket -> until, ms
 
     @staticmethod
     def _now() -> float:
         return time.monotonic() * 1000.0
 
-    def paused_ms(self, host: str) -> float:
-        return max(0.0, self._paused.get(host, 0.0) - self._now())
+    def paused_ms(self, bucket: str) -> float:
+        return max(0.0, self._paused.get(bucket, 0.0) - self._now())
 
-    def pause(self, host: str, ms: float) -> None:
+    def pause(self, bucket: str, ms: float) -> None:
         until = self._now() + ms
-        if until > self._paused.get(host, 0.0):
-            self._paused[host] = until
+        if until > self._paused.get(bucket, 0.0):
+            self._paused[bucket] = until
 
-    def try_acquire(self, host: str, limits: HostLimits, *, pull: bool, max_wait_ms: float) -> tuple[int, float]:
-        """(GRANTED, delay ms before sending) with the slot taken, or (reason, ms) with nothing taken."""
+    def try_acquire(self, host: str, limits: HostLimits, *, pull: bool, max_wait_ms: float,
+                    bucket: str | None = None) -> tuple[int, float]:
+        """(GRANTED, delay ms before sending) with the slot taken, or (reason, ms) with nothing
+        taken. `bucket`: whose pulls and pauses count (default: the host's)."""
+        bucket = bucket or host
         now = self._now()
-        if (left := self.paused_ms(host)) > 0:
+        if (left := self.paused_ms(bucket)) > 0:
             return PAUSED, left
         if limits.concurrency and self._holders.get(host, 0) >= limits.concurrency:
             return SATURATED, 0.0
@@ -156,8 +169,9 @@ class LocalLimiter:
             if delay > max_wait_ms:
                 return RATE, delay
         tokens: float | None = None
-        bucket = self._pulls.get(host) or (float(limits.pulls), now, float(limits.pulls), limits.pull_per_ms)
-        have, at, cap, per_ms = bucket
+        have, at, cap, per_ms = (
+            self._pulls.get(bucket) or (float(limits.pulls), now, float(limits.pulls), limits.pull_per_ms)
+        )
         if pull and cap > 0 and per_ms > 0:
             tokens = min(cap, have + (now - at) * per_ms)
             if tokens < 1:
@@ -167,15 +181,15 @@ class LocalLimiter:
         if limits.interval_ms:
             self._tat[host] = tat + limits.interval_ms
         if tokens is not None:
-            self._pulls[host] = (tokens - 1, now, cap, per_ms)
+            self._pulls[bucket] = (tokens - 1, now, cap, per_ms)
         return GRANTED, delay
 
     def release(self, host: str) -> None:
         if self._holders.get(host, 0) > 0:
             self._holders[host] -= 1
 
-    def note_remaining(self, host: str, remaining: float, cap: float, per_ms: float) -> None:
-        """The host said how many pulls are left (less the floor): never count more."""
+    def note_remaining(self, bucket: str, remaining: float, cap: float, per_ms: float) -> None:
+        """The host said how many pulls of `bucket` are left (less the floor): never count more."""
         now = self._now()
-        have, at, _, _ = self._pulls.get(host, (cap, now, cap, per_ms))
-        self._pulls[host] = (min(cap, have + (now - at) * per_ms, remaining), now, cap, per_ms)
+        have, at, _, _ = self._pulls.get(bucket, (cap, now, cap, per_ms))
+        self._pulls[bucket] = (min(cap, have + (now - at) * per_ms, remaining), now, cap, per_ms)

@@ -17,7 +17,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from core import metrics
-from worker.registry.budget import DEFAULT_PAUSE, Budget
+from worker.registry.budget import DEFAULT_PAUSE, Budget, bucket_name
 from worker.registry.errors import RegistryProtocolError, RegistryUnavailableError, parse_retry_after
 from worker.registry.guard import Guard
 
@@ -55,12 +55,13 @@ class Transport:
         self.timeout = timeout
         self.per_host_limit = per_host_limit
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.ratelimit_remaining: dict[str, int] = {}  # last Docker Hub reading per host
+        # last Docker Hub reading per bucket (budget.bucket_name: the host when anonymous)
+        self.ratelimit_remaining: dict[str, int] = {}
         self.ratelimit_floor = RATELIMIT_FLOOR
         self.ratelimit_pause = RATELIMIT_PAUSE
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._semaphores: dict[str, asyncio.Semaphore] = {}
-        self._slow_until: dict[str, float] = {}
+        self._slow_until: dict[str, float] = {}  # by bucket
         # Set by the worker's Runtime: the fleet-wide budget of each host. None: this
         # process's per-host semaphore is the only limit (a client used on its own).
         self.budget: Budget | None = None
@@ -74,7 +75,7 @@ class Transport:
             sem = self._semaphores[host] = asyncio.Semaphore(self.per_host_limit)
         return sem
 
-    def _note_ratelimit(self, host: str, headers: Mapping[str, str]) -> None:
+    def _note_ratelimit(self, bucket: str, headers: Mapping[str, str]) -> None:
         raw = headers.get("ratelimit-remaining")
         if not raw:
             return
@@ -82,9 +83,9 @@ class Transport:
             remaining = int(raw.split(";")[0].strip())
         except ValueError:
             return
-        self.ratelimit_remaining[host] = remaining
+        self.ratelimit_remaining[bucket] = remaining
         if remaining < self.ratelimit_floor:
-            self._slow_until[host] = time.monotonic() + self.ratelimit_pause
+            self._slow_until[bucket] = time.monotonic() + self.ratelimit_pause
 
     async def send(
         self,
@@ -94,24 +95,29 @@ class Transport:
         headers: dict[str, str],
         host: str,
         limit: int,
+        *,
+        credential: str | None = None,
     ) -> Reply:
         """One request, following redirects by hand: every hop passes the guard, and
-        Authorization is dropped once a hop leaves the origin. Any status is returned."""
-        delay = self._slow_until.get(host, 0.0) - time.monotonic()
+        Authorization is dropped once a hop leaves the origin. Any status is returned.
+        `credential`: the budget bucket of the credentials it is sent with (budget.py
+        credential_key; None: anonymous), whose pulls, pauses and rate-limit headers count."""
+        delay = self._slow_until.get(bucket_name(host, credential), 0.0) - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         async with self._semaphore(host):
             # HostBusyError from here: the host may not be asked now (not retried)
             pull = method == "GET" and kind == "manifest"  # what Docker Hub counts as a pull
-            permit = await self.budget.acquire(host, pull=pull) if self.budget else None
+            permit = await self.budget.acquire(host, pull=pull, credential=credential) if self.budget else None
             try:
-                return await self._exchange(method, url, kind, headers, host, limit)
+                return await self._exchange(method, url, kind, headers, host, limit, credential)
             finally:
                 if permit is not None:
                     await permit.release()
 
     async def _exchange(
-        self, method: str, url: str, kind: str, headers: dict[str, str], host: str, limit: int
+        self, method: str, url: str, kind: str, headers: dict[str, str], host: str, limit: int,
+        credential: str | None,
     ) -> Reply:
         origin = urlsplit(url)[:2]
         hop_headers = dict(headers)
@@ -135,9 +141,9 @@ class Transport:
                             hop_headers.pop("Authorization", None)
                         continue
                     body = b"" if method == "HEAD" else await _read(resp, limit, url)
-                    self._note_ratelimit(host, resp.headers)
+                    self._note_ratelimit(bucket_name(host, credential), resp.headers)
                     if self.budget is not None:
-                        await self._tell_budget(host, kind, resp.status, resp.headers)
+                        await self._tell_budget(host, kind, resp.status, resp.headers, credential)
                     return Reply(resp.status, resp.headers, body, url)
             except TimeoutError as exc:
                 self.last_failure[host] = time.monotonic()
@@ -160,17 +166,21 @@ class Transport:
             f"{where(method, url)}: more than {MAX_REDIRECTS} redirects", transient=False
         )
 
-    async def _tell_budget(self, host: str, kind: str, status: int, headers: Mapping[str, str]) -> None:
-        """A 429 pauses the host for the whole fleet (the request itself fails as
-        RateLimitedError and the client may retry it after Retry-After); rate-limit headers
-        correct the fleet's pull count. A token service's 429 (Docker Hub's answer to
-        repeated bad logins) is about those credentials, not the host: no pause."""
+    async def _tell_budget(
+        self, host: str, kind: str, status: int, headers: Mapping[str, str], credential: str | None
+    ) -> None:
+        """A 429 pauses the bucket the request was counted in for the whole fleet: the host's
+        anonymous requests, or only those sent with the same credentials (the request itself
+        fails as RateLimitedError and the client may retry it after Retry-After); rate-limit
+        headers correct that bucket's pull count. A token service's 429 (Docker Hub's answer
+        to repeated bad logins) pauses nothing: it refused a login, not the pulls."""
         assert self.budget is not None
         if status == 429 and kind != "token":
             wait = parse_retry_after(headers.get("Retry-After"))
-            await self.budget.pause(host, wait if wait is not None else DEFAULT_PAUSE, "429")
+            await self.budget.pause(host, wait if wait is not None else DEFAULT_PAUSE, "429", credential)
         if "ratelimit-remaining" in headers:
-            await self.budget.note_ratelimit(host, headers.get("ratelimit-limit"), headers.get("ratelimit-remaining"))
+            await self.budget.note_ratelimit(
+                host, headers.get("ratelimit-limit"), headers.get("ratelimit-remaining"), credential)
 
 
 async def _read(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
