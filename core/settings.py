@@ -93,6 +93,7 @@ class Settings:
     auth_failure_window_seconds: float = 60.0
     trusted_proxies: str = ""
     webhook_max_events: int = 100  # events one webhook request may name; more: 413, nothing stored
+    webhook_hint_interval_seconds: float = 5.0  # at most one hinted sync per image this often (worker/inbox.py)
     # what one account may make the service do per window (api/account_limits.py; 0: no limit)
     account_limit_window_seconds: float = 60.0
     account_registration_limit: int = 120  # POST /api/v1/image/

@@ -24,7 +24,10 @@ Effects (SPEC §2, §3):
 - sync (Docker Hub, Quay: no digest): a top-priority sync of the image, after the commit.
 - build: worker/builds.py.
 - a hint (an account's event about others' images): a top-priority sync of those images,
-  after the commit, and nothing else; the sync reads the tags from the registry.
+  after the commit, and nothing else; the sync reads the tags from the registry. At most one
+  hinted sync per image every WEBHOOK_HINT_INTERVAL_SECONDS: a later hint makes the image due
+  when that interval ends, so however many events an account sends about a repository, the
+  other images of it cost their registries at most one sync per interval.
 The image's aggregate state follows from the trigger in schema.sql.
 """
 
@@ -154,6 +157,22 @@ UPDATE images SET sync_requested_at = now(),
                   next_sync_at = LEAST(next_sync_at, now() + make_interval(secs => $2))
  WHERE id = ANY ($1::bigint[])
 """
+# Hinted images ($2: WEBHOOK_HINT_INTERVAL_SECONDS): synced at once unless one synced within
+# the interval; then due when it ends, without `sync_requested_at` (which would make a sync
+# running now go again at once: hints sent without pause would keep the image syncing).
+HINT_SQL = """
+WITH hinted AS (
+    SELECT id, COALESCE(last_synced_at, '-infinity') <= now() - make_interval(secs => $2) AS at_once
+      FROM images WHERE id = ANY ($1::bigint[])
+)
+UPDATE images AS i
+   SET sync_requested_at = CASE WHEN h.at_once THEN now() ELSE i.sync_requested_at END,
+       next_sync_at = LEAST(i.next_sync_at,
+                            CASE WHEN h.at_once THEN now() + make_interval(secs => $3)
+                                 ELSE i.last_synced_at + make_interval(secs => $2) END)
+  FROM hinted AS h WHERE i.id = h.id
+RETURNING i.id, h.at_once
+"""
 
 
 async def apply_pending(pool: asyncpg.Pool, settings: Settings, event_id: int) -> Batch:
@@ -231,8 +250,9 @@ async def _apply(conn: asyncpg.Connection, settings: Settings, events: list[asyn
             applied_deletes.append(ev["id"])
         out.append(Applied(ev["id"], DONE, kind, tuple(ids), ev["tag"], ev["digest"], note))
     if hinted:
-        await conn.execute(REQUEST_SYNC_SQL, sorted(hinted), SYNC_FALLBACK_SECONDS)
-        to_sync |= hinted
+        rows = await conn.fetch(HINT_SQL, sorted(hinted), settings.webhook_hint_interval_seconds,
+                                SYNC_FALLBACK_SECONDS)
+        to_sync |= {r["id"] for r in rows if r["at_once"]}
     if pushed:
         await conn.execute(DUE_SOON_SQL, sorted(pushed), ENRICH_FALLBACK_SECONDS)
     await conn.execute(FINISH_SQL, [a.event_id for a in out], [a.status for a in out], [a.note for a in out])

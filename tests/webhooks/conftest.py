@@ -77,6 +77,8 @@ def wh_settings(settings: Settings, wh_registry: RegistryServer, notifying_hosts
         settings, webhook_secret=SECRET, webhook_secrets=",".join([f"quay={QUAY_SECRET}", *bound]),
         tutum_registry_host="own.registry.test:5000",
         insecure_registries=frozenset({wh_registry.host, *notifying_hosts}),
+        # every hint synced at once: tests/webhooks/test_scope.py tests the interval itself
+        webhook_hint_interval_seconds=0.0,
     )
 
 

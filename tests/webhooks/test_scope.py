@@ -284,3 +284,28 @@ async def test_an_operator_secret_speaks_only_for_the_hosts_it_is_bound_to(
     assert resp.status == 403
     await check(resp, "/api/v1/webhooks/build/", "POST")  # as the OpenAPI document says
     assert await pool.fetchval("SELECT count(*) FROM webhook_events WHERE repository LIKE $1 || '/%'", ns) == 3
+
+
+async def test_hints_sync_another_accounts_image_at_most_once_per_interval(
+    wh_client: TestClient, pool: asyncpg.Pool, runtime: Runtime, wh_registry: RegistryServer, make_user: MakeUser,
+) -> None:
+    """An account that sends events without pause about a repository others registered makes
+    their images look once per WEBHOOK_HINT_INTERVAL_SECONDS, not once per event."""
+    alice, bob = await make_user(), await make_user()
+    repo = f"{unique('hintflood')}/app"
+    real = await apush_image(wh_registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"})
+    name = f"{wh_registry.host}/{repo}"
+    theirs = await owned(pool, name, bob)
+    sender = await make_sender(wh_client, ACCOUNT, alice)
+    settings = dataclasses.replace(runtime.settings, webhook_hint_interval_seconds=60.0)
+    synced: list[int] = []
+    for n in range(5):
+        event = registry_event(wh_registry.host, repo, "push", datetime.now(UTC).isoformat(), f"t{n}", real.digest)
+        assert (await sender.post(wh_client, wh.REGISTRY, event)).status == 202
+        batch = await inbox.apply_pending(pool, settings, 0)
+        for image_id in batch.to_sync:
+            assert await sync.sync_image(runtime, image_id) == sync.SYNCED
+            synced.append(image_id)
+    assert synced == [theirs]  # the first hint; the next four within the interval wait
+    row = await pool.fetchrow("SELECT last_synced_at, next_sync_at FROM images WHERE id = $1", theirs)
+    assert row["next_sync_at"] == row["last_synced_at"] + timedelta(seconds=60)
