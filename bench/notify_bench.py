@@ -278,7 +278,7 @@ async def main(args: argparse.Namespace) -> None:
         deliverers = Deliverers(settings, args.deliverers)
         await asyncio.sleep(2.0)  # their pools and LISTEN connections
         dump = f"http://127.0.0.1:{port}/dump"
-        procs = {"receiver": [recv.pid]}
+        procs = {"receiver": [recv.pid or 0]}
         await delivery_run(pool, ids, args, dump, f"{args.subscriptions} live subscriptions", procs, deliverers)
         if args.dead:
             await _subscribe(pool, args.dead, f"http://127.0.0.1:{args.dead_port}/hook", args.images, box, "dead")
