@@ -22,8 +22,9 @@ outbox adds to the webhook path, and whether dead endpoints slow the live ones.
    change disabled (before), with the history only (no subscription), and with the outbox
    (subscriptions on the image): receiver answer time and apply time, p50/p99.
 
-Database `rs_bench_notify` on DATABASE_URL's server (default the local Postgres) is dropped
-and recreated; Redis: REDIS_URL (default redis://127.0.0.1:6379/15).
+NOTIFY_* settings are read from the environment. Database `rs_bench_notify` on DATABASE_URL's
+server (default the local Postgres) is dropped and recreated; Redis: REDIS_URL (default
+redis://127.0.0.1:6379/15).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ import os
 import random
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import test_utils, web
 
-from bench.common import cpu_seconds, percentile, recreate_database, server_dsn
+from bench.common import percentile, recreate_database, server_dsn
 from core.crypto import CredentialBox
 from core.db import create_pool
 from core.settings import Settings
@@ -151,8 +153,9 @@ class Deliverers:
         p.start()
         return p
 
-    def kill_one(self) -> None:
+    def kill_one(self, meter: CpuMeter) -> None:
         """SIGKILL the first one (no drain, nothing flushed) and start a fresh one."""
+        meter.sample()  # the victim's last figures (and its connections')
         victim = self.procs.pop(0)
         os.kill(victim.pid, signal.SIGKILL)
         victim.join()
@@ -164,6 +167,39 @@ class Deliverers:
     def stop(self) -> None:
         for p in self.procs:
             p.terminate()
+
+
+def _cpu(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far; None once it is gone (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by each party's processes since the meter was made; a process that
+    ends counts up to its last sample, one that starts counts from zero."""
+
+    def __init__(self, parties: dict[str, list[int]]) -> None:
+        self.parties = {k: set(v) for k, v in parties.items()}
+        self.first = {p: _cpu(p) or 0.0 for v in parties.values() for p in v}
+        self.last = dict(self.first)
+
+    def add(self, party: str, pids: list[int]) -> None:
+        for p in set(pids) - self.parties[party]:
+            self.parties[party].add(p)
+            self.first[p] = self.last[p] = 0.0
+
+    def sample(self) -> None:
+        for p in self.last:
+            if (c := _cpu(p)) is not None:
+                self.last[p] = c
+
+    def used(self) -> dict[str, float]:
+        self.sample()
+        return {k: sum(self.last[p] - self.first[p] for p in v) for k, v in self.parties.items()}
 
 
 async def _backends(pool: asyncpg.Pool) -> list[int]:
@@ -178,27 +214,26 @@ async def delivery_run(pool: asyncpg.Pool, ids: list[int], args: argparse.Namesp
     first = await pool.fetchval("SELECT coalesce(max(id), 0) FROM notification_deliveries")
     async with aiohttp.ClientSession() as http:
         await http.get(dump_url)  # forget what came before
-        pids = {**procs, "deliverers": deliverers.pids(), "postgres": await _backends(pool)}
-        cpu = {p: cpu_seconds(p) for v in pids.values() for p in v}
+        meter = CpuMeter({**procs, "deliverers": deliverers.pids(), "postgres": await _backends(pool)})
         own = os.times()
         started = time.time()
         if kill:
-            asyncio.get_running_loop().call_later(args.seconds / 2, deliverers.kill_one)
+            asyncio.get_running_loop().call_later(args.seconds / 2, deliverers.kill_one, meter)
         changes = await _changes(pool, ids, args.rate, args.seconds)
         generated = time.time() - started
+        meter.add("deliverers", deliverers.pids())
+        meter.add("postgres", await _backends(pool))  # the pools grew meanwhile
         expected = changes * args.subscriptions // args.images
         arrivals: list[tuple[float, float, str]] = []
         deadline = time.monotonic() + (180 if kill else 120)
         while len({m for _, _, m in arrivals}) < expected and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
+            meter.sample()
             arrivals += orjson.loads(await (await http.get(dump_url)).read())
         last = max(a for a, _, _ in arrivals) if arrivals else started
         await asyncio.sleep(1.0)  # late duplicates
         arrivals += orjson.loads(await (await http.get(dump_url)).read())
-    # processes started meanwhile (a pool's new connections, a fresh deliverer) count from 0
-    pids["deliverers"] = sorted(set(pids["deliverers"]) | set(deliverers.pids()))
-    pids["postgres"] = sorted(set(pids["postgres"]) | set(await _backends(pool)))
-    used = {k: sum(cpu_seconds(p) - cpu.get(p, 0.0) for p in v) for k, v in pids.items()}
+    used = meter.used()
     now = os.times()
     used["bench"] = now.user + now.system - own.user - own.system
     wall = time.time() - started
@@ -257,7 +292,8 @@ async def main(args: argparse.Namespace) -> None:
     configure_logging("warning", "console")
     dsn = await recreate_database(server_dsn(), "rs_bench_notify")
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
-    settings = Settings.from_env({}, database_url=dsn, redis_url=redis_url, secret_key=SECRET_KEY,
+    tuning = {k: v for k, v in os.environ.items() if k.startswith("NOTIFY_")}  # e.g. NOTIFY_CONCURRENCY
+    settings = Settings.from_env(tuning, database_url=dsn, redis_url=redis_url, secret_key=SECRET_KEY,
                                  allow_private_registries=True, log_level="warning", webhook_secret=HOOK_SECRET,
                                  insecure_registries=frozenset({"bench.test"}))
     box = CredentialBox(SECRET_KEY)
