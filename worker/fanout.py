@@ -6,7 +6,7 @@ account's own images; one with `image` hears of the image of that name as its ac
 it: its own image of the name, else the catalog's (a catalog image the account shadows with
 its own is not its). Another account's image is never heard of. The event type must be one
 the subscription asked for, and a tag event's tag must match its `tag_pattern`. Visibility
-is checked here and again before each attempt (worker/deliveries.py).
+is checked here and again when its deliveries are claimed (worker/deliverer.py).
 
 One fan-out at a time (a transaction-scoped advisory lock; others skip): deliveries are
 numbered in the order of the events, which is the order of the changes of each image (its
