@@ -111,12 +111,12 @@ class Deliverer:
 
     async def claim(self) -> int:
         """Start a turn for every due subscription there is room for; returns how many."""
+        if self.next_due is not None and self.next_due <= time.monotonic():
+            self.next_due = None  # looked for now (or, when full, once a turn ends)
         room = self.settings.notify_concurrency - len(self.tasks)
         if room <= 0:
             self._full = True
             return 0
-        if self.next_due is not None and self.next_due <= time.monotonic():
-            self.next_due = None  # looked for now
         rows = await self.pool.fetch(CLAIM_SQL, room, self.token, self.lease,
                                      self.settings.notify_rotation_grace_seconds, self.batch)
         bodies: dict[int, bytes] = {}
