@@ -21,6 +21,7 @@ from core.settings import Settings
 from tests.conftest import User
 from tests.support.registry import RegistryServer
 from tests.support.resolver import stub_resolver
+from worker.fanout import fan_out
 from worker.notifier import run_deliverer
 from worker.runtime import Runtime
 
@@ -137,6 +138,14 @@ async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"still {got!r} after {within} s")
         await asyncio.sleep(0.02)
+
+
+async def fanned_out(pool: asyncpg.Pool, image_id: int) -> None:
+    """Fan out until no event of the image waits (another deliverer may hold the lock)."""
+    waiting = "SELECT count(*) FROM notification_events WHERE image_id = $1 AND NOT fanned_out"
+    while await pool.fetchval(waiting, image_id):
+        if not (await fan_out(pool))[0]:
+            await asyncio.sleep(0.01)
 
 
 async def subscribe(client: test_utils.TestClient, user: User, url: str, events: list[str],

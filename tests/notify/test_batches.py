@@ -16,7 +16,7 @@ from yarl import URL
 
 from core.settings import Settings
 from tests.conftest import MakeUser, User, insert_image
-from tests.notify.conftest import Receiver, eventually, running_deliverer, subscribe
+from tests.notify.conftest import Receiver, eventually, fanned_out, running_deliverer, subscribe
 from tests.support.processes import Service, wait_for
 from worker.fanout import fan_out
 
@@ -89,15 +89,16 @@ async def test_a_deliverer_killed_mid_run_loses_nothing(
     subs = [await subscribe(nt_client, user, receiver.url(p), ["tag.moved"]) for p in paths]
     sub_ids = [s["id"] for s in subs]
     changes = 20
-    for i in range(1, changes + 1):
-        await _move(pool, image_id, i)
     receiver.delay = 0.03  # slow enough to be killed with work in flight
     s = nt_settings
     env = {"DATABASE_URL": s.database_url, "REDIS_URL": s.redis_url, "SECRET_KEY": s.secret_key,
            "ALLOW_PRIVATE_REGISTRIES": "1", "NOTIFY_RETRY_SCHEDULE": s.notify_retry_schedule,
-           "NOTIFY_RETRY_JITTER": "0", "NOTIFY_POLL_SECONDS": "0.05", "LOG_FORMAT": "json"}
+           "NOTIFY_RETRY_JITTER": "0", "NOTIFY_POLL_SECONDS": "0.05", "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
     svc = Service(["worker", "--queues", "notify"], env)  # the deliverer alone
     try:
+        await asyncio.to_thread(wait_for, lambda: svc.events("notify.started"), 60, "the deliverer to start")
+        for i in range(1, changes + 1):
+            await _move(pool, image_id, i)
         await asyncio.to_thread(wait_for, lambda: len(receiver.got) >= 10, 60, "the first deliveries")
     finally:
         svc.kill()  # SIGKILL, as a crashed host: nothing flushed, no lease given back
@@ -126,8 +127,7 @@ async def test_concurrent_fan_outs_make_each_delivery_once(
                 await _move(pool, image_id, round_ * 10 + i + 1)
             # several deliverers fanning out at once: one statement each, racing for the lock
             await asyncio.gather(*(fan_out(pool, 3) for _ in range(6)))
-        while (await fan_out(pool))[0]:
-            pass
+        await fanned_out(pool, image_id)
         counts = await pool.fetch("SELECT event_id, count(*) AS n FROM notification_deliveries"
                                   " WHERE subscription_id = $1 GROUP BY event_id", sub["id"])
         assert len(counts) == 120 and {r["n"] for r in counts} == {1}
