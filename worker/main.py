@@ -111,8 +111,8 @@ def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUT
         p.start()
         return p
 
-    if settings.notify_in_worker and NOTIFY not in queues:
-        queues = (*queues, *_notify_names(settings.notify_processes))
+    if settings.notify_in_worker or NOTIFY in queues:
+        queues = (*(q for q in queues if q != NOTIFY), *_notify_names(settings.notify_processes))
     procs = {q: spawn(q) for q in queues}
     started = {q: time.monotonic() for q in queues}
     delays = dict.fromkeys(queues, 1.0)

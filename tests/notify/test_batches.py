@@ -1,7 +1,7 @@
 """Delivery in batches (worker/deliverer.py, worker/delivery_log.py, worker/fanout.py): many
 subscriptions claimed and logged per statement, yet each subscription's deliveries arrive in
-order; a deliverer killed mid-run loses nothing; concurrent fan-outs make each delivery
-once; endpoints on one host share no cookies."""
+order; a deliverer killed mid-run loses nothing; NOTIFY_PROCESSES deliverers share the work;
+concurrent fan-outs make each delivery once; endpoints on one host share no cookies."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ async def _all_delivered(pool: asyncpg.Pool, sub_ids: list[int], n: int) -> bool
     done = await pool.fetchval("SELECT count(*) FROM notification_deliveries WHERE subscription_id = ANY ($1)"
                                " AND status = 'delivered'", sub_ids)
     return int(done) == n
+
+
+def _env(s: Settings) -> dict[str, str]:
+    """The environment of a `registry-sync worker` that delivers like the in-test deliverers."""
+    return {"DATABASE_URL": s.database_url, "REDIS_URL": s.redis_url, "SECRET_KEY": s.secret_key,
+            "ALLOW_PRIVATE_REGISTRIES": "1", "NOTIFY_RETRY_SCHEDULE": s.notify_retry_schedule,
+            "NOTIFY_RETRY_JITTER": "0", "NOTIFY_POLL_SECONDS": "0.05", "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
 
 
 async def _async(value: Any) -> Any:
@@ -90,11 +97,7 @@ async def test_a_deliverer_killed_mid_run_loses_nothing(
     sub_ids = [s["id"] for s in subs]
     changes = 20
     receiver.delay = 0.03  # slow enough to be killed with work in flight
-    s = nt_settings
-    env = {"DATABASE_URL": s.database_url, "REDIS_URL": s.redis_url, "SECRET_KEY": s.secret_key,
-           "ALLOW_PRIVATE_REGISTRIES": "1", "NOTIFY_RETRY_SCHEDULE": s.notify_retry_schedule,
-           "NOTIFY_RETRY_JITTER": "0", "NOTIFY_POLL_SECONDS": "0.05", "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
-    svc = Service(["worker", "--queues", "notify"], env)  # the deliverer alone
+    svc = Service(["worker", "--queues", "notify"], _env(nt_settings))  # the deliverer alone
     try:
         await asyncio.to_thread(wait_for, lambda: svc.events("notify.started"), 60, "the deliverer to start")
         for i in range(1, changes + 1):
@@ -113,6 +116,30 @@ async def test_a_deliverer_killed_mid_run_loses_nothing(
             "SELECT msg_id FROM notification_deliveries WHERE subscription_id = $1 ORDER BY id", sub["id"])]
         # every delivery arrived, at least once, under its one webhook-id, and in order
         assert _first_arrivals(receiver, p) == made
+
+
+async def test_deliverer_processes_share_the_work_in_order(
+    pool: asyncpg.Pool, nt_settings: Settings, nt_client: TestClient, make_user: MakeUser, receiver: Receiver,
+) -> None:
+    user = await make_user()
+    image_id = await _own_image(pool, user)
+    paths = [f"/p{i}" for i in range(4)]
+    subs = [await subscribe(nt_client, user, receiver.url(p), ["tag.moved"]) for p in paths]
+    sub_ids = [s["id"] for s in subs]
+    svc = Service(["worker", "--queues", "notify"], {**_env(nt_settings), "NOTIFY_PROCESSES": "2"})
+    try:
+        await asyncio.to_thread(wait_for, lambda: len(svc.events("notify.started")) >= 2, 60, "two deliverers")
+        for i in range(1, 21):
+            await _move(pool, image_id, i)
+        await eventually(lambda: _all_delivered(pool, sub_ids, 20 * len(subs)), within=60)
+        for sub, p in zip(subs, paths, strict=True):
+            made = [r["msg_id"] for r in await pool.fetch(
+                "SELECT msg_id FROM notification_deliveries WHERE subscription_id = $1 ORDER BY id", sub["id"])]
+            assert _first_arrivals(receiver, p) == made
+    finally:
+        svc.stop()
+        await pool.execute("DELETE FROM subscriptions WHERE id = ANY ($1)", sub_ids)
+    assert len(svc.events("notify.started")) == 2 and len(svc.events("notify.stopped")) == 2
 
 
 async def test_concurrent_fan_outs_make_each_delivery_once(
