@@ -759,8 +759,8 @@ CREATE OR REPLACE TRIGGER tags_unorphan_update AFTER UPDATE ON tags
 -- ============================================================================================
 -- Tag history and outgoing notifications (SPEC §7). Written only by the triggers below, in
 -- the transaction that changes a tag or an image, whichever path changed it; read by
--- api/history.py and api/subscriptions.py, fanned out and delivered by worker/deliveries.py,
--- pruned by worker/notify_retention.py. A writer says how it saw a change with
+-- api/history.py and api/subscriptions.py, fanned out by worker/fanout.py, delivered by
+-- worker/deliverer.py, pruned by worker/notify_retention.py. A writer says how it saw a change with
 -- `SET LOCAL registry_sync.observed_via = 'webhook' | 'poll'` (worker/history.py); a path
 -- that says nothing is recorded as 'unknown'.
 -- =====================================================================================
@@ -809,7 +809,7 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     disabled_reason  text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    -- delivery (worker/deliveries.py): when the first pending delivery is due (NULL: none is
+    -- delivery (worker/deliverer.py): when the first pending delivery is due (NULL: none is
     -- pending), how many deliveries the fan-out ever added (a deliverer that found none
     -- pending tells by it whether new ones came meanwhile), and the deliverer's lease
     next_attempt_at  timestamptz,

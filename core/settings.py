@@ -145,7 +145,9 @@ class Settings:
     notify_concurrency: int = 200  # subscriptions one deliverer process serves at once
     notify_batch: int = 50  # deliveries of one subscription per turn
     notify_poll_seconds: float = 1.0  # the deliverer looks for due work at least this often
-    notify_in_worker: bool = True  # `registry-sync worker` runs a deliverer process
+    notify_round_seconds: float = 0.02  # under load, one fan-out+claim and one log write per this
+    notify_in_worker: bool = True  # `registry-sync worker` runs deliverer processes
+    notify_processes: int = 1  # how many: they share the work through leases
     notify_rotation_grace_seconds: float = 86400.0  # a rotated secret still signs this long
     notify_log_retention_seconds: float = 30 * 86400.0  # finished deliveries and their attempts
     notify_max_subscriptions: int = 100  # per account

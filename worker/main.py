@@ -6,8 +6,9 @@ prefetch. The parent restarts a consumer that exits (see run_worker).
 Each consumer process keeps one Runtime (loop, pool, session, caches, registry budgets) for
 all its tasks. Its few Celery threads only hand work to the event loop (worker/dispatch.py),
 which runs up to WORKER_CONCURRENCY syncs at once; on SIGTERM it drains them.
-With NOTIFY_IN_WORKER (the default) it also runs one deliverer process (worker/notifier.py),
-which sends the outgoing notifications and needs no queue: Postgres holds its work.
+With NOTIFY_IN_WORKER (the default) it also runs NOTIFY_PROCESSES deliverer processes
+(worker/notifier.py, one by default), which send the outgoing notifications and need no
+queue: Postgres holds their work.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ log = structlog.get_logger("worker")
 
 # Celery threads per consumer: they only hand messages to the event loop (or wait for room)
 HANDOFF_THREADS = 4
-NOTIFY = "notify"  # the deliverer's name among the supervised processes
+NOTIFY = "notify"  # the deliverer's name among the supervised processes (then notify.2, …)
+
+
+def _notify_names(n: int) -> tuple[str, ...]:
+    return tuple(NOTIFY if i == 1 else f"{NOTIFY}.{i}" for i in range(1, max(1, n) + 1))
 
 
 def _die_with_parent() -> None:
@@ -98,16 +103,16 @@ def run_worker(settings: Settings, queues: Sequence[str] = (PRIORITY_QUEUE, ROUT
     metrics_dir, made_dir = metrics.prepare_multiprocess_dir()
 
     def spawn(queue: str) -> multiprocessing.process.BaseProcess:
-        if queue == NOTIFY:
-            p = ctx.Process(target=_notifier, name=f"worker-{NOTIFY}", args=(settings,))
+        if queue == NOTIFY or queue.startswith(f"{NOTIFY}."):
+            p = ctx.Process(target=_notifier, name=f"worker-{queue}", args=(settings,))
         else:
             p = ctx.Process(target=run_consumer, name=f"worker-{queue}",
                             args=(settings, queue, concurrency or settings.worker_concurrency))
         p.start()
         return p
 
-    if settings.notify_in_worker and NOTIFY not in queues:
-        queues = (*queues, NOTIFY)
+    if settings.notify_in_worker or NOTIFY in queues:
+        queues = (*(q for q in queues if q != NOTIFY), *_notify_names(settings.notify_processes))
     procs = {q: spawn(q) for q in queues}
     started = {q: time.monotonic() for q in queues}
     delays = dict.fromkeys(queues, 1.0)

@@ -5,6 +5,7 @@ loopback receivers that record what they are sent and answer as a test scripts t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,6 +21,7 @@ from core.settings import Settings
 from tests.conftest import User
 from tests.support.registry import RegistryServer
 from tests.support.resolver import stub_resolver
+from worker.fanout import fan_out
 from worker.notifier import run_deliverer
 from worker.runtime import Runtime
 
@@ -59,17 +61,25 @@ async def nt_runtime(nt_settings: Settings) -> AsyncIterator[Runtime]:
     await rt.aclose()
 
 
+@contextlib.asynccontextmanager
+async def running_deliverer(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """A deliverer running beside the test; the subscriptions made meanwhile are deleted
+    afterwards so that later tests' deliverers do not keep calling receivers that are gone."""
+    stop = asyncio.Event()
+    before = await pool.fetchval("SELECT coalesce(max(id), 0) FROM subscriptions")
+    task = asyncio.create_task(run_deliverer(settings, stop, pool=pool))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+        await pool.execute("DELETE FROM subscriptions WHERE id > $1", before)
+
+
 @pytest.fixture
 async def deliverer(nt_settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[None]:
-    """A deliverer running beside the test; its subscriptions are deleted afterwards so that
-    later tests' deliverers do not keep calling receivers that are gone."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_deliverer(nt_settings, stop, pool=pool))
-    before = await pool.fetchval("SELECT coalesce(max(id), 0) FROM subscriptions")
-    yield
-    stop.set()
-    await task
-    await pool.execute("DELETE FROM subscriptions WHERE id > $1", before)
+    async with running_deliverer(nt_settings, pool):
+        yield
 
 
 @dataclass
@@ -88,6 +98,7 @@ class Receiver:
     server: test_utils.TestServer
     got: list[Received] = field(default_factory=list)
     answers: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    delay: float = 0.0  # seconds each answer takes
 
     def url(self, path: str = "/hook") -> str:
         return str(self.server.make_url(path))
@@ -102,6 +113,8 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     async def handle(request: web.Request) -> web.Response:
         rec.got.append(Received(request.path, dict(request.headers), await request.read(), time.monotonic()))
+        if rec.delay:
+            await asyncio.sleep(rec.delay)
         script = rec.answers.get(request.path) or [(200, {})]
         status, headers = script.pop(0) if len(script) > 1 else script[0]
         return web.Response(status=status, headers=headers, text=f"answer {status}")
@@ -125,6 +138,14 @@ async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"still {got!r} after {within} s")
         await asyncio.sleep(0.02)
+
+
+async def fanned_out(pool: asyncpg.Pool, image_id: int) -> None:
+    """Fan out until no event of the image waits (another deliverer may hold the lock)."""
+    waiting = "SELECT count(*) FROM notification_events WHERE image_id = $1 AND NOT fanned_out"
+    while await pool.fetchval(waiting, image_id):
+        if not (await fan_out(pool))[0]:
+            await asyncio.sleep(0.01)
 
 
 async def subscribe(client: test_utils.TestClient, user: User, url: str, events: list[str],
