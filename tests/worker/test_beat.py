@@ -120,9 +120,14 @@ def backlog_stack(postgres_dsn: str, redis_server_url: str, fake_registry: FakeR
     env = service_env(
         dsn, redis_url, INSECURE_REGISTRIES=fake_registry.host, BEAT_INTERVAL_SECONDS="0.2",
         SYNC_INTERVAL_SECONDS="3600", LEASE_SECONDS="3", BEAT_QUEUE_MAX="3", TASK_BATCH_SIZE="5",
-        # one account (the catalog) is all it syncs: its share is the whole process, so no
-        # sync is handed back (and queued again) for being over it
-        ACCOUNT_SHARE="1",
+        # One account (the catalog) and one registry host are all it syncs: their shares are
+        # the whole process and the registry has no budget, so no sync is handed back (and
+        # queued again) for being over a share or waiting for the budget: what is tested is
+        # that the claims themselves breed no duplicates. (With the default shares the host
+        # holds 16 syncs at once, and on a loaded machine the others waited past
+        # REGISTRY_WAIT_MAX_SECONDS and were handed back: 101 queued for 100.)
+        ACCOUNT_SHARE="1", HOST_SHARE="1", REGISTRY_CONCURRENCY="64",
+        REGISTRY_LIMITS='{"*": {"concurrency": 0, "rate": 0}}',
     )
     st = Stack(env, free_port())
     yield st
@@ -159,5 +164,6 @@ def test_a_routine_backlog_stays_bounded_and_breeds_no_duplicates(
     queued = sum(e["images"] for e in beat.events("beat.queued"))
     synced = [e["image_id"] for e in worker.events("sync.done")]
     print(f"\nqueue depth while nobody consumed: max {max(depths)}; images queued {queued}, syncs {len(synced)}")
+    assert not worker.events("sync.host_busy"), "no sync was handed back"
     assert queued == n, "every image was queued once"
     assert sorted(synced) == sorted(set(synced)) and len(synced) == n, "and synced once"
