@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from api import (
+    extensions,
     health,
     images,
     list_upkeep,
@@ -81,4 +82,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_route("*", "/api/v1/image", images.image_resource)
     app.router.add_route("*", "/api/v1/image/{tail:.*}", images.image_resource)
     webhooks.add_routes(app)
+    extensions.mount_all(app)
     return app

@@ -75,7 +75,7 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         if method == "GET":
             reject_unknown(request.query, ())
             return json_response(serializers.image(image))
-        _check_writable(account, image)
+        check_writable(account, image)
         if method == "PATCH":
             return await patch_image(request, image)
         return await delete_image(request, image)
@@ -91,16 +91,23 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if tag is None:
         raise NotFoundError(f"image '{image['name']}' has no tag '{target.tag}'")
     if target.kind == paths.BUILD:
-        _check_writable(account, image)
-        await queries.request_sync(pool, image["id"], fallback_in=FALLBACK_SECONDS)
-        await queue_priority_sync(request.app, image["id"])
+        check_writable(account, image)
+        await request_resync(request.app, image)
         return json_response(serializers.tag(image["name"], tag), status=202)
     return json_response(serializers.tag(image["name"], tag))
 
 
-def _check_writable(account: Account, image: asyncpg.Record) -> None:
+def check_writable(account: Account, image: asyncpg.Record) -> None:
+    """403 for an ordinary account's change to the shared catalog (the dashboard asks too)."""
     if image["owner_id"] is None and not account.is_admin:
         raise ForbiddenError(f"image '{image['name']}' is in the shared catalog, which is read-only")
+
+
+async def request_resync(app: web.Application, image: asyncpg.Record) -> None:
+    """A user-requested sync of the whole image, at the highest priority (the API's build
+    endpoint and the dashboard's re-sync button)."""
+    await queries.request_sync(app[POOL], image["id"], fallback_in=FALLBACK_SECONDS)
+    await queue_priority_sync(app, image["id"])
 
 
 async def list_images(request: web.Request, account: Account) -> web.Response:
@@ -127,15 +134,22 @@ def _by_tag_name(row: Mapping[str, Any]) -> str:
 
 async def create_image(request: web.Request, account: Account) -> web.Response:
     body = await read_json(request, ImageCreate)
+    image = await register_image(request.app, account, body)
+    return json_response(serializers.image(image), status=201)
+
+
+async def register_image(app: web.Application, account: Account, body: ImageCreate) -> asyncpg.Record:
+    """Register `body.name` for `account` and queue its first sync: the new image as the
+    account sees it. Raises the API's errors (400 name or target, 409 already registered)."""
     try:
         name = parse_image_name(body.name)
     except InvalidNameError as exc:
         raise BadRequestError(f"invalid image name: {exc}", field="name") from None
-    await targets.check_registry_host(request.app, name)
-    settings = request.app[SETTINGS]
+    await targets.check_registry_host(app, name)
+    settings = app[SETTINGS]
     pair = credentials_pair(body)
-    sealed = request.app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
-    pool = request.app[POOL]
+    sealed = app[CREDENTIAL_BOX].seal(Credentials(*pair)) if pair else None
+    pool = app[POOL]
     async with pool.acquire() as conn, conn.transaction():
         registry_id = await ensure_registry(conn, name.host, settings)
         image_id = await queries.insert_image(
@@ -147,22 +161,29 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
         if image_id is None:
             raise ConflictError(f"you have already registered '{name.name}'", field="name")
     log.info("image.created", image=name.name, image_id=image_id, with_credentials=sealed is not None)
-    await queue_priority_sync(request.app, image_id)
+    await queue_priority_sync(app, image_id)
     image = await queries.get_image(pool, account.id, name.name)
     if image is None:  # deleted by a concurrent request right after it was created
         raise NotFoundError(f"image '{name.name}' not found")
-    return json_response(serializers.image(image), status=201)
+    return image
 
 
 async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Response:
-    """Changes only the fields the body names: a password alone keeps the stored username and
-    a username alone the stored password (the Go SDK's save() sends only changed fields)."""
     body = await read_json(request, ImagePatch)
+    updated = await change_image(request.app, request_account(request), image, body)
+    return json_response(serializers.image(updated))
+
+
+async def change_image(app: web.Application, account: Account, image: asyncpg.Record,
+                       body: ImagePatch) -> asyncpg.Record:
+    """Changes only the fields the body names: a password alone keeps the stored username and
+    a username alone the stored password (the Go SDK's save() sends only changed fields).
+    The image as `account` sees it afterwards."""
     if body.username is not None or body.password is not None:
         # new credentials: the sync that follows sends them to the registry
-        await targets.check_registry_host(request.app, parse_image_name(image["name"]))
-    box = request.app[CREDENTIAL_BOX]
-    pool = request.app[POOL]
+        await targets.check_registry_host(app, parse_image_name(image["name"]))
+    box = app[CREDENTIAL_BOX]
+    pool = app[POOL]
     async with pool.acquire() as conn, conn.transaction():
         stored = None
         if (body.username is None) != (body.password is None):
@@ -180,11 +201,11 @@ async def patch_image(request: web.Request, image: asyncpg.Record) -> web.Respon
     if body.sets_tag_policy:
         log.info("image.tag_policy_changed", image=image["name"])
     if new_creds or body.sets_tag_policy:
-        await queue_priority_sync(request.app, image["id"])
-    updated = await queries.get_image(pool, request_account(request).id, image["name"])
+        await queue_priority_sync(app, image["id"])
+    updated = await queries.get_image(pool, account.id, image["name"])
     if updated is None:  # deleted by a concurrent request after our update
         raise NotFoundError(f"image '{image['name']}' not found")
-    return json_response(serializers.image(updated))
+    return updated
 
 
 def _open_stored(box: CredentialBox, token: bytes | None) -> tuple[str, str] | None:
@@ -201,9 +222,13 @@ def _open_stored(box: CredentialBox, token: bytes | None) -> tuple[str, str] | N
 
 
 async def delete_image(request: web.Request, image: asyncpg.Record) -> web.Response:
-    await queries.delete_image(request.app[POOL], image["id"])
-    log.info("image.deleted", image=image["name"], image_id=image["id"])
+    await remove_image(request.app, image)
     return web.Response(status=204)
+
+
+async def remove_image(app: web.Application, image: asyncpg.Record) -> None:
+    await queries.delete_image(app[POOL], image["id"])
+    log.info("image.deleted", image=image["name"], image_id=image["id"])
 
 
 async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response:

@@ -120,6 +120,7 @@ class Settings:
     retention_batch: int = 1000
     hub_inspection_retention_seconds: float = 86400.0
     layer_retention_seconds: float = 86400.0  # unreferenced this long: deleted
+    ui_session_seconds: float = 8 * 3600.0  # a dashboard session (sign-in at /ui/) ends after this long
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
