@@ -46,7 +46,7 @@ def path(name: str) -> str:
     return quote(name, safe="/:@")
 
 
-def dom_id(prefix: str, name: str) -> str:
+def dom_id(name: str, prefix: str) -> str:
     """A stable element id for a name (live updates find their row by it)."""
     return f"{prefix}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 

@@ -101,10 +101,9 @@ async def image_action(ctx: Ctx) -> web.StreamResponse:
             await images.request_resync(app, image)
             return redirect(f"{base}?done=resync")
         if action == "edit":
+            # empty credential fields keep the stored ones (a PATCH that leaves them out)
             data: dict[str, Any] = {"description": ctx.field("description")}
-            if ctx.field("username") or ctx.field("password"):
-                data.update(username=ctx.field("username") or None, password=ctx.field("password") or None)
-                data = {k: v for k, v in data.items() if v is not None}
+            data.update({k: ctx.field(k) for k in ("username", "password") if ctx.field(k)})
             await images.change_image(app, ctx.user, image, parse_body(ImagePatch, data))
             return redirect(f"{base}?done=edit")
         if action == "delete":

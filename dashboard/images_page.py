@@ -86,8 +86,8 @@ async def register(ctx: Ctx) -> web.StreamResponse:
     """The register form: the API's registration, so every rule of POST /api/v1/image/ holds."""
     form = {k: ctx.field(k) for k in ("name", "username", "password", "description")}
     data: dict[str, Any] = {"name": form["name"].strip(), "description": form["description"]}
-    if form["username"] or form["password"]:
-        data.update(username=form["username"], password=form["password"])
+    # an empty credential field is one the form leaves out (the API then says what is missing)
+    data.update({k: form[k] for k in ("username", "password") if form[k]})
     try:
         if not data["name"]:
             raise BadRequestError("Enter the name of the image, as you would pull it.", field="name")

@@ -40,6 +40,7 @@ STATE_COUNT_CAP = 1000  # the state counts of the header stop here ("999+")
 # A registry with at most this many images in the caller's view is read whole and sorted;
 # a bigger one is a filter of the ordered ranges (where it matches at least 1 row in 500).
 FEW_IMAGES = 2000
+FEW_LIMIT = FEW_IMAGES  # in the statements (a lower FEW_IMAGES, as in the tests, stays below it)
 NAME_MAX = 255
 
 
@@ -154,7 +155,7 @@ def _sql(sort: str, backward: bool, cursor: bool, one_state: bool, by_registry: 
             parts.append(
                 f"(SELECT i.id, i.name, i.k FROM (SELECT e.image_id FROM list_entries AS e"
                 f" WHERE e.scope = {owner} AND e.category_id = 0 AND e.registry_id = (SELECT reg FROM f)"
-                f"{hide} LIMIT {FEW_IMAGES}) AS e,"
+                f"{hide} LIMIT {FEW_LIMIT}) AS e,"
                 f" LATERAL (SELECT i.id, i.name, {BUILT} AS k FROM images AS i WHERE i.id = e.image_id{state}{extra}"
                 " OFFSET 0) AS i)")
         elif mode == SCAN:
