@@ -124,11 +124,10 @@ async def sql(world: World, query: str, *args: object) -> object:
         await conn.close()
 
 
-async def eventually(world: World, query: str, *args: object, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not await sql(world, query, *args):
-        assert time.monotonic() < deadline, f"timed out waiting for {query}"
-        await asyncio.sleep(0.05)
+async def eventually(world: World, query: str, *args: object) -> None:
+    async with asyncio.timeout(20):
+        while not await sql(world, query, *args):
+            await asyncio.sleep(0.05)
 
 
 async def live(page: Page) -> None:
