@@ -125,9 +125,12 @@ async def sql(world: World, query: str, *args: object) -> object:
 
 
 async def eventually(world: World, query: str, *args: object) -> None:
-    async with asyncio.timeout(20):
-        while not await sql(world, query, *args):
-            await asyncio.sleep(0.05)
+    """Poll `query` until it is true (20 s at most): a worker process changes the database."""
+    for _ in range(400):
+        if await sql(world, query, *args):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {query}")
 
 
 async def live(page: Page) -> None:
