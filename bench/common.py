@@ -64,7 +64,7 @@ WRK_LUA = """
 local paths = {}
 local n = 0
 local i = 0
-wrk.headers["Authorization"] = %(auth)s
+wrk.headers[%(header)s] = %(auth)s
 function init(args)
   for line in io.lines(args[1]) do n = n + 1; paths[n] = line end
 end
@@ -81,9 +81,9 @@ end
 """
 
 
-def write_wrk_script(path: Path, authorization: str) -> Path:
-    """The Lua script, sending `authorization` with every request."""
-    path.write_text(WRK_LUA % {"auth": json.dumps(authorization)})
+def write_wrk_script(path: Path, authorization: str, header: str = "Authorization") -> Path:
+    """The Lua script, sending `authorization` as `header` (a dashboard's Cookie) with every request."""
+    path.write_text(WRK_LUA % {"auth": json.dumps(authorization), "header": json.dumps(header)})
     return path
 
 

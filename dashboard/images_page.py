@@ -72,7 +72,7 @@ async def _page(ctx: Ctx, *, status: int = 200, form: dict[str, str] | None = No
         registries=[r["host"] for r in registries.rows], filtered=filtered, view_query=view_query,
         live_query=view_query(view, after=view.after, before=view.before),
         form=form or {}, form_error=form_error, form_field=form_field,
-        own_total=sum(counts.values()), done=ctx.request.query.get("done"),
+        own_total=sum(counts.values()), cap=listing.STATE_COUNT_CAP, done=ctx.request.query.get("done"),
     )
 
 

@@ -36,7 +36,7 @@ from api.queries import IMAGE_COLUMNS, Conn
 
 STATES = ("Empty", "Success", "Building", "Failed")
 PAGE_SIZE = 25
-STATE_COUNT_CAP = 1000  # the state counts of the header stop here ("999+")
+STATE_COUNT_CAP = 200  # the state counts of the header stop here (shown as "200+")
 # A registry with at most this many images in the caller's view is read whole and sorted;
 # a bigger one is a filter of the ordered ranges (where it matches at least 1 row in 500).
 FEW_IMAGES = 2000
