@@ -3,6 +3,7 @@ forms' errors, and what each page shows to whom."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import asyncpg
 import pytest
 import redis
 import redis.asyncio as aioredis
-from aiohttp import test_utils
+from aiohttp import ClientResponse, test_utils
 from aiohttp.test_utils import TestClient
 
 from api.app import create_app
@@ -289,3 +290,40 @@ async def test_sessions_live_in_redis_so_every_web_process_serves_them(
         assert await client.keys(f"{KEY_PREFIX}*")
     finally:
         await client.aclose()
+
+
+async def _read_until(resp: ClientResponse, needle: str) -> str:
+    """The stream's text up to the first event that holds `needle` (10 s at most)."""
+    seen = ""
+    async with asyncio.timeout(10):
+        while needle not in seen:
+            chunk = await resp.content.readany()
+            assert chunk, f"the stream ended before {needle!r}: {seen[-500:]}"
+            seen += chunk.decode()
+    return seen
+
+
+async def test_live_updates_carry_only_what_the_account_may_see(
+    new_browser: NewBrowser, make_user: MakeUser, pool: asyncpg.Pool
+) -> None:
+    alice, alice_user = await signed_in(new_browser, make_user)
+    bob, _ = await signed_in(new_browser, make_user)
+    secret = f"example.com/{unique('live')}/app"
+    secret_id = await insert_image(pool, name=secret, owner_id=alice_user.account.id)  # type: ignore[attr-defined]
+    shared = f"{unique('livecat')}/app"
+    shared_id = await insert_image(pool, name=shared)
+    mine = await alice.get("/ui/live/")
+    theirs = await bob.get(f"/ui/live/?image={shared}")
+    assert mine.status == theirs.status == 200 and mine.content_type == "text/event-stream"
+    first = await _read_until(mine, "event: update")
+    assert dom_id(secret, "img") in first  # the page's listing, afresh on connecting
+    assert "No tags yet" in await _read_until(theirs, "event: update")
+    await pool.execute("INSERT INTO tags (image_id, name, state) VALUES ($1, 'v9', 'Success')", secret_id)
+    await pool.execute("INSERT INTO tags (image_id, name, state) VALUES ($1, 'v9', 'Success')", shared_id)
+    row = await _read_until(mine, f'{dom_id(secret, "img")}" hx-swap-oob="true"')
+    assert '<td class="num">1</td>' in row
+    # bob's stream has the catalog image's change (committed after alice's) and nothing of hers
+    seen = await _read_until(theirs, dom_id("v9", "tag"))
+    assert secret not in seen and dom_id(secret, "img") not in seen
+    mine.close()
+    theirs.close()
