@@ -27,11 +27,8 @@ import asyncio
 import http.cookiejar
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -48,9 +45,9 @@ from bench.common import (
     cli,
     free_port,
     percentile,
-    print_failure,
     recreate_database,
     run_wrk,
+    run_wrk_bench,
     server_dsn,
     wait_http,
     with_db,
@@ -159,7 +156,7 @@ def measure(args: argparse.Namespace, tmp: Path, base: str, cookie: str,
             sets: dict[str, list[str]]) -> dict[str, Result]:
     script = write_wrk_script(tmp / "wrk.lua", f"rs_session={cookie}", header="Cookie")
     script.chmod(0o600)
-    results = {}
+    results: dict[str, Result] = {}
     for label, paths in sets.items():
         file = tmp / f"paths-{len(results)}.txt"
         file.write_text("".join(f"{p}\n" for p in paths))
@@ -277,30 +274,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _interrupt(signum: int, _: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _interrupt)
-    procs = Processes()
-    with tempfile.TemporaryDirectory(prefix="rs-bench-ui-") as d:
-        try:
-            return bench(args, Path(d), procs)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except (RuntimeError, subprocess.SubprocessError, OSError, AssertionError) as exc:
-            return print_failure(exc, Path(d))
-        finally:
-            procs.stop_all()
-            if not (args.keep_db or args.reuse_db):
-                asyncio.run(recreate_database(server_dsn(), DB, drop_only=True, schema=False))
-
+    return run_wrk_bench(lambda tmp, procs: bench(args, tmp, procs), database=DB,
+                         keep_db=args.keep_db or args.reuse_db, prefix="rs-bench-ui-")
 
 if __name__ == "__main__":
     sys.exit(main())
