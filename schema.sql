@@ -763,7 +763,9 @@ CREATE OR REPLACE TRIGGER tags_unorphan_update AFTER UPDATE ON tags
 -- worker/deliverer.py, pruned by worker/notify_retention.py. A writer says how it saw a change with
 -- `SET LOCAL registry_sync.observed_via = 'webhook' | 'poll'` (worker/history.py); a path
 -- that says nothing is recorded as 'unknown'.
--- =====================================================================================
+-- ==============================================================================-- ============================================================================================
+
+-- ============================================================================================
 -- A tag glob (`*` any run, `?` one character) as a LIKE pattern (tag names may contain `_`).
 CREATE OR REPLACE FUNCTION glob_like(pattern text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -1046,4 +1048,23 @@ CREATE TABLE IF NOT EXISTS build_polls (
 CREATE INDEX IF NOT EXISTS build_polls_due_idx ON build_polls (due_at) WHERE due_at IS NOT NULL;
 -- ============================================================================================
 -- End of the builds section.
+-- ============================================================================================
+
+-- ============================================================================================
+-- The dashboard (dashboard/listing.py, dashboard/fleet.py). Indexes of existing tables come
+-- with migrations/0014_dashboard.sql.
+-- ============================================================================================
+-- The images page by state and newest build first, and by state and name: one ordered range
+-- per (owner, state), an account's own images (owner A) and the catalog's (owner 0 stands for
+-- NULL: an equality, so that the range is read in index order); a page merges at most 8 of
+-- them. Never-built images sort last (-infinity).
+CREATE INDEX IF NOT EXISTS images_owner_state_built_idx
+    ON images ((COALESCE(owner_id, 0)), state, (COALESCE(last_build_date, '-infinity'::timestamptz)) DESC, id DESC);
+CREATE INDEX IF NOT EXISTS images_owner_state_name_idx
+    ON images ((COALESCE(owner_id, 0)), state, name COLLATE "C");
+-- The fleet page: the images whose last sync failed, newest failure first; the leases held.
+CREATE INDEX IF NOT EXISTS images_failing_idx ON images (sync_error_at DESC) WHERE sync_error IS NOT NULL;
+CREATE INDEX IF NOT EXISTS images_leased_idx ON images (lease_owner) WHERE lease_owner IS NOT NULL;
+-- ============================================================================================
+-- End of the dashboard section.
 -- ============================================================================================

@@ -1,7 +1,7 @@
 """What one account may make the service do on its behalf (SPEC §4 Fair sharing).
 
 Every request that queues priority work for an account passes through
-`admit_account_action(request, account, action)`, the one place that counts it:
+`admit_account_action(app, account, action)`, the one place that counts it:
 
 - `REGISTRATION`: `POST /api/v1/image/` (a first sync at the highest priority);
 - `RESYNC`: a re-sync request (`POST …/tag/<tag>/build/`, a PATCH that changes credentials
@@ -42,15 +42,15 @@ _ACTIONS = {
 }
 
 
-async def admit_account_action(request: web.Request, account: Account, action: str) -> int:
+async def admit_account_action(app: web.Application, account: Account, action: str) -> int:
     """Count one `action` (REGISTRATION, RESYNC or HUB_LOOKUP) of `account`. Raises
     ThrottledError (429 with Retry-After) when the account is over that action's limit for
     the current window. Returns the message priority (lane) for the task the action queues:
     pass it to api/publish.py."""
     setting, what = _ACTIONS[action]
-    settings = request.app[SETTINGS]
+    settings = app[SETTINGS]
     limit: int = getattr(settings, setting)
-    [(count, left)] = await request.app[ACCOUNT_COUNTS].incr([f"{action}:{account.id}"])
+    [(count, left)] = await app[ACCOUNT_COUNTS].incr([f"{action}:{account.id}"])
     if limit and count > limit:
         window = settings.account_limit_window_seconds
         wait = max(1, math.ceil(left))

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from api import (
+    extensions,
     health,
     images,
     list_upkeep,
@@ -85,4 +86,5 @@ def create_app(settings: Settings) -> web.Application:
     receivers.add_routes(app)
     webhooks.add_routes(app)
     subscriptions.add_routes(app)
+    extensions.mount_all(app)
     return app

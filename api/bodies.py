@@ -185,6 +185,11 @@ async def read_json(request: web.Request, model: type[M]) -> M:
         raise BadRequestError(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequestError("body must be a JSON object")
+    return parse_body(model, data)
+
+
+def parse_body(model: type[M], data: dict[str, Any]) -> M:
+    """`data` as `model`, or 400 naming the field (also the dashboard's forms)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

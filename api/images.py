@@ -68,7 +68,7 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         image = await queries.get_image_ref(pool, account.id, target.image.name)
     if image is None and method == "GET" and target.image.is_hub:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
-        lane = await admit_account_action(request, account, HUB_LOOKUP)
+        lane = await admit_account_action(request.app, account, HUB_LOOKUP)
         image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image, lane)
     if image is None:
         raise NotFoundError(f"image '{target.image.name}' not found")
@@ -78,7 +78,7 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         if method == "GET":
             reject_unknown(request.query, ())
             return json_response(serializers.image(image))
-        _check_writable(account, image)
+        check_writable(account, image)
         if method == "PATCH":
             return await patch_image(request, account, image)
         return await delete_image(request, image)
@@ -96,17 +96,25 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if tag is None:
         raise NotFoundError(f"image '{image['name']}' has no tag '{target.tag}'")
     if target.kind == paths.BUILD:
-        _check_writable(account, image)
-        lane = await admit_account_action(request, account, RESYNC)
-        await queries.request_sync(pool, image["id"], fallback_in=FALLBACK_SECONDS)
-        await queue_priority_sync(request.app, image["id"], priority=lane)
+        check_writable(account, image)
+        await request_resync(request.app, account, image)
         return json_response(serializers.tag(image["name"], tag), status=202)
     return json_response(serializers.tag(image["name"], tag))
 
 
-def _check_writable(account: Account, image: asyncpg.Record) -> None:
+def check_writable(account: Account, image: asyncpg.Record) -> None:
+    """403 for an ordinary account's change to the shared catalog (the dashboard asks too)."""
     if image["owner_id"] is None and not account.is_admin:
         raise ForbiddenError(f"image '{image['name']}' is in the shared catalog, which is read-only")
+
+
+async def request_resync(app: web.Application, account: Account, image: asyncpg.Record) -> None:
+    """A user-requested sync of the whole image at the highest priority (the API's build
+    endpoint and the dashboard's re-sync button): a re-sync request of `account`, counted
+    against its rate limit (429 past it)."""
+    lane = await admit_account_action(app, account, RESYNC)
+    await queries.request_sync(app[POOL], image["id"], fallback_in=FALLBACK_SECONDS)
+    await queue_priority_sync(app, image["id"], priority=lane)
 
 
 async def list_images(request: web.Request, account: Account) -> web.StreamResponse:
@@ -134,21 +142,28 @@ def _by_tag_name(row: Mapping[str, Any]) -> str:
 
 async def create_image(request: web.Request, account: Account) -> web.Response:
     body = await read_json(request, ImageCreate)
+    image = await register_image(request.app, account, body)
+    return json_response(serializers.image(image), status=201)
+
+
+async def register_image(app: web.Application, account: Account, body: ImageCreate) -> asyncpg.Record:
+    """Register `body.name` for `account` and queue its first sync: the new image as the
+    account sees it. Raises the API's errors (400 name or target, 409 already registered)."""
     try:
         name = parse_image_name(body.name)
     except InvalidNameError as exc:
         raise BadRequestError(f"invalid image name: {exc}", field="name") from None
-    lane = await admit_account_action(request, account, REGISTRATION)
-    settings = request.app[SETTINGS]
+    lane = await admit_account_action(app, account, REGISTRATION)
+    settings = app[SETTINGS]
     refusal = namespace_refusal(name.host, name.repository, account.username, account.is_admin, settings)
     if refusal is not None:
         raise ForbiddenError(refusal)
-    await targets.check_registry_host(request.app, name)
+    await targets.check_registry_host(app, name)
     pair = credentials_pair(body)
-    box = request.app[CREDENTIAL_BOX]
+    box = app[CREDENTIAL_BOX]
     sealed = box.seal(Credentials(*pair)) if pair else None
     build_token = box.seal_text(body.build_token) if body.build_token is not None else None
-    pool = request.app[POOL]
+    pool = app[POOL]
     async with pool.acquire() as conn, conn.transaction():
         registry_id = await ensure_registry(conn, name.host, settings)
         image_id = await queries.insert_image(
@@ -164,26 +179,33 @@ async def create_image(request: web.Request, account: Account) -> web.Response:
             await history.set_immutable_tags(conn, image_id, body.immutable_tags)
     log.info("image.created", image=name.name, image_id=image_id, with_credentials=sealed is not None,
              with_build_token=build_token is not None)
-    await queue_priority_sync(request.app, image_id, priority=lane)
+    await queue_priority_sync(app, image_id, priority=lane)
     image = await queries.get_image(pool, account.id, name.name)
     if image is None:  # deleted by a concurrent request right after it was created
         raise NotFoundError(f"image '{name.name}' not found")
-    return json_response(serializers.image(image), status=201)
+    return image
 
 
 async def patch_image(request: web.Request, account: Account, image: asyncpg.Record) -> web.Response:
+    body = await read_json(request, ImagePatch)
+    updated = await change_image(request.app, account, image, body)
+    return json_response(serializers.image(updated))
+
+
+async def change_image(app: web.Application, account: Account, image: asyncpg.Record,
+                       body: ImagePatch) -> asyncpg.Record:
     """Changes only the fields the body names: a password alone keeps the stored username and
     a username alone the stored password (the Go SDK's save() sends only changed fields).
-    New credentials or a new tag policy queue a sync: a re-sync request of the account."""
-    body = await read_json(request, ImagePatch)
+    New credentials, build token or tag policy queue a sync: a re-sync request of the account
+    (429 past its rate limit). The image as `account` sees it afterwards."""
     lane = 0
     if body.username is not None or body.password is not None or body.sets_tag_policy or body.sets_build_token:
-        lane = await admit_account_action(request, account, RESYNC)
+        lane = await admit_account_action(app, account, RESYNC)
     if body.username is not None or body.password is not None or body.build_token is not None:
         # new credentials (or build token): the sync that follows sends them to the registry
-        await targets.check_registry_host(request.app, parse_image_name(image["name"]))
-    box = request.app[CREDENTIAL_BOX]
-    pool = request.app[POOL]
+        await targets.check_registry_host(app, parse_image_name(image["name"]))
+    box = app[CREDENTIAL_BOX]
+    pool = app[POOL]
     async with pool.acquire() as conn, conn.transaction():
         stored = None
         if (body.username is None) != (body.password is None):
@@ -206,11 +228,11 @@ async def patch_image(request: web.Request, account: Account, image: asyncpg.Rec
     if body.sets_build_token:
         log.info("image.build_token_changed", image=image["name"], removed=body.build_token is None)
     if new_creds or body.sets_tag_policy or body.sets_build_token:
-        await queue_priority_sync(request.app, image["id"], priority=lane)
+        await queue_priority_sync(app, image["id"], priority=lane)
     updated = await queries.get_image(pool, account.id, image["name"])
     if updated is None:  # deleted by a concurrent request after our update
         raise NotFoundError(f"image '{image['name']}' not found")
-    return json_response(serializers.image(updated))
+    return updated
 
 
 def _open_stored(box: CredentialBox, token: bytes | None) -> tuple[str, str] | None:
@@ -227,9 +249,13 @@ def _open_stored(box: CredentialBox, token: bytes | None) -> tuple[str, str] | N
 
 
 async def delete_image(request: web.Request, image: asyncpg.Record) -> web.Response:
-    await queries.delete_image(request.app[POOL], image["id"])
-    log.info("image.deleted", image=image["name"], image_id=image["id"])
+    await remove_image(request.app, image)
     return web.Response(status=204)
+
+
+async def remove_image(app: web.Application, image: asyncpg.Record) -> None:
+    await queries.delete_image(app[POOL], image["id"])
+    log.info("image.deleted", image=image["name"], image_id=image["id"])
 
 
 async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response:

@@ -29,11 +29,8 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,9 +46,9 @@ from bench.common import (
     cli,
     free_port,
     percentile,
-    print_failure,
     recreate_database,
     run_wrk,
+    run_wrk_bench,
     server_dsn,
     wait_http,
     with_db,
@@ -280,30 +277,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _interrupt(signum: int, _: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _interrupt)
-    procs = Processes()
-    with tempfile.TemporaryDirectory(prefix="rs-bench-") as d:
-        try:
-            return bench(args, Path(d), procs)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-            return print_failure(exc, Path(d))
-        finally:
-            procs.stop_all()
-            if not (args.keep_db or args.reuse_db):
-                asyncio.run(recreate_database(server_dsn(), BENCH_DB, drop_only=True, schema=False))
-
+    return run_wrk_bench(lambda tmp, procs: bench(args, tmp, procs), database=BENCH_DB,
+                         keep_db=args.keep_db or args.reuse_db, prefix="rs-bench-")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -64,7 +64,7 @@ WRK_LUA = """
 local paths = {}
 local n = 0
 local i = 0
-wrk.headers["Authorization"] = %(auth)s
+wrk.headers[%(header)s] = %(auth)s
 function init(args)
   for line in io.lines(args[1]) do n = n + 1; paths[n] = line end
 end
@@ -81,9 +81,9 @@ end
 """
 
 
-def write_wrk_script(path: Path, authorization: str) -> Path:
-    """The Lua script, sending `authorization` with every request."""
-    path.write_text(WRK_LUA % {"auth": json.dumps(authorization)})
+def write_wrk_script(path: Path, authorization: str, header: str = "Authorization") -> Path:
+    """The Lua script, sending `authorization` as `header` (a dashboard's Cookie) with every request."""
+    path.write_text(WRK_LUA % {"auth": json.dumps(authorization), "header": json.dumps(header)})
     return path
 
 
@@ -328,3 +328,34 @@ def print_failure(exc: BaseException, tmp: Path) -> int:
     for log in sorted(tmp.glob("*.log")):
         print(f"--- {log.name} (tail)\n{log.read_text()[-2000:]}", file=sys.stderr)
     return 1
+
+
+def _interrupt(signum: int, _: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_wrk_bench(bench: Callable[[Path, Processes], int], *, database: str, keep_db: bool,
+                  prefix: str = "rs-bench-") -> int:
+    """main() of a wrk benchmark on a database of its own: wrk must be installed; `bench(tmp,
+    processes)` runs with a temporary folder for logs and every process it started is stopped
+    at the end (also on Ctrl-C or SIGTERM); `database` is dropped unless `keep_db`."""
+    import shutil
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    procs = Processes()
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        try:
+            return bench(Path(d), procs)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except (RuntimeError, subprocess.SubprocessError, OSError, AssertionError) as exc:
+            return print_failure(exc, Path(d))
+        finally:
+            procs.stop_all()
+            if not keep_db:
+                asyncio.run(recreate_database(server_dsn(), database, drop_only=True, schema=False))

@@ -151,6 +151,7 @@ class Settings:
     notify_rotation_grace_seconds: float = 86400.0  # a rotated secret still signs this long
     notify_log_retention_seconds: float = 30 * 86400.0  # finished deliveries and their attempts
     notify_max_subscriptions: int = 100  # per account
+    ui_session_seconds: float = 8 * 3600.0  # a dashboard session (sign-in at /ui/) ends after this long
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -20,6 +20,7 @@ from core.db import apply_schema, create_pool
 from core.settings import Settings
 from tests.support.resolver import stub_resolver
 from tests.support.services import (
+    CHROMIUM_BINARY,
     REGISTRY_BINARY,
     ensure_debian_packages,
     postgres_server,
@@ -36,9 +37,10 @@ TEST_SECRET_KEY = "wUwnhX3WwD9R3VbL6zv2p5E5ElDUxjyUuHlYmlSKy3g"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    # Once, in the controller (xdist workers have `workerinput`): the real CNCF registry.
+    # Once, in the controller (xdist workers have `workerinput`): the real CNCF registry, and
+    # the browser the dashboard's tests drive (tests/dashboard/test_browser.py).
     if not hasattr(session.config, "workerinput"):
-        ensure_debian_packages({"docker-registry": REGISTRY_BINARY})
+        ensure_debian_packages({"docker-registry": REGISTRY_BINARY, "chromium": CHROMIUM_BINARY})
 
 
 def unique(prefix: str = "t") -> str:

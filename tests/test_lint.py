@@ -20,5 +20,5 @@ def test_ruff_finds_nothing() -> None:
 
 
 def test_mypy_finds_nothing() -> None:
-    result = _run("mypy", "api", "core", "worker", "cli", "registry_sync_client")
+    result = _run("mypy", "api", "core", "worker", "cli", "registry_sync_client", "dashboard")
     assert result.returncode == 0, result.stdout + result.stderr

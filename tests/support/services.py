@@ -115,6 +115,7 @@ def free_port() -> int:
 
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
+CHROMIUM_BINARY = "/usr/bin/chromium"  # Debian's; playwright drives it (its own downloads are not used)
 
 
 def ensure_debian_packages(binaries: dict[str, str]) -> None:
