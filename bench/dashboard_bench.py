@@ -227,7 +227,8 @@ def bench(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
     hook = {"url": f"{base}/api/v1/webhooks/registry/", "headers": {"Authorization": f"Bearer {SECRET}"},
             "backoff": "200ms"}
     with RegistryServer(notifications=[hook]) as reg:
-        env = api_env(dsn, port, WEBHOOK_SECRET=SECRET, INSECURE_REGISTRIES=reg.host, ALLOW_PRIVATE_REGISTRIES="1",
+        env = api_env(dsn, port, WEBHOOK_SECRETS=f"registry@{reg.host}={SECRET}", INSECURE_REGISTRIES=reg.host,
+                      ALLOW_PRIVATE_REGISTRIES="1",
                       SYNC_INTERVAL_SECONDS="86400", BEAT_QUEUE_MAX="0")
         web = procs.start([cli("registry-sync"), "web"], env, tmp / "web.log")
         wait_http(f"{base}/healthz", web)

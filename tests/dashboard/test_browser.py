@@ -60,8 +60,10 @@ def world(postgres_dsn: str, redis_server_url: str) -> Iterator[World]:
     hook = {"url": f"http://127.0.0.1:{port}/api/v1/webhooks/registry/",
             "headers": {"Authorization": f"Bearer {SECRET}"}, "backoff": "200ms"}
     with RegistryServer(notifications=[hook]) as reg:
-        env = service_env(dsn, redis_url, port, WEBHOOK_SECRET=SECRET, INSECURE_REGISTRIES=reg.host,
-                          SYNC_INTERVAL_SECONDS="3600")
+        # the registry's notifications reach the operator's receiver, its secret bound to the
+        # registry's host (docs/webhooks.md)
+        env = service_env(dsn, redis_url, port, WEBHOOK_SECRETS=f"registry@{reg.host}={SECRET}",
+                          INSECURE_REGISTRIES=reg.host, SYNC_INTERVAL_SECONDS="3600")
         stack = Stack(env, port)
 
         async def accounts() -> dict[str, str]:

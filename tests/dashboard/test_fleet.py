@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 import redis
 
-from core.queue import PRIORITY_QUEUE
+from core.queue import PRIORITY_QUEUE, queue_keys
 from core.settings import Settings
 from tests.conftest import MakeUser, insert_image, unique
 from tests.dashboard.conftest import NewBrowser
@@ -39,7 +39,7 @@ async def test_admins_see_queues_budgets_pauses_failures_and_workers(
         await pool.execute("UPDATE images SET lease_owner = $2, lease_until = now() + interval '1 minute'"
                            " WHERE name = $1", f"{paused}/team/app", f"run:{process}:0123456789ab")
         queue = redis.Redis.from_url(settings.redis_url)
-        before = queue.llen(PRIORITY_QUEUE)
+        before = sum(queue.llen(key) for key in queue_keys(PRIORITY_QUEUE))  # every lane
         queue.rpush(PRIORITY_QUEUE, b"{}", b"{}")
         try:
             html = await b.page("/ui/fleet/")
