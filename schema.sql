@@ -74,6 +74,9 @@ CREATE TABLE IF NOT EXISTS images (
     -- rejected sync and by new credentials. Webhook events apply only to such images.
     access_proven       boolean     NOT NULL DEFAULT false,
     tags_cut_at         integer,               -- the tag list was cut to this many at the last sync
+    -- the repository has answered "not found" since then (worker/sync.py: retried like a
+    -- transient failure for REPOSITORY_MISSING_GRACE_SECONDS); NULL once a sync finds it
+    missing_since       timestamptz,
     CONSTRAINT images_owner_name_key UNIQUE NULLS NOT DISTINCT (owner_id, name),
     CONSTRAINT images_state_check CHECK (state IN ('Empty', 'Success', 'Building', 'Failed'))
 );

@@ -82,6 +82,10 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if target.kind == paths.TAG_LIST:
         return await list_tags(request, image)
     if target.kind == paths.SYNC:
+        if method == "POST":
+            _check_writable(account, image)
+            await resync(request.app, image["id"])
+            return await sync_status(request, image, status=202)
         return await sync_status(request, image)
     assert target.tag is not None
     if with_tag:
@@ -92,10 +96,16 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         raise NotFoundError(f"image '{image['name']}' has no tag '{target.tag}'")
     if target.kind == paths.BUILD:
         _check_writable(account, image)
-        await queries.request_sync(pool, image["id"], fallback_in=FALLBACK_SECONDS)
-        await queue_priority_sync(request.app, image["id"])
+        await resync(request.app, image["id"])
         return json_response(serializers.tag(image["name"], tag), status=202)
     return json_response(serializers.tag(image["name"], tag))
+
+
+async def resync(app: web.Application, image_id: int) -> None:
+    """A user's re-sync request (`POST …/sync/`, `POST …/tag/<tag>/build/`): the sync runs at
+    top priority, and also when a sync is running now (it runs again when that one ends)."""
+    await queries.request_sync(app[POOL], image_id, fallback_in=FALLBACK_SECONDS)
+    await queue_priority_sync(app, image_id)
 
 
 def _check_writable(account: Account, image: asyncpg.Record) -> None:
@@ -222,7 +232,7 @@ async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response
 TAG_ISSUES_LISTED = 100
 
 
-async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Response:
+async def sync_status(request: web.Request, image: asyncpg.Record, status: int = 200) -> web.Response:
     pool = request.app[POOL]
     row = await queries.sync_status(pool, image["id"])
     issues, issue_count = await queries.tag_issues(pool, image["id"], TAG_ISSUES_LISTED)
@@ -253,4 +263,4 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
         ),
         "poll_interval_seconds": round(interval, 1),
         "tag_policy": {**policy.to_json(), "default": row["tag_policy"] is None},
-    })
+    }, status=status)

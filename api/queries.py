@@ -181,9 +181,10 @@ async def request_sync(conn: Conn, image_id: int, *, fallback_in: float) -> None
     await conn.execute(REQUEST_SYNC_SQL, image_id, fallback_in)
 
 
+# next_sync_at 'infinity': a catalog image nobody has read yet (synced on its first read).
 SYNC_STATUS_SQL = """
-SELECT last_synced_at, next_sync_at, sync_error, sync_error_at, sync_failures, tags_cut_at,
-       lease_until > now() AS syncing, tag_policy, sync_interval
+SELECT last_synced_at, NULLIF(next_sync_at, 'infinity') AS next_sync_at, sync_error, sync_error_at,
+       sync_failures, tags_cut_at, lease_until > now() AS syncing, tag_policy, sync_interval
   FROM images WHERE id = $1
 """
 
