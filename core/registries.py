@@ -38,7 +38,8 @@ async def ensure_registry(conn: asyncpg.Connection, host: str, settings: Setting
 
 
 # Only rows whose flags differ are written, and the images of a registry whose scheme changed
-# are due at once: their last syncs most likely failed on the old scheme.
+# are due at once: their last syncs most likely failed on the old scheme (not catalog images
+# nobody has read yet: they wait for their first read, core/catalog.py).
 REFRESH_REGISTRIES_SQL = """
 WITH wanted AS (
     SELECT r.id, r.is_ssl AS was_ssl,
@@ -54,6 +55,7 @@ WITH wanted AS (
     UPDATE images AS i SET next_sync_at = now()
       FROM changed AS c
      WHERE i.registry_id = c.id AND c.is_ssl IS DISTINCT FROM c.was_ssl AND i.next_sync_at > now()
+       AND i.next_sync_at < 'infinity'
 )
 SELECT host, is_ssl FROM changed WHERE is_ssl IS DISTINCT FROM was_ssl ORDER BY host
 """
