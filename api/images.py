@@ -64,11 +64,13 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         with_tag = image is not None
     elif len(readings) == 1:
         image = await queries.get_image_ref(pool, account.id, target.image.name)
-    if image is None and method == "GET" and target.image.is_hub:
+    offline = request.app[SETTINGS].offline
+    if image is None and method == "GET" and target.image.is_hub and not offline:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
         image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image)
     if image is None:
-        raise NotFoundError(f"image '{target.image.name}' not found")
+        why = " (Docker Hub is not asked: the service runs offline)" if offline and target.image.is_hub else ""
+        raise NotFoundError(f"image '{target.image.name}' not found{why}")
     if method == "GET":
         read_marks.mark(request.app, image)  # catalog images nobody reads are polled rarely
     if target.kind == paths.IMAGE:

@@ -29,12 +29,18 @@ from core.names import HUB_HOST
 from core.settings import Settings
 from worker.registry import RegistryClient, make_session
 from worker.registry.budget import Budget
+from worker.registry.errors import RegistryError
 from worker.registry.limits import parse_limits
 from worker.schedule import PollPolicy
 from worker.shares import HostShares
 
 T = TypeVar("T")
 log = structlog.get_logger("worker.runtime")
+
+
+class OfflineError(RegistryError):
+    """OFFLINE is set and the image is on Docker Hub: nothing was sent (a permanent failure,
+    which says nothing about the image's access)."""
 
 class Runtime:
     pool: asyncpg.Pool
@@ -112,7 +118,12 @@ class Runtime:
         return self.shares.slot(self.network_host(host))
 
     def network_host(self, host: str) -> str:
-        """Where to reach a registry: Docker Hub's API host is configured, others are as named."""
+        """Where to reach a registry: Docker Hub's API host is configured, others are as named.
+        Raises OfflineError for Docker Hub when OFFLINE is set (before any DNS lookup)."""
+        if host == HUB_HOST and self.settings.offline:
+            raise OfflineError(
+                "Docker Hub is not contacted: this service runs offline (OFFLINE=1, `registry-sync dev "
+                "--offline`); run it without that to sync Docker Hub images")
         return self.hub_host if host == HUB_HOST else host
 
     def catalog_credentials(self, host: str, owner_id: int | None) -> Credentials | None:
