@@ -5,9 +5,13 @@ the process that last wrote them."""
 from __future__ import annotations
 
 import asyncpg
+import structlog
 
+from core.insecure import insecure_registries
 from core.names import HUB_HOST
 from core.settings import Settings
+
+log = structlog.get_logger("core.registries")
 
 DOCKER_HUB_ICON = "/_static/assets/images/dockerimages/docker-64.png"
 
@@ -27,7 +31,7 @@ def registry_defaults(host: str, settings: Settings) -> tuple[str, str | None, b
     if host == HUB_HOST:
         return "Docker Hub", DOCKER_HUB_ICON, True, False
     is_tutum = bool(settings.tutum_registry_host) and host == settings.tutum_registry_host
-    return host, None, host not in settings.insecure_registries, is_tutum
+    return host, None, host not in insecure_registries(settings), is_tutum
 
 
 async def ensure_registry(conn: asyncpg.Connection, host: str, settings: Settings) -> int:
@@ -61,11 +65,36 @@ SELECT host, is_ssl FROM changed WHERE is_ssl IS DISTINCT FROM was_ssl ORDER BY 
 """
 
 
-async def refresh_registries(conn: asyncpg.Connection, settings: Settings) -> list[tuple[str, bool]]:
+async def refresh_registries(
+    conn: asyncpg.Pool | asyncpg.Connection, settings: Settings
+) -> list[tuple[str, bool]]:
     """Bring every known registry's is_ssl / is_tutum_registry in line with `settings` (at
-    `dev` start, where INSECURE_REGISTRIES changes between runs). Returns (host, is_ssl) of the
-    registries whose scheme changed; their images are made due now."""
+    `dev` start, where INSECURE_REGISTRIES changes between runs, and when
+    INSECURE_REGISTRIES_FILE changes: InsecureWatch). Returns (host, is_ssl) of the registries
+    whose scheme changed; their images are made due now."""
     rows = await conn.fetch(
-        REFRESH_REGISTRIES_SQL, sorted(settings.insecure_registries), settings.tutum_registry_host, HUB_HOST
+        REFRESH_REGISTRIES_SQL, sorted(insecure_registries(settings)), settings.tutum_registry_host, HUB_HOST
     )
     return [(r["host"], r["is_ssl"]) for r in rows]
+
+
+class InsecureWatch:
+    """Beat's part (once a tick): when INSECURE_REGISTRIES_FILE changed since the last look,
+    or at the first look, bring the registries in line (refresh_registries), so a registry
+    added while the service runs is reached over plain HTTP and its images sync at once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._last: frozenset[str] | None = None
+
+    async def __call__(self, conn: asyncpg.Pool | asyncpg.Connection) -> list[tuple[str, bool]]:
+        if not self.settings.insecure_registries_file:
+            return []
+        hosts = insecure_registries(self.settings)
+        if hosts is self._last:
+            return []
+        changed = await refresh_registries(conn, self.settings)
+        self._last = hosts
+        for host, is_ssl in changed:
+            log.info("registry.scheme_changed", host=host, scheme="https" if is_ssl else "http")
+        return changed

@@ -25,6 +25,7 @@ import structlog
 from core.address_policy import AddressPolicy
 from core.crypto import CredentialBox, Credentials
 from core.db import create_pool
+from core.insecure import InsecureRegistries
 from core.names import HUB_HOST
 from core.settings import Settings
 from worker.registry import RegistryClient, make_session
@@ -59,10 +60,11 @@ class Runtime:
         self.box = CredentialBox(settings.secret_key, settings.secret_keys_old)
         hub = urlsplit(settings.docker_hub_registry_url)
         self.hub_host = hub.netloc
-        insecure = set(settings.insecure_registries)
-        if hub.scheme == "http":
-            insecure.add(hub.netloc)
-        self.insecure_hosts = frozenset(insecure)
+        # INSECURE_REGISTRIES_FILE may change while the worker runs: the client asks each time
+        self.insecure = InsecureRegistries(
+            [*settings.insecure_registries, *([hub.netloc] if hub.scheme == "http" else [])],
+            settings.insecure_registries_file,
+        )
         self.hub_credentials = (
             Credentials(settings.docker_hub_username, settings.docker_hub_token)
             if settings.docker_hub_username and settings.docker_hub_token else None
@@ -79,7 +81,7 @@ class Runtime:
         )
         self.client = RegistryClient(
             self._session, platform=s.platform, timeout=s.registry_timeout_seconds,
-            per_host_limit=s.registry_concurrency, insecure_hosts=self.insecure_hosts,
+            per_host_limit=s.registry_concurrency, insecure_hosts=self.insecure.hosts,
             max_tags=s.max_tags_per_image, max_tag_pages=s.max_tag_pages, **self._client_options,
         )
         self.budget = Budget(

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from core import metrics
 from core.db import create_pool
 from core.queue import PRIORITY_QUEUE, PROCESS_EVENT_TASK, ROUTINE_QUEUE, SYNC_BATCH_TASK
+from core.registries import InsecureWatch
 from core.settings import Settings
 from worker import store
 from worker.beat_lock import DB_ERRORS, SingletonLock
@@ -198,6 +199,7 @@ async def _active(pool: asyncpg.Pool, settings: Settings, send: Send, queue: Rou
     claims = QueuedClaims()
     sweep_webhooks = EventSweeper(settings)  # re-queues webhook events nobody processed
     retention = Retention(settings)
+    insecure = InsecureWatch(settings)  # INSECURE_REGISTRIES_FILE changes: no restart needed
     while not stop.is_set():
         if not await lock.held():
             return "lost the lock (its database connection ended)"
@@ -206,6 +208,7 @@ async def _active(pool: asyncpg.Pool, settings: Settings, send: Send, queue: Rou
             queued = await tick(pool, settings, send, queue, claims)
             await sweep_webhooks(pool, send)
             await retention(pool)
+            await insecure(pool)
         except DB_ERRORS as exc:
             log.warning("beat.tick_failed", error=f"{type(exc).__name__}: {exc}")
         # a full batch means more is due: go again at once
