@@ -253,6 +253,7 @@ async def sync_status(request: web.Request, image: asyncpg.Record, status: int =
         "error": row["sync_error"],
         "error_at": serializers.rfc2822(row["sync_error_at"]),
         "consecutive_failures": row["sync_failures"],
+        "sync_requested": row["sync_requested"],
         # per-tag outcomes: the first TAG_ISSUES_LISTED by name, and how many there are
         "tag_issues": [
             {"tag": r["name"], "error": r["sync_error"], "note": r["sync_note"]} for r in issues

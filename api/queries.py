@@ -182,9 +182,13 @@ async def request_sync(conn: Conn, image_id: int, *, fallback_in: float) -> None
 
 
 # next_sync_at 'infinity': a catalog image nobody has read yet (synced on its first read).
+# sync_requested: a sync was asked for (a user, a webhook) and none has finished since; the
+# database's times have microseconds, so this holds even within the second of the request.
 SYNC_STATUS_SQL = """
 SELECT last_synced_at, NULLIF(next_sync_at, 'infinity') AS next_sync_at, sync_error, sync_error_at,
-       sync_failures, tags_cut_at, lease_until > now() AS syncing, tag_policy, sync_interval
+       sync_failures, tags_cut_at, lease_until > now() AS syncing, tag_policy, sync_interval,
+       COALESCE(sync_requested_at > GREATEST(last_synced_at, sync_error_at, '-infinity'), false)
+           AS sync_requested
   FROM images WHERE id = $1
 """
 

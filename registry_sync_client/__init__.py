@@ -7,7 +7,7 @@ It depends on the HTTP contract only (never on the service's own packages):
 See docs/client.md for examples.
 """
 
-from registry_sync_client.blocking import Client
+from registry_sync_client.blocking import Client, Interrupted
 from registry_sync_client.client import AsyncClient, image_filters, parse_reference
 from registry_sync_client.config import Settings, load_settings, write_config_file
 from registry_sync_client.errors import (
@@ -39,6 +39,7 @@ __all__ = [
     "EventStream",
     "ForbiddenError",
     "Image",
+    "Interrupted",
     "Layer",
     "NotFoundError",
     "Page",
