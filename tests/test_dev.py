@@ -100,6 +100,16 @@ class Dev:
                 return "".join(self.lines)
 
 
+def fresh_redis(redis_url: str, area: str) -> str:
+    """The URL of this area's Redis database, emptied: Celery messages an earlier stack left
+    there name image ids of another database, which dev's worker would sync."""
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + f"/{redis_db(area)}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env.pop("SECRET_KEY", None)
@@ -218,7 +228,7 @@ def test_dev_uses_configured_database_and_redis(
 ) -> None:
     data_dir = tmp_path / "data"
     # a Redis database of its own, so this run's worker takes no other test's tasks
-    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('dev')}"
+    redis = fresh_redis(redis_url, "dev")
     dev = Dev(_env(data_dir, DATABASE_URL=empty_database, REDIS_URL=redis), free_port())
     try:
         key = dev.wait_for(KEY_RE, START_TIMEOUT).group(1)
@@ -238,7 +248,7 @@ def test_dev_uses_configured_database_and_redis(
 def test_dev_stops_everything_when_a_child_dies(
     tmp_path: Path, empty_database: str, redis_url: str
 ) -> None:
-    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('dev')}"
+    redis = fresh_redis(redis_url, "dev")
     dev = Dev(_env(tmp_path, DATABASE_URL=empty_database, REDIS_URL=redis), free_port())
     try:
         dev.wait_for(KEY_RE, START_TIMEOUT)
@@ -293,7 +303,7 @@ def test_a_newcomer_gets_the_catalog_a_shell_environment_and_a_hint_that_works(
     data_dir = tmp_path / "data"
     # The test Redis, a database of its own: two embedded Redis servers started at the same
     # moment by two xdist workers could both pick dev's fixed port.
-    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('spare')}"
+    redis = fresh_redis(redis_url, "spare")
     with RegistryServer() as reg:
         push_image(reg.url, "team/app", "v1", {"config": {"Cmd": ["sh"]}})
         dev = Dev(_env(data_dir, REDIS_URL=redis), free_port())
@@ -394,7 +404,7 @@ def test_a_name_registered_before_its_push_shows_its_tags_within_45_s(
     doubling), so the tags show within 45 s of the push (worker/missing.py)."""
     from tests.support.registry import RegistryServer, push_image
 
-    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('dev')}"
+    redis = fresh_redis(redis_url, "dev")
     env = _env(tmp_path / "data", DATABASE_URL=empty_database, REDIS_URL=redis)
     assert not {k for k in env if k.startswith(("SYNC_", "REPOSITORY_", "BEAT_"))}, "dev's defaults only"
     with RegistryServer() as reg:  # no notifications

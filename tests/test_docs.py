@@ -49,11 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests.support.registry import RegistryServer, push_image
-from tests.support.services import free_port, redis_db
-from tests.test_dev import KEY_RE, START_TIMEOUT, Dev, _env, empty_database  # noqa: F401 - a fixture
+from tests.support.services import free_port
+from tests.test_dev import KEY_RE, START_TIMEOUT, Dev, _env, empty_database, fresh_redis  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "docs/client.md")
@@ -210,8 +209,7 @@ def test_the_examples_run_in_order_in_one_shell(
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     (checkout / ".venv").symlink_to(sys.prefix)
-    redis_db_url = redis_url.rsplit("/", 1)[0] + f"/{redis_db('dev')}"
-    redis.Redis.from_url(redis_db_url).flushdb()
+    redis_db_url = fresh_redis(redis_url, "dev")
     dev = Dev(_env(checkout / ".data", DATABASE_URL=empty_database, REDIS_URL=redis_db_url), free_port(),
               "--insecure-registry", local_registry.host, "--offline")
     try:
