@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS images (
     -- Fernet token of the application token that reads a private repository's builds from its
     -- build API (Quay: worker/quay_builds.py); write-only like `credentials`
     build_token         bytea,
+    -- the repository has answered "not found" since then (worker/sync.py: retried like a
+    -- transient failure for REPOSITORY_MISSING_GRACE_SECONDS); NULL once a sync finds it
+    missing_since       timestamptz,
     CONSTRAINT images_owner_name_key UNIQUE NULLS NOT DISTINCT (owner_id, name),
     CONSTRAINT images_state_check CHECK (state IN ('Empty', 'Success', 'Building', 'Failed'))
 );

@@ -66,12 +66,14 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
         with_tag = image is not None
     elif len(readings) == 1:
         image = await queries.get_image_ref(pool, account.id, target.image.name)
-    if image is None and method == "GET" and target.image.is_hub:
+    offline = request.app[SETTINGS].offline
+    if image is None and method == "GET" and target.image.is_hub and not offline:
         # A Docker Hub name nobody registered yet: look it up on the hub (SPEC §1 Public images).
         lane = await admit_account_action(request.app, account, HUB_LOOKUP)
         image = await hub_lookup.inspect_hub_image(request.app, account.id, target.image, lane)
     if image is None:
-        raise NotFoundError(f"image '{target.image.name}' not found")
+        why = " (Docker Hub is not asked: the service runs offline)" if offline and target.image.is_hub else ""
+        raise NotFoundError(f"image '{target.image.name}' not found{why}")
     if method == "GET":
         read_marks.mark(request.app, image)  # catalog images nobody reads are polled rarely
     if target.kind == paths.IMAGE:
@@ -85,6 +87,10 @@ async def image_resource(request: web.Request) -> web.StreamResponse:
     if target.kind == paths.TAG_LIST:
         return await list_tags(request, image)
     if target.kind == paths.SYNC:
+        if method == "POST":
+            check_writable(account, image)
+            await request_resync(request.app, account, image)
+            return await sync_status(request, image, status=202)
         return await sync_status(request, image)
     assert target.tag is not None
     if with_tag:
@@ -109,9 +115,10 @@ def check_writable(account: Account, image: asyncpg.Record) -> None:
 
 
 async def request_resync(app: web.Application, account: Account, image: asyncpg.Record) -> None:
-    """A user-requested sync of the whole image at the highest priority (the API's build
-    endpoint and the dashboard's re-sync button): a re-sync request of `account`, counted
-    against its rate limit (429 past it)."""
+    """A user-requested sync of the whole image at the highest priority (`POST …/sync/`,
+    `POST …/tag/<tag>/build/`, the dashboard's re-sync button): a re-sync request of
+    `account`, counted against its rate limit (429 past it). It also runs when a sync is
+    running now (that one's end makes the image due again at once)."""
     lane = await admit_account_action(app, account, RESYNC)
     await queries.request_sync(app[POOL], image["id"], fallback_in=FALLBACK_SECONDS)
     await queue_priority_sync(app, image["id"], priority=lane)
@@ -274,7 +281,7 @@ async def list_tags(request: web.Request, image: asyncpg.Record) -> web.Response
 TAG_ISSUES_LISTED = 100
 
 
-async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Response:
+async def sync_status(request: web.Request, image: asyncpg.Record, status: int = 200) -> web.Response:
     pool = request.app[POOL]
     row = await queries.sync_status(pool, image["id"])
     issues, issue_count = await queries.tag_issues(pool, image["id"], TAG_ISSUES_LISTED)
@@ -294,6 +301,7 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
         "error": row["sync_error"],
         "error_at": serializers.rfc2822(row["sync_error_at"]),
         "consecutive_failures": row["sync_failures"],
+        "sync_requested": row["sync_requested"],
         # per-tag outcomes: the first TAG_ISSUES_LISTED by name, and how many there are
         "tag_issues": [
             {"tag": r["name"], "error": r["sync_error"], "note": r["sync_note"]} for r in issues
@@ -312,7 +320,7 @@ async def sync_status(request: web.Request, image: asyncpg.Record) -> web.Respon
         "warnings": moved,
         # build states read from the registry's build API (worker/quay_builds.py); null: none
         "builds": serializers.build_status(row) if _quay_host(request, image["registry_host"]) else None,
-    })
+    }, status=status)
 
 
 def _quay_host(request: web.Request, host: str) -> bool:

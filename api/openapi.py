@@ -195,7 +195,13 @@ def _paths() -> dict[str, dict[str, Op]]:
                                     "429 with Retry-After.")},
         "/api/v1/image/{name}/sync/": {
             "get": _op("Last sync, its error and the next run (extension)", {"200": _body("SyncStatus")},
-                       (400, 404, 405), params=img, etag=True)},
+                       (400, 404, 405), params=img, etag=True),
+            "post": _op("Re-sync the image now, at the highest priority (extension)",
+                        {"202": _body("SyncStatus", "Accepted: the status when the sync was requested")},
+                        (400, 403, 404, 405), params=img,
+                        description="The same as `…/tag/<tag>/build/` without naming a tag; a sync "
+                                    "running now is followed by another at once. Shared-catalog "
+                                    "images: admins only (403).")},
         "/api/v1/registry/": {
             "get": _op("Registries of the images the caller can see", {"200": _body("RegistryList")}, (400,),
                        params=_PAGED, etag=True, tags=("registries",))},

@@ -162,6 +162,7 @@ SCHEMAS: dict[str, Schema] = {
         "error": nullable(STR),
         "error_at": nullable(RFC2822),
         "consecutive_failures": INT,
+        "sync_requested": BOOL,
         "tag_issues": array(obj({"tag": STR, "error": nullable(STR), "note": nullable(STR)})),
         "tag_issue_count": INT,
         "tags_truncated": BOOL,
@@ -171,7 +172,9 @@ SCHEMAS: dict[str, Schema] = {
         "immutable_tags": array(STR),
         "warnings": array(ref("ImmutableMove")),
         "builds": nullable(BUILDS),
-    }, description="An extension: the image's last sync, its error and the next run; the tags"
+    }, description="An extension: the image's last sync, its error and the next run; whether a"
+                   " sync was requested (POST …/sync/, a build, a webhook) and none has finished"
+                   " since (`sync_requested`); the tags"
                    " whose content could not be read (`error`, their last good data kept) or"
                    " has no layer (`note`), the first 100 by name; whether the tag list was"
                    " cut to MAX_TAGS_PER_IMAGE; the adaptive poll interval and the tag policy;"

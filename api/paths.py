@@ -5,7 +5,8 @@
 `…/<name>/tag/<tag>/`      → one tag
 `…/<name>/tag/<tag>/build/`→ re-sync one tag at top priority
 `…/<name>/tag/<tag>/history/` → every digest the tag pointed at (api/history.py)
-`…/<name>/sync/`           → sync status (an extension: last sync, its error, next run)
+`…/<name>/sync/`           → sync status (an extension: last sync, its error, next run);
+                              POST: re-sync the image at top priority
 
 A path that reads both ways (`team/tag/app` is an image name, and tag `app` of `team`) is
 the image when an image of the full name exists.
@@ -27,7 +28,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     TAG_LIST: ("GET",),
     TAG: ("GET",),
     BUILD: ("POST",),
-    SYNC: ("GET",),
+    SYNC: ("GET", "POST"),
     HISTORY: ("GET",),
 }
 

@@ -188,10 +188,15 @@ async def request_sync(conn: Conn, image_id: int, *, fallback_in: float) -> None
 
 
 # With the last read of the image's builds from a build API (worker/quay_builds.py; the
-# build_polls columns are NULL when it was never read).
+# build_polls columns are NULL when it was never read). next_sync_at 'infinity': a catalog
+# image nobody has read yet (synced on its first read). sync_requested: a sync was asked for
+# (a user, a webhook) and none has finished since; the database's times have microseconds,
+# so this holds even within the second of the request.
 SYNC_STATUS_SQL = """
-SELECT i.last_synced_at, i.next_sync_at, i.sync_error, i.sync_error_at, i.sync_failures, i.tags_cut_at,
-       i.lease_until > now() AS syncing, i.tag_policy, i.sync_interval,
+SELECT i.last_synced_at, NULLIF(i.next_sync_at, 'infinity') AS next_sync_at, i.sync_error, i.sync_error_at,
+       i.sync_failures, i.tags_cut_at, i.lease_until > now() AS syncing, i.tag_policy, i.sync_interval,
+       COALESCE(i.sync_requested_at > GREATEST(i.last_synced_at, i.sync_error_at, '-infinity'), false)
+           AS sync_requested,
        i.build_token IS NOT NULL AS has_build_token, p.read_at AS builds_read_at,
        p.error AS builds_error, p.error_at AS builds_error_at, p.due_at AS builds_due_at,
        p.recent AS builds_recent

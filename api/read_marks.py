@@ -1,5 +1,7 @@
 """When the API last served each shared-catalog image, for the adaptive schedule
-(worker/schedule.py: catalog images nobody reads are polled rarely).
+(worker/schedule.py: catalog images nobody reads are polled rarely). The first read of a
+catalog image that was never synced (loaded with next_sync_at 'infinity': core/catalog.py)
+makes it due: catalog images are synced lazily, when someone wants them.
 
 A GET never writes: it adds the image's id to this process's set, and a background task
 writes the set every READ_MARK_FLUSH_SECONDS in one UPDATE (which also skips rows marked
@@ -23,7 +25,8 @@ from api.keys import POOL, SETTINGS
 log = structlog.get_logger("api.read_marks")
 
 MARK_READ_SQL = """
-UPDATE images SET read_at = now()
+UPDATE images SET read_at = now(),
+                  next_sync_at = CASE WHEN next_sync_at = 'infinity' THEN now() ELSE next_sync_at END
  WHERE id = ANY ($1::bigint[]) AND (read_at IS NULL OR read_at < now() - interval '1 hour')
 """
 

@@ -8,8 +8,12 @@ answers, and the `export` line that lets another shell reach the same database a
 (also written to DATA_DIR/dev.env while dev runs: `registry-sync env` prints it).
 
 It sets the defaults in DEV_DEFAULTS (printed at start, documented in docs/configuration.md);
-a variable set in the environment wins. `--insecure-registry HOST[:PORT]` adds to
-INSECURE_REGISTRIES.
+a variable set in the environment wins. Its first line says what it will contact: the jumpstart
+catalog is loaded without contacting Docker Hub (catalog images sync when first read), and
+`--offline` keeps Docker Hub out altogether. What it keeps in DATA_DIR across restarts (the
+`demo` key, the insecure registries that `--insecure-registry HOST[:PORT]` and
+`registry-sync dev --add-insecure-registry HOST[:PORT]` add, the latter without a restart):
+cli/dev_data.py.
 """
 
 from __future__ import annotations
@@ -36,14 +40,13 @@ from typing import IO, Any, NoReturn
 
 import asyncpg
 
-from core.accounts import AccountExistsError, add_api_key, create_account
+from cli.dev_data import DEMO_ACCOUNT, contacts_line, demo_key, insecure_file, remember_insecure
 from core.catalog import DEFAULT_CATALOG, load_catalog, read_catalog
 from core.crypto import check_secret_key
 from core.db import migrate
 from core.registries import refresh_registries
 from core.settings import ConfigError, Settings
 
-DEMO_ACCOUNT = "demo"
 CHILD_COMMANDS = ("web", "worker", "beat")
 REDIS_PORT = 6389  # not 6379, so a machine's own Redis is never shadowed
 STOP_TIMEOUT = 15.0  # per shutdown: SIGTERM, then SIGKILL after this many seconds
@@ -149,10 +152,11 @@ def secret_key(data_dir: Path, name: str = "secret_key") -> str:
     return key
 
 
-async def prepare_database(settings: Settings) -> str:
-    """Migrate; load the jumpstart catalog; bring known registries in line with this run's
-    INSECURE_REGISTRIES; create `demo` if missing. Returns a new API key of `demo` (every run
-    issues one, so the printed curl line always works; older keys stay valid)."""
+async def prepare_database(settings: Settings, data_dir: Path) -> tuple[str, bool]:
+    """Migrate; load the jumpstart catalog (no sync: catalog images sync when first read);
+    bring known registries in line with this run's insecure registries; create `demo` if
+    missing. Returns the API key of `demo` kept in DATA_DIR (or a new one when the database
+    does not accept it; older keys stay valid) and whether it was kept."""
     dsn = settings.database_url
     result = await migrate(dsn)
     print(f"dev: {result.summary()}", flush=True)
@@ -160,19 +164,14 @@ async def prepare_database(settings: Settings) -> str:
     try:
         entries = read_catalog(DEFAULT_CATALOG)
         loaded = await load_catalog(conn, entries, settings)
-        print(f"dev: jumpstart catalog: {len(entries)} images ({loaded.created} new)", flush=True)
+        print(f"dev: jumpstart catalog: {len(entries)} images ({loaded.created} new; each syncs when first read)",
+              flush=True)
         for host, is_ssl in await refresh_registries(conn, settings):
             scheme = "https" if is_ssl else "plain http (INSECURE_REGISTRIES)"
             print(f"dev: registry {host} is now reached over {scheme}; its images sync now", flush=True)
-        try:
-            _, key = await create_account(conn, DEMO_ACCOUNT)
-        except AccountExistsError:
-            new_key = await add_api_key(conn, DEMO_ACCOUNT)
-            assert new_key is not None  # accounts are never deleted
-            key = new_key
+        return await demo_key(conn, data_dir)
     finally:
         await conn.close()
-    return key
 
 
 def export_line(env: dict[str, str]) -> str:
@@ -276,8 +275,12 @@ def _ignore_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _run(port: int | None, insecure: tuple[str, ...], stack: ExitStack) -> int:
+def _run(port: int | None, insecure: tuple[str, ...], offline: bool, stack: ExitStack) -> int:
     env, notes = dev_environment(dict(os.environ), insecure)
+    if offline:
+        env["OFFLINE"] = "1"
+        notes.append("OFFLINE=1 (--offline)")
+    print(contacts_line(env), flush=True)
     port = port or Settings.from_env(env).port  # also validates the environment early
     if env.get("SECRET_KEY"):
         try:
@@ -289,6 +292,11 @@ def _run(port: int | None, insecure: tuple[str, ...], stack: ExitStack) -> int:
         return 1
     data_dir = Path(env.get("DATA_DIR") or Settings().data_dir).resolve()
     env.update(DATA_DIR=str(data_dir), PORT=str(port))
+    kept_insecure = insecure_file(env, data_dir)
+    listed = remember_insecure(kept_insecure, insecure)
+    if "INSECURE_REGISTRIES_FILE" not in os.environ:
+        env["INSECURE_REGISTRIES_FILE"] = str(kept_insecure)
+    notes.append(f"INSECURE_REGISTRIES_FILE={kept_insecure} ({', '.join(listed) or 'empty'}; read on change)")
     for name, file in (("SECRET_KEY", "secret_key"), ("WEBHOOK_SECRET", "webhook_secret")):
         if not env.get(name):
             env[name] = secret_key(data_dir, file)
@@ -309,7 +317,7 @@ def _run(port: int | None, insecure: tuple[str, ...], stack: ExitStack) -> int:
         stack.callback(stop)
         print(f"dev: embedded Redis at {env['REDIS_URL']}", flush=True)
     try:
-        key = asyncio.run(prepare_database(Settings.from_env(env)))
+        key, kept = asyncio.run(prepare_database(Settings.from_env(env), data_dir))
     except (OSError, asyncpg.PostgresError) as exc:  # messages name the host, never a password
         print(f"dev: cannot prepare the database: {exc}", file=sys.stderr)
         return 1
@@ -337,8 +345,11 @@ def _run(port: int | None, insecure: tuple[str, ...], stack: ExitStack) -> int:
         time.sleep(0.1)
     with lock:
         print(f"\ndev: API on http://127.0.0.1:{port}/ (Ctrl-C stops everything)")
-        print(f"dev: account {DEMO_ACCOUNT!r}, new API key: {key}")
+        print(f"dev: account {DEMO_ACCOUNT!r}, API key: {key} ({'the same as before: ' if kept else ''}kept in "
+              f"{data_dir / 'demo_key'} for the next run)")
         print("\n".join(line.format(key=key, port=port) for line in CURL_LINES))
+        print(f"dev: a registry on another port, without a restart: registry-sync dev --add-insecure-registry "
+              f"HOST:PORT (kept in {kept_insecure})")
         print(f"dev: push webhooks: the account's own receivers (URL and secret per sender): curl -s -H "
               f"'Authorization: ApiKey {DEMO_ACCOUNT}:{key}' http://127.0.0.1:{port}/api/v1/receiver/")
         print(f"dev: the operator's registry receiver: POST http://127.0.0.1:{port}/api/v1/webhooks/registry/ "
@@ -358,14 +369,14 @@ def _run(port: int | None, insecure: tuple[str, ...], stack: ExitStack) -> int:
         time.sleep(0.2)
 
 
-def run_dev(port: int | None = None, insecure: tuple[str, ...] = ()) -> int:
+def run_dev(port: int | None = None, insecure: tuple[str, ...] = (), offline: bool = False) -> int:
     """Run until Ctrl-C/SIGTERM (returns 0) or until a child exits (returns 1); either way
     stops the children (SIGTERM, then SIGKILL), then the embedded Redis and Postgres.
     Returns 1 without starting anything when the API port is taken."""
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ExitStack() as stack:
-            return _run(port, insecure, stack)
+            return _run(port, insecure, offline, stack)
     except KeyboardInterrupt:
         print("dev: stopped", flush=True)
         return 0

@@ -145,9 +145,13 @@ def cmd_load_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    if args.add_insecure_registry:
+        from cli.dev_data import add_insecure_registries
+
+        return add_insecure_registries(args.add_insecure_registry)
     from cli.dev import run_dev
 
-    return run_dev(port=args.port, insecure=tuple(args.insecure_registry))
+    return run_dev(port=args.port, insecure=tuple(args.insecure_registry), offline=args.offline)
 
 
 def cmd_env(_: argparse.Namespace) -> int:
@@ -231,7 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
-                   help="also reach this registry over plain HTTP (adds to INSECURE_REGISTRIES; repeatable)")
+                   help="also reach this registry over plain HTTP (kept in DATA_DIR/insecure_registries; repeatable)")
+    p.add_argument("--add-insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                   help="from another shell: the running dev reaches this registry over plain HTTP from now on "
+                        "(no restart; kept for later runs); starts nothing")
+    p.add_argument("--offline", action="store_true",
+                   help="never contact Docker Hub (OFFLINE=1): its images do not sync, its names are not looked up")
     p.set_defaults(func=cmd_dev)
     sub.add_parser(
         "env", help="print the export line of the running `dev` (DATA_DIR): eval \"$(registry-sync env)\""

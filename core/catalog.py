@@ -3,8 +3,10 @@ loaded into the shared catalog by `registry-sync load-catalog [FILE]`.
 
 Loading is idempotent: each entry is upserted by (owner NULL, name), its categories are set
 to exactly the file's, and catalog images that are no longer in the file stop being
-jumpstarts (they stay in the catalog). New images are due for a sync at once and are synced
-like any other.
+jumpstarts (they stay in the catalog). New images are not synced until someone reads one
+(next_sync_at 'infinity' until then; api/read_marks.py makes it due on its first read), so
+loading contacts no registry and a catalog of a million images is not polled at load; from
+its first sync on, an image is polled like any other (worker/schedule.py).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def read_catalog(path: Path = DEFAULT_CATALOG) -> list[Jumpstart]:
 UPSERT_JUMPSTART_SQL = """
 INSERT INTO images AS i (name, owner_id, registry_id, repository, description, icon_url,
                          jumpstart, is_private_image, public_url, next_sync_at)
-VALUES ($1, NULL, $2, $3, $4, $5, true, false, $6, now())
+VALUES ($1, NULL, $2, $3, $4, $5, true, false, $6, 'infinity')
 ON CONFLICT ON CONSTRAINT images_owner_name_key DO UPDATE
    SET description = EXCLUDED.description, icon_url = EXCLUDED.icon_url, jumpstart = true
 RETURNING id, (xmax = 0) AS created

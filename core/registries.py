@@ -5,10 +5,14 @@ the process that last wrote them."""
 from __future__ import annotations
 
 import asyncpg
+import structlog
 
 from core.address_policy import same_endpoint
+from core.insecure import insecure_registries
 from core.names import HUB_HOST, canonical_host
 from core.settings import Settings
+
+log = structlog.get_logger("core.registries")
 
 DOCKER_HUB_ICON = "/_static/assets/images/dockerimages/docker-64.png"
 
@@ -28,7 +32,7 @@ def registry_defaults(host: str, settings: Settings) -> tuple[str, str | None, b
     if host == HUB_HOST:
         return "Docker Hub", DOCKER_HUB_ICON, True, False
     is_tutum = bool(settings.tutum_registry_host) and host == settings.tutum_registry_host
-    return host, None, host not in settings.insecure_registries, is_tutum
+    return host, None, host not in insecure_registries(settings), is_tutum
 
 
 async def ensure_registry(conn: asyncpg.Connection, host: str, settings: Settings) -> int:
@@ -39,7 +43,8 @@ async def ensure_registry(conn: asyncpg.Connection, host: str, settings: Setting
 
 
 # Only rows whose flags differ are written, and the images of a registry whose scheme changed
-# are due at once: their last syncs most likely failed on the old scheme.
+# are due at once: their last syncs most likely failed on the old scheme (not catalog images
+# nobody has read yet: they wait for their first read, core/catalog.py).
 REFRESH_REGISTRIES_SQL = """
 WITH wanted AS (
     SELECT r.id, r.is_ssl AS was_ssl,
@@ -55,17 +60,21 @@ WITH wanted AS (
     UPDATE images AS i SET next_sync_at = now()
       FROM changed AS c
      WHERE i.registry_id = c.id AND c.is_ssl IS DISTINCT FROM c.was_ssl AND i.next_sync_at > now()
+       AND i.next_sync_at < 'infinity'
 )
 SELECT host, is_ssl FROM changed WHERE is_ssl IS DISTINCT FROM was_ssl ORDER BY host
 """
 
 
-async def refresh_registries(conn: asyncpg.Connection, settings: Settings) -> list[tuple[str, bool]]:
+async def refresh_registries(
+    conn: asyncpg.Pool | asyncpg.Connection, settings: Settings
+) -> list[tuple[str, bool]]:
     """Bring every known registry's is_ssl / is_tutum_registry in line with `settings` (at
-    `dev` start, where INSECURE_REGISTRIES changes between runs). Returns (host, is_ssl) of the
-    registries whose scheme changed; their images are made due now."""
+    `dev` start, where INSECURE_REGISTRIES changes between runs, and when
+    INSECURE_REGISTRIES_FILE changes: InsecureWatch). Returns (host, is_ssl) of the registries
+    whose scheme changed; their images are made due now."""
     rows = await conn.fetch(
-        REFRESH_REGISTRIES_SQL, sorted(settings.insecure_registries), settings.tutum_registry_host, HUB_HOST
+        REFRESH_REGISTRIES_SQL, sorted(insecure_registries(settings)), settings.tutum_registry_host, HUB_HOST
     )
     return [(r["host"], r["is_ssl"]) for r in rows]
 
@@ -92,3 +101,25 @@ def namespace_refusal(host: str, repository: str, username: str | None, is_admin
         return None
     return (f"'{host}/{owner}/' is the namespace of the account '{owner}' on this service's own "
             f"registry: only that account (or an admin) may have images there")
+
+
+class InsecureWatch:
+    """Beat's part (once a tick): when INSECURE_REGISTRIES_FILE changed since the last look,
+    or at the first look, bring the registries in line (refresh_registries), so a registry
+    added while the service runs is reached over plain HTTP and its images sync at once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._last: frozenset[str] | None = None
+
+    async def __call__(self, conn: asyncpg.Pool | asyncpg.Connection) -> list[tuple[str, bool]]:
+        if not self.settings.insecure_registries_file:
+            return []
+        hosts = insecure_registries(self.settings)
+        if hosts is self._last:
+            return []
+        changed = await refresh_registries(conn, self.settings)
+        self._last = hosts
+        for host, is_ssl in changed:
+            log.info("registry.scheme_changed", host=host, scheme="https" if is_ssl else "http")
+        return changed

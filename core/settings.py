@@ -49,6 +49,9 @@ class Settings:
     sync_interval_seconds: float = 300.0
     sync_backoff_base_seconds: float = 10.0
     sync_backoff_max_seconds: float = 3600.0
+    # a repository that answers "not found" is retried from the base backoff for this long
+    # (registered before its first push), then like a permanent error (worker/sync.py)
+    repository_missing_grace_seconds: float = 3600.0
     lease_seconds: float = 120.0
     beat_interval_seconds: float = 1.0
     beat_batch_size: int = 200
@@ -65,9 +68,13 @@ class Settings:
     # CIDRs, addresses and host names the worker may reach even when private (core/address_policy.py)
     allowed_registry_networks: str = ""
     insecure_registries: frozenset[str] = field(default_factory=frozenset)
+    # more INSECURE_REGISTRIES, one host a line, read again when the file changes (core/insecure.py;
+    # `registry-sync dev` keeps DATA_DIR/insecure_registries there)
+    insecure_registries_file: str = ""
     tutum_registry_host: str = ""
     docker_hub_registry_url: str = "https://registry-1.docker.io"
     docker_hub_api_url: str = "https://hub.docker.com"
+    offline: bool = False  # Docker Hub is never contacted (`registry-sync dev --offline`)
     # freshness (issue 5): inspect-on-GET of Hub names, the events stream
     inspect_timeout_seconds: float = 10.0
     events_buffer: int = 256

@@ -7,7 +7,7 @@ It depends on the HTTP contract only (never on the service's own packages):
 See docs/client.md for examples.
 """
 
-from registry_sync_client.blocking import Client
+from registry_sync_client.blocking import Client, Interrupted
 from registry_sync_client.client import AsyncClient, image_filters, parse_reference
 from registry_sync_client.config import Settings, load_settings, write_config_file
 from registry_sync_client.errors import (
@@ -42,6 +42,7 @@ __all__ = [
     "ForbiddenError",
     "HistoryEntry",
     "Image",
+    "Interrupted",
     "Layer",
     "NotFoundError",
     "Page",

@@ -8,6 +8,10 @@ Each Client runs its own private event loop (asyncio.Runner) and drives an Async
 it, so both clients behave exactly alike (one implementation of paging, errors and the
 stream). It cannot be used from inside a running event loop: use AsyncClient there. A
 Client is not thread-safe; give each thread its own.
+
+Ctrl-C during a call (typically while `events()` waits for the next change) raises
+`Interrupted`: a KeyboardInterrupt (`except KeyboardInterrupt` catches it) that, left
+uncaught, ends the program quietly with exit status 130 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ async def _await(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
+class Interrupted(KeyboardInterrupt, SystemExit):
+    """Ctrl-C during a blocking call. Caught as a KeyboardInterrupt; uncaught, Python treats it
+    as SystemExit(130): the program ends with status 130 (as a shell reports Ctrl-C) and
+    prints no traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.code = 130
+
+
 class Client:
     """Blocking client; arguments as AsyncClient's."""
 
@@ -47,7 +61,12 @@ class Client:
         return f"Client({self.aio.root!r}, user={self.aio.user!r})"
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._runner.run(coro)
+        try:
+            return self._runner.run(coro)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:  # the runner cancelled the call; the loop is still usable
+            raise Interrupted from None
 
     def _iterate(self, source: AsyncIterator[T]) -> Generator[T, None, None]:
         """An async iterator walked on this client's loop, one item per step."""
@@ -150,6 +169,9 @@ class Client:
 
     def redeliver(self, subscription_id: int, delivery_id: int) -> Delivery:
         return self._run(self.aio.redeliver(subscription_id, delivery_id))
+
+    def sync_now(self, name: str) -> SyncStatus:
+        return self._run(self.aio.sync_now(name))
 
     def registries(self) -> Generator[Registry, None, None]:
         return self._iterate(self.aio.registries())

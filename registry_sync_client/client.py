@@ -299,6 +299,12 @@ class AsyncClient:
         body = await self.request("POST", path, subject="delivery", name=str(delivery_id))
         return Delivery.from_json(_object(body))
 
+    async def sync_now(self, name: str) -> SyncStatus:
+        """`POST …/sync/`: re-sync the image at the highest priority (no tag named); the status
+        as it was when the sync was requested."""
+        body = await self.request("POST", f"image/{quote_name(name)}/sync/", subject="image", name=name)
+        return SyncStatus.from_json(_object(body))
+
     def registries(self) -> AsyncIterator[Registry]:
         return self._walk("registry/", [], Registry.from_json)
 

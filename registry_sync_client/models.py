@@ -176,11 +176,12 @@ class SyncStatus:
     error: str | None = None
     error_at: datetime | None = None
     consecutive_failures: int = 0
+    sync_requested: bool = False  # a re-sync was asked for and no sync has finished since
     extra: Json = field(default_factory=dict)
     raw: Json = field(default_factory=dict, repr=False, compare=False)
 
     KNOWN = ("image", "state", "syncing", "last_synced_at", "next_sync_at", "error", "error_at",
-             "consecutive_failures")
+             "consecutive_failures", "sync_requested")
 
     @classmethod
     def from_json(cls, data: Json) -> SyncStatus:
@@ -191,6 +192,7 @@ class SyncStatus:
             next_sync_at=parse_date(data.get("next_sync_at")), error=error if isinstance(error, str) else None,
             error_at=parse_date(data.get("error_at")),
             consecutive_failures=int(data.get("consecutive_failures") or 0),
+            sync_requested=bool(data.get("sync_requested")),
             extra={k: v for k, v in data.items() if k not in cls.KNOWN}, raw=data,
         )
 

@@ -100,6 +100,16 @@ class Dev:
                 return "".join(self.lines)
 
 
+def fresh_redis(redis_url: str, area: str) -> str:
+    """The URL of this area's Redis database, emptied: Celery messages an earlier stack left
+    there name image ids of another database, which dev's worker would sync."""
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + f"/{redis_db(area)}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env.pop("SECRET_KEY", None)
@@ -169,14 +179,14 @@ def test_dev_starts_embedded_services_and_stops_them(tmp_path: Path) -> None:
     assert code == 0, dev.output()
     _assert_all_stopped(data_dir, dev.port, redis_port)
 
-    # a second run reuses the data: same account, a new key, the old one still valid
+    # a second run reuses the data: same account, the same key (kept in the data folder)
     again = Dev(_env(data_dir), free_port())
     try:
         redis_port = int(again.wait_for(REDIS_RE, START_TIMEOUT).group(1))
-        new_key = again.wait_for(KEY_RE, START_TIMEOUT).group(1)
-        assert new_key != key
-        assert again.call("GET", "/api/v1/image/", new_key) == 200
+        assert again.wait_for(KEY_RE, START_TIMEOUT).group(1) == key
+        assert f"API key: {key} (the same as before" in "".join(again.lines)
         assert again.call("GET", "/api/v1/image/", key) == 200
+        assert (data_dir / "demo_key").stat().st_mode & 0o077 == 0
         # already registered by the first run: the database survived it
         assert again.call("POST", "/api/v1/image/", key, {"name": "127.0.0.1:5999/demo/app"}) == 409
         code, _ = again.terminate()
@@ -218,7 +228,7 @@ def test_dev_uses_configured_database_and_redis(
 ) -> None:
     data_dir = tmp_path / "data"
     # a Redis database of its own, so this run's worker takes no other test's tasks
-    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('dev')}"
+    redis = fresh_redis(redis_url, "dev")
     dev = Dev(_env(data_dir, DATABASE_URL=empty_database, REDIS_URL=redis), free_port())
     try:
         key = dev.wait_for(KEY_RE, START_TIMEOUT).group(1)
@@ -238,7 +248,7 @@ def test_dev_uses_configured_database_and_redis(
 def test_dev_stops_everything_when_a_child_dies(
     tmp_path: Path, empty_database: str, redis_url: str
 ) -> None:
-    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('dev')}"
+    redis = fresh_redis(redis_url, "dev")
     dev = Dev(_env(tmp_path, DATABASE_URL=empty_database, REDIS_URL=redis), free_port())
     try:
         dev.wait_for(KEY_RE, START_TIMEOUT)
@@ -285,15 +295,15 @@ def test_a_newcomer_gets_the_catalog_a_shell_environment_and_a_hint_that_works(
     tmp_path: Path, redis_url: str,
 ) -> None:
     """`dev` on a clean data folder (embedded Postgres); another shell with only the printed
-    variables; a local registry on a random port, which fails with a hint until dev runs with
-    that hint."""
+    variables; a local registry on a random port, which fails with a hint until the hint is
+    followed from another shell, without a restart; the catalog loaded without a sync."""
     from core.catalog import read_catalog
     from tests.support.registry import RegistryServer, push_image
 
     data_dir = tmp_path / "data"
     # The test Redis, a database of its own: two embedded Redis servers started at the same
     # moment by two xdist workers could both pick dev's fixed port.
-    redis = redis_url.rsplit("/", 1)[0] + f"/{redis_db('spare')}"
+    redis = fresh_redis(redis_url, "spare")
     with RegistryServer() as reg:
         push_image(reg.url, "team/app", "v1", {"config": {"Cmd": ["sh"]}})
         dev = Dev(_env(data_dir, REDIS_URL=redis), free_port())
@@ -329,8 +339,23 @@ def test_a_newcomer_gets_the_catalog_a_shell_environment_and_a_hint_that_works(
             assert dev.call("POST", "/api/v1/image/", key, {"name": name}) == 201
             status = _wait_json(dev.port, f"/api/v1/image/{name}/sync/", key,
                                 lambda s: bool(s["error"]), START_TIMEOUT)
-            hint = f"--insecure-registry {reg.host}"
+            hint = f"registry-sync dev --add-insecure-registry {reg.host}"
             assert "INSECURE_REGISTRIES" in status["error"] and hint in status["error"]
+
+            # following the hint from another shell: no restart
+            added = _cli(shlex.split(hint)[1:], {"DATA_DIR": str(data_dir), "PATH": os.environ["PATH"]})
+            assert added.returncode == 0 and "the running dev uses them" in added.stdout, added.stderr
+            _wait_json(dev.port, f"/api/v1/image/{name}/sync/", key,
+                       lambda s: s["error"] is None and s["last_synced_at"] is not None, 30)
+            image = _get_json(dev.port, f"/api/v1/image/{name}/", key)
+            assert image["tags"] == [f"/api/v1/image/{name}/tag/v1/"] and image["state"] == "Success"
+            assert _get_json(dev.port, f"/api/v1/registry/{reg.host}/", key)["is_ssl"] is False
+
+            # dev said first what it would contact, and did not poll Docker Hub for the catalog
+            assert out.splitlines()[0].startswith("dev: will contact ")
+            assert "Docker Hub (registry-1.docker.io, hub.docker.com) only when someone reads" in out.splitlines()[0]
+            assert _sql(shell["DATABASE_URL"], "SELECT count(*) FROM images WHERE owner_id IS NULL"
+                        " AND (last_synced_at IS NOT NULL OR sync_error IS NOT NULL OR next_sync_at < 'infinity')") == 0
             code, _ = dev.terminate()
         finally:
             dev.kill()
@@ -338,21 +363,16 @@ def test_a_newcomer_gets_the_catalog_a_shell_environment_and_a_hint_that_works(
         assert not (data_dir / "dev.env").exists()
         assert _cli(["env"], {"DATA_DIR": str(data_dir)}).returncode == 2
 
-        # following the hint
-        again = Dev(_env(data_dir, REDIS_URL=redis), free_port(), "--insecure-registry", reg.host)
+
+def _sql(dsn: str, query: str) -> Any:
+    async def run() -> Any:
+        conn = await asyncpg.connect(dsn)
         try:
-            key = again.wait_for(KEY_RE, START_TIMEOUT).group(1)
-            _wait_json(again.port, f"/api/v1/image/{name}/sync/", key,
-                       lambda s: s["error"] is None and s["last_synced_at"] is not None, START_TIMEOUT)
-            image = _get_json(again.port, f"/api/v1/image/{name}/", key)
-            assert image["tags"] == [f"/api/v1/image/{name}/tag/v1/"] and image["state"] == "Success"
-            registry = _get_json(again.port, f"/api/v1/registry/{reg.host}/", key)
-            assert registry["is_ssl"] is False
-            assert f"registry {reg.host} is now reached over plain http" in again.output()
-            code, _ = again.terminate()
+            return await conn.fetchval(query)
         finally:
-            again.kill()
-        assert code == 0, again.output()
+            await conn.close()
+
+    return asyncio.run(run())
 
 
 def readme_curl_lines() -> list[str]:
@@ -372,3 +392,37 @@ def test_dev_refuses_a_weak_secret_key(tmp_path: Path) -> None:
     done = _cli(["dev", "--port", str(free_port())], {**_env(tmp_path), "SECRET_KEY": "short"})
     assert done.returncode == 2 and "SECRET_KEY is too weak" in done.stderr
     assert not (tmp_path / "pg").exists()
+
+
+def test_a_name_registered_before_its_push_shows_its_tags_within_45_s(
+    tmp_path: Path, empty_database: str, redis_url: str,
+) -> None:
+    """Register first, push after, with no registry notifications configured and dev's
+    settings as a newcomer has them (only the database, Redis and the data folder are the
+    test's, and the registry on its random port is given with --insecure-registry): the
+    repository is missing at the first sync, retried from SYNC_BACKOFF_BASE_SECONDS (10 s,
+    doubling), so the tags show within 45 s of the push (worker/missing.py)."""
+    from tests.support.registry import RegistryServer, push_image
+
+    redis = fresh_redis(redis_url, "dev")
+    env = _env(tmp_path / "data", DATABASE_URL=empty_database, REDIS_URL=redis)
+    assert not {k for k in env if k.startswith(("SYNC_", "REPOSITORY_", "BEAT_"))}, "dev's defaults only"
+    with RegistryServer() as reg:  # no notifications
+        dev = Dev(env, free_port(), "--insecure-registry", reg.host)
+        try:
+            key = dev.wait_for(KEY_RE, START_TIMEOUT).group(1)
+            name = f"{reg.host}/team/later"
+            assert dev.call("POST", "/api/v1/image/", key, {"name": name}) == 201
+            status = _wait_json(dev.port, f"/api/v1/image/{name}/sync/", key, lambda s: bool(s["error"]), 30)
+            assert "repository not found: push it, or check the name" in status["error"]
+            assert "Next try in " in status["error"] and status["next_sync_at"] is not None
+
+            push_image(reg.url, "team/later", "v1", {"created": "2024-01-01T00:00:00Z"})
+            pushed = time.monotonic()
+            _wait_json(dev.port, f"/api/v1/image/{name}/", key,
+                       lambda i: i["tags"] == [f"/api/v1/image/{name}/tag/v1/"], 45)
+            print(f"tags shown {time.monotonic() - pushed:.1f} s after the push")
+            code, _ = dev.terminate()
+        finally:
+            dev.kill()
+    assert code == 0, dev.output()

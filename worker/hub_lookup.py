@@ -112,8 +112,8 @@ async def inspect_hub_image(rt: Runtime, raw_name: str) -> tuple[str, int | None
     if not name.is_hub:
         await _finish(rt.pool, name.name, MISSING, "not a Docker Hub name")
         return MISSING, None
-    target = Target(host=rt.network_host(HUB_HOST), repository=name.repository)
     try:
+        target = Target(host=rt.network_host(HUB_HOST), repository=name.repository)
         async with asyncio.timeout(rt.settings.inspect_timeout_seconds):
             listed = await rt.client.list_tags(target)
     except (RepositoryNotFoundError, RegistryAuthError) as exc:

@@ -25,16 +25,23 @@ import structlog
 from core.address_policy import AddressPolicy
 from core.crypto import CredentialBox, Credentials
 from core.db import create_pool
+from core.insecure import InsecureRegistries
 from core.names import HUB_HOST, canonical_host
 from core.settings import Settings
 from worker.registry import RegistryClient, make_session
 from worker.registry.budget import Budget, credential_key
+from worker.registry.errors import RegistryError
 from worker.registry.limits import parse_limits
 from worker.schedule import PollPolicy
 from worker.shares import HostShares
 
 T = TypeVar("T")
 log = structlog.get_logger("worker.runtime")
+
+
+class OfflineError(RegistryError):
+    """OFFLINE is set and the image is on Docker Hub: nothing was sent (a permanent failure,
+    which says nothing about the image's access)."""
 
 class Runtime:
     pool: asyncpg.Pool
@@ -53,10 +60,11 @@ class Runtime:
         self.box = CredentialBox(settings.secret_key, settings.secret_keys_old)
         hub = urlsplit(settings.docker_hub_registry_url)
         self.hub_host = hub.netloc
-        insecure = set(settings.insecure_registries)
-        if hub.scheme == "http":
-            insecure.add(hub.netloc)
-        self.insecure_hosts = frozenset(insecure)
+        # INSECURE_REGISTRIES_FILE may change while the worker runs: the client asks each time
+        self.insecure = InsecureRegistries(
+            [*settings.insecure_registries, *([hub.netloc] if hub.scheme == "http" else [])],
+            settings.insecure_registries_file,
+        )
         self.hub_credentials = (
             Credentials(settings.docker_hub_username, settings.docker_hub_token)
             if settings.docker_hub_username and settings.docker_hub_token else None
@@ -74,7 +82,7 @@ class Runtime:
         )
         self.client = RegistryClient(
             self._session, platform=s.platform, timeout=s.registry_timeout_seconds,
-            per_host_limit=s.registry_concurrency, insecure_hosts=self.insecure_hosts,
+            per_host_limit=s.registry_concurrency, insecure_hosts=self.insecure.hosts,
             max_tags=s.max_tags_per_image, max_tag_pages=s.max_tag_pages, **self._client_options,
         )
         self.budget = Budget(
@@ -117,7 +125,12 @@ class Runtime:
         return self.shares.slot(self.network_host(host), account, credential_key(credentials))
 
     def network_host(self, host: str) -> str:
-        """Where to reach a registry: Docker Hub's API host is configured, others are as named."""
+        """Where to reach a registry: Docker Hub's API host is configured, others are as named.
+        Raises OfflineError for Docker Hub when OFFLINE is set (before any DNS lookup)."""
+        if host == HUB_HOST and self.settings.offline:
+            raise OfflineError(
+                "Docker Hub is not contacted: this service runs offline (OFFLINE=1, `registry-sync dev "
+                "--offline`); run it without that to sync Docker Hub images")
         return self.hub_host if host == HUB_HOST else host
 
     def is_quay(self, host: str) -> bool:

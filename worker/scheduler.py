@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from core import metrics
 from core.db import create_pool
 from core.queue import POLL_BUILDS_TASK, PRIORITY_QUEUE, PROCESS_EVENT_TASK, ROUTINE_QUEUE, SYNC_BATCH_TASK
+from core.registries import InsecureWatch
 from core.settings import Settings
 from worker import quay_builds, store
 from worker.beat_lock import DB_ERRORS, SingletonLock
@@ -219,6 +220,7 @@ async def _active(pool: asyncpg.Pool, settings: Settings, send: Send, queue: Rou
     claims = QueuedClaims()
     sweep_webhooks = EventSweeper(settings)  # re-queues webhook events nobody processed
     retention = Retention(settings)
+    insecure = InsecureWatch(settings)  # INSECURE_REGISTRIES_FILE changes: no restart needed
     while not stop.is_set():
         if not await lock.held():
             return "lost the lock (its database connection ended)"
@@ -228,6 +230,7 @@ async def _active(pool: asyncpg.Pool, settings: Settings, send: Send, queue: Rou
             await sweep_webhooks(pool, send)
             await queue_build_polls(pool, settings, send)
             await retention(pool)
+            await insecure(pool)
         except DB_ERRORS as exc:
             log.warning("beat.tick_failed", error=f"{type(exc).__name__}: {exc}")
         # a full batch means more is due: go again at once

@@ -36,6 +36,7 @@ class ImageToSync:
     sync_failures: int
     started_at: datetime  # the database's now() when the lease was taken
     owner_id: int | None = None  # None: the shared catalog
+    missing_since: datetime | None = None  # its repository has answered "not found" since then
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ UPDATE images AS i
    AND (i.lease_until IS NULL OR i.lease_until < now() OR i.lease_owner = $4
         OR ($4::text IS NULL AND i.lease_owner LIKE 'claim:%'))
 RETURNING i.id, i.name, r.host, i.registry_id, i.repository, i.credentials, i.sync_failures,
-          now() AS started_at, i.owner_id
+          now() AS started_at, i.owner_id, i.missing_since
 """
 
 
@@ -211,7 +212,7 @@ DELETE FROM tags
 FINISH_OK_SQL = """
 UPDATE images
    SET lease_owner = NULL, lease_until = NULL, last_synced_at = now(),
-       sync_error = NULL, sync_error_at = NULL, sync_failures = 0,
+       sync_error = NULL, sync_error_at = NULL, sync_failures = 0, missing_since = NULL,
        access_proven = access_proven OR credentials IS NOT DISTINCT FROM $5,
        tags_cut_at = $6, sync_interval = $7,
        next_sync_at = CASE WHEN sync_requested_at > $3 THEN now()
@@ -260,11 +261,13 @@ async def write_success(
 
 
 # `$5` proven: NULL leaves access_proven alone, false clears it (credentials rejected), true
-# sets it for the credentials this sync used if they are still the image's.
+# sets it for the credentials this sync used if they are still the image's. `$8` missing: the
+# repository was not found; missing_since keeps the start of the streak (a success ends it).
 FINISH_FAILED_SQL = """
 UPDATE images
    SET lease_owner = NULL, lease_until = NULL,
        sync_error = $3, sync_error_at = now(), sync_failures = sync_failures + 1,
+       missing_since = CASE WHEN $8 THEN COALESCE(missing_since, $7) ELSE missing_since END,
        access_proven = CASE WHEN $5::boolean IS NULL THEN access_proven
                             WHEN NOT $5::boolean THEN false
                             ELSE access_proven OR credentials IS NOT DISTINCT FROM $6 END,
@@ -276,13 +279,14 @@ UPDATE images
 
 async def write_failure(
     pool: asyncpg.Pool, image: ImageToSync, run_token: str, error: str, retry_in: float, *,
-    proven: bool | None,
+    proven: bool | None, missing: bool = False,
 ) -> None:
     """Record a failed sync: no tag and no state changes, only the error, the backoff (or
-    at once, when a sync was requested after this one began) and the proof of access."""
+    at once, when a sync was requested after this one began), the proof of access and, when
+    `missing` (the repository was not found), since when it has been missing."""
     await pool.execute(
         FINISH_FAILED_SQL, image.id, run_token, error[:1000], retry_in, proven, image.credentials,
-        image.started_at,
+        image.started_at, missing,
     )
 
 

@@ -26,7 +26,7 @@ from core.artifacts import METADATA
 from core.crypto import Credentials
 from core.registries import namespace_refusal, on_own_registry
 from core.settings import Settings
-from worker import layers, quay_builds, store, tag_policy
+from worker import layers, missing, quay_builds, store, tag_policy
 from worker.registry import TagResolution, Target
 from worker.registry.errors import (
     ForbiddenTargetError,
@@ -117,13 +117,17 @@ async def sync_image(rt: Runtime, image_id: int, claim: str | None = None) -> st
         log.info("sync.host_busy", host=image.host, retry_in=round(exc.retry_after, 1))
         return SKIPPED
     except RegistryError as exc:
-        # bad credentials, unknown repository, a forbidden host: permanent
-        permanent = not exc.transient
+        # bad credentials, a forbidden host: permanent; an unknown repository only once it has
+        # been missing for a while (registered before its first push: worker/missing.py)
+        is_missing = isinstance(exc, RepositoryNotFoundError)
+        permanent = not exc.transient and (
+            not is_missing or missing.is_permanent(s, image.started_at, image.missing_since))
         retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
         delay = backoff_seconds(s, image.sync_failures, permanent=permanent, retry_after=retry_after)
-        message = f"{type(exc).__name__}: {exc}"
+        message = (missing.message(exc, s, delay, permanent=permanent) if isinstance(exc, RepositoryNotFoundError)
+                   else f"{type(exc).__name__}: {exc}")
         proven = False if isinstance(exc, _REFUSED) else (True if progress.listed else None)
-        await store.write_failure(rt.pool, image, run_token, message, delay, proven=proven)
+        await store.write_failure(rt.pool, image, run_token, message, delay, proven=proven, missing=is_missing)
         log.warning("sync.failed", error=message, permanent=permanent, retry_in=round(delay, 1))
         return FAILED
     except BaseException:

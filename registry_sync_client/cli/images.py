@@ -18,7 +18,7 @@ from typing import Any
 
 from registry_sync_client.cli import render
 from registry_sync_client.client import AsyncClient, parse_reference
-from registry_sync_client.errors import AuthError, ClientError, UnreachableError
+from registry_sync_client.errors import AuthError, ClientError, NotFoundError, UnreachableError
 from registry_sync_client.models import Event, Image, SyncStatus
 
 OK = 0
@@ -45,14 +45,23 @@ def explain(exc: ClientError) -> str:
     return str(exc)
 
 
-async def each(names: Iterable[str], action: Callable[[str], Awaitable[None]]) -> int:
-    """Run `action` for every name; report each failure; the exit code of the whole."""
+def missing_image(name: str) -> str:
+    """What the old CLI printed for a name no image has (scripts grep it)."""
+    return f"Cannot find an image with the identifier '{name}'"
+
+
+async def each(names: Iterable[str], action: Callable[[str], Awaitable[None]], *, images: bool = True) -> int:
+    """Run `action` for every name; report each failure; the exit code of the whole. With
+    `images` (the names are image names), a 404 is told in the old CLI's words."""
     code = OK
     for name in names:
         try:
             await action(name)
         except AuthError:
             raise  # the same for every name: reported once by main
+        except NotFoundError as exc:
+            err(missing_image(name) if images else explain(exc))
+            code = FAILURE_EXIT
         except ClientError as exc:
             err(explain(exc))
             code = FAILURE_EXIT
@@ -123,15 +132,23 @@ def _credentials(username: str | None, password: str | None) -> tuple[str | None
 
 async def _wait_for_sync(api: AsyncClient, name: str, since: datetime | None) -> SyncStatus:
     """Poll `…/sync/` until a sync newer than `since` finished (or failed)."""
+    def done(status: SyncStatus) -> bool:
+        finished = _last_finished(status)
+        return finished is not None and (since is None or finished > since)
+
+    return await _wait_until(api, name, done)
+
+
+async def _wait_until(api: AsyncClient, name: str, done: Callable[[SyncStatus], bool]) -> SyncStatus:
+    """Poll `…/sync/` until `done(status)` and no sync runs; ClientError after SYNC_WAIT_SECONDS."""
     deadline = time.monotonic() + SYNC_WAIT_SECONDS
     while True:
         status = await api.sync_status(name)
-        finished = _last_finished(status)
-        if finished is not None and (since is None or finished > since) and not status.syncing:
+        if done(status) and not status.syncing:
             return status
         if time.monotonic() > deadline:
             raise ClientError(f"image '{name}': no sync finished within {SYNC_WAIT_SECONDS:g} s")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.25)
 
 
 def _last_finished(status: SyncStatus) -> datetime | None:
@@ -206,7 +223,7 @@ async def tag_inspect(api: AsyncClient, args: argparse.Namespace) -> int:
     async def one(ref: str) -> None:
         _show((await api.get_tag(*parse_reference(ref))).raw, args.output)
 
-    return await each(args.refs, one)
+    return await each(args.refs, one, images=False)
 
 
 async def tag_build(api: AsyncClient, args: argparse.Namespace) -> int:
@@ -214,20 +231,28 @@ async def tag_build(api: AsyncClient, args: argparse.Namespace) -> int:
         tag = await api.build_tag(*parse_reference(ref))
         out(render.to_json(tag.raw) if args.output == "json" else tag.full_name)
 
-    return await each(args.refs, one)
+    return await each(args.refs, one, images=False)
 
 
 async def image_sync(api: AsyncClient, args: argparse.Namespace) -> int:
+    """Show the sync status; with --now, request a sync first and show it once it finished
+    (a failed sync is shown, then told on stderr, and the exit code is 3)."""
     shown = 0
 
     async def one(name: str) -> None:
         nonlocal shown
-        status = await api.sync_status(name)
+        if args.now:
+            await api.sync_now(name)  # the requested sync has finished when `sync_requested` is false again
+            status = await _wait_until(api, name, lambda status: not status.sync_requested)
+        else:
+            status = await api.sync_status(name)
         if args.output == "json":
             out(render.to_json(status.raw))
-            return
-        out(("\n" if shown else "") + render.details(status.raw))
-        shown += 1
+        else:
+            out(("\n" if shown else "") + render.details(status.raw))
+            shown += 1
+        if args.now and _failed(status):
+            raise ClientError(f"image '{name}': sync failed: {status.error}")
 
     return await each(args.names, one)
 

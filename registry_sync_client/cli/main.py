@@ -3,7 +3,8 @@
 Arguments, flags, tables and exit codes follow tutum-cli 0.21 (0 success, 2 not authorized,
 3 any other failure; argparse's usage errors are 2 as before); `image sync`, `image watch`
 and `--output json|table` are new. Credentials and the service URL are read as the old CLI
-read them (registry_sync_client.config).
+read them (registry_sync_client.config). Ctrl-C ends any command with 130 and a closed
+output pipe (`tutum image list | head -1`) with 0, both without a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from registry_sync_client.client import AsyncClient, __version__
 from registry_sync_client.errors import AuthError, ClientError
 
 Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[int]]
+INTERRUPTED_EXIT = 130  # Ctrl-C, as a shell reports a command that SIGINT ended
 
 
 FULL_NAME = "full image name, i.e. quay.io/tutum/test-repo"
@@ -93,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                  ("names", "image_name", "+", FULL_NAME))
     p.add_argument("--sync", action="store_true", help="accepted for compatibility; removal is immediate")
 
-    _command(sub, "sync", "Show an image's last sync, its error and the next run", images.image_sync,
-             ("names", "image_name", "+", "image name"))
+    p = _command(sub, "sync", "Show an image's last sync, its error and the next run", images.image_sync,
+                 ("names", "image_name", "+", "image name"))
+    p.add_argument("--now", action="store_true",
+                   help="sync it now (POST …/sync/), wait until that sync has finished, then show it; "
+                        "exit 3 if it failed")
 
     p = _command(sub, "watch", "Print changes of images and tags as they happen, until interrupted "
                  "(the events stream, reconnecting on its own)", images.image_watch,
@@ -167,6 +172,27 @@ async def _run(command: Command, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C, also in `watch`: as a shell reports it, quietly
+        return INTERRUPTED_EXIT
+    except BrokenPipeError:  # the reader went away (`| head -1`): nothing more to say
+        _silence_output()
+        return OK
+
+
+def _silence_output() -> None:
+    """Point stdout and stderr at /dev/null, so that the flush at exit does not fail again
+    on the closed pipe (the way the Python documentation advises for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(_with_help(list(sys.argv[1:] if argv is None else argv)))
     if args.cmd == "login":
@@ -183,8 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         err(explain(exc))
         return FAILURE_EXIT
-    except KeyboardInterrupt:
-        return OK  # `watch` ends with Ctrl-C
 
 
 def entry_point() -> None:

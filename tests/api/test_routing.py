@@ -146,6 +146,21 @@ async def test_build_answers_202_with_the_tag_and_requests_a_sync(client, pool, 
     )
 
 
+async def test_post_to_sync_requests_a_sync_of_the_image_without_naming_a_tag(client, pool, make_user) -> None:
+    user = await make_user()
+    name = f"registry.local/{unique('resync')}/app"
+    image_id = await insert_image(pool, name=name, owner_id=user.account.id)  # no tag yet
+
+    body = await ok_json(await client.post(f"/api/v1/image/{name}/sync/", headers=user.headers), 202)
+
+    assert body["image"] == f"/api/v1/image/{name}/"
+    assert {"state", "syncing", "last_synced_at", "next_sync_at", "error"} <= set(body)
+    assert await pool.fetchval("SELECT sync_requested_at FROM images WHERE id = $1", image_id) is not None
+    other = await make_user()
+    await json_error(await client.post(f"/api/v1/image/{name}/sync/", headers=other.headers), 404)
+    await json_error(await client.delete(f"/api/v1/image/{name}/sync/", headers=user.headers), 405)
+
+
 # (method, path template, the methods Allow must list)
 NOT_ALLOWED = [
     ("PUT", "/api/v1/image/", {"GET", "POST"}),

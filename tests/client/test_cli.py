@@ -11,6 +11,7 @@ import dataclasses
 import json
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
@@ -86,7 +87,7 @@ def test_the_seed_command_lines_verbatim(svc: ClientStack) -> None:
     assert (removed.returncode, removed.stdout) == (0, f"{name}\n")
     gone = svc.tutum("image", "inspect", name)
     assert gone.returncode == 3 and gone.stdout == ""
-    assert gone.stderr.strip() == f"image '{name}' not found"
+    assert gone.stderr.strip() == f"Cannot find an image with the identifier '{name}'"  # the old CLI's words
 
 
 def test_tags_lists_and_sync_status(svc: ClientStack) -> None:
@@ -193,7 +194,8 @@ def test_watch_prints_pushes_as_they_happen_and_reconnects(svc: ClientStack) -> 
         assert all(name in line for line in watch.out[1:]), watch.out  # only the image watched
     finally:
         code = watch.stop()
-    assert code == 0
+    assert code == 130, watch.err  # Ctrl-C, as a shell reports it
+    assert not any("Traceback" in line for line in watch.err), watch.err
 
 
 def test_errors_say_what_to_do(svc: ClientStack) -> None:
@@ -205,7 +207,8 @@ def test_errors_say_what_to_do(svc: ClientStack) -> None:
     other = svc.name("user1/another-missing")
     not_found = svc.tutum("image", "inspect", missing, other)
     assert not_found.returncode == 3
-    assert not_found.stderr.splitlines() == [f"image '{missing}' not found", f"image '{other}' not found"]
+    assert not_found.stderr.splitlines() == [f"Cannot find an image with the identifier '{missing}'",
+                                             f"Cannot find an image with the identifier '{other}'"]
     assert svc.tutum("image", "rm", missing).returncode == 3
 
     url = f"http://127.0.0.1:{free_port()}"
@@ -254,3 +257,43 @@ def test_sync_flag_waits_for_the_registry_to_answer(svc: ClientStack) -> None:
     assert (fixed.returncode, fixed.stdout) == (0, f"{name}\n"), fixed.stderr
     status = json.loads(svc.tutum("image", "sync", "--output", "json", name).stdout)
     assert status["error"] is None and status["last_synced_at"] is not None
+
+
+def test_sync_now_and_a_closed_pipe_and_ctrl_c_end_quietly(svc: ClientStack, tmp_path: Path) -> None:
+    repo = "user1/piped"
+    name = svc.name(repo)
+    assert svc.tutum("image", "register", "-u", REGISTRY_USER, "-p", REGISTRY_PASSWORD, name).returncode == 0
+    missing = svc.tutum("image", "sync", "--now", name)  # not pushed yet: the sync says so
+    assert missing.returncode == 3 and "repository not found: push it, or check the name" in missing.stdout
+    assert f"image '{name}': sync failed: " in missing.stderr
+    push_image(svc.registry.url, repo, "v1", {"created": "2024-01-01T00:00:00Z"}, auth=AUTH)
+    now = svc.tutum("image", "sync", "--now", "-o", "json", name)
+    assert now.returncode == 0, now.stderr
+    assert json.loads(now.stdout)["error"] is None
+    _synced(svc, name, ["v1"])
+
+    # the reader of the output goes away before anything is written: rc 0, nothing on stderr
+    for args in (["image", "sync", name], ["image", "list"], ["image", "inspect", name]):
+        proc = subprocess.Popen([str(TUTUM), *args], env=svc.env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        with proc.stderr:
+            stderr = proc.stderr.read()
+        assert (proc.wait(30), stderr) == (0, ""), args
+    piped = svc.shell(f"bash -o pipefail -c 'tutum image sync {name} | head -1'")
+    assert (piped.returncode, piped.stderr) == (0, "") and piped.stdout.startswith("image ")
+
+    # the blocking client's events(): Ctrl-C ends the program with 130, no traceback
+    script = tmp_path / "follow.py"
+    script.write_text(
+        "from registry_sync_client import Client\n"
+        "with Client.from_env() as api:\n"
+        "    for event in api.events(on_status=lambda state, detail: print(state, flush=True)):\n"
+        "        print(event.full_name, flush=True)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], env=svc.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "connected"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert (proc.returncode, stderr) == (130, "")

@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
+from api.keys import POOL
 from core.accounts import create_account
 from core.catalog import DEFAULT_CATALOG, CatalogError, parse_catalog
 from core.settings import Settings
@@ -77,7 +78,8 @@ async def test_loading_twice_keeps_one_copy_and_filters_find_them(
         assert {r["name"]: r["n"] for r in rows} == {e.name.name: 1 for e in entries}
         assert await conn.fetchval("SELECT count(*) FROM categories") == len({c for e in entries for c in e.categories})
         assert await conn.fetchval("SELECT count(*) FROM image_categories") == sum(len(e.categories) for e in entries)
-        assert await conn.fetchval("SELECT count(*) FROM images WHERE next_sync_at > now()") == 0  # due for a sync
+        # loading contacts no registry: each image is synced when someone first reads it
+        assert await conn.fetchval("SELECT count(*) FROM images WHERE next_sync_at = 'infinity'") == len(entries)
     finally:
         await conn.close()
 
@@ -139,3 +141,30 @@ def test_a_bad_catalog_is_refused_with_a_reason(tmp_path: Path, catalog_db: str)
     path.write_text("{not json")
     out = load(catalog_db, str(path))
     assert out.returncode == 1 and "not JSON" in out.stderr
+
+
+async def test_a_catalog_image_is_first_synced_when_someone_reads_it(
+    catalog_db: str, catalog_client: tuple[TestClient, dict[str, str]]
+) -> None:
+    from api.read_marks import READ_MARKS
+    from worker.scheduler import claim_due
+
+    assert (await asyncio.to_thread(load, catalog_db)).returncode == 0
+    c, headers = catalog_client
+    name = "tutum/wordpress"
+    conn = await asyncpg.connect(catalog_db)
+    try:
+        await c.server.app[READ_MARKS].flush(c.server.app[POOL])  # the reads of the tests before
+        await conn.execute("UPDATE images SET read_at = NULL, next_sync_at = 'infinity' WHERE owner_id IS NULL")
+        _, claimed = await claim_due(conn, 10_000, 60)  # the scheduler finds nothing to poll
+        assert claimed == []
+        status = await (await c.get(f"/api/v1/image/{name}/sync/", headers=headers)).json()
+        assert status["next_sync_at"] is None and status["last_synced_at"] is None
+        assert await c.server.app[READ_MARKS].flush(c.server.app[POOL]) >= 1  # the read marks, as every 5 s
+        due = await conn.fetch("SELECT name FROM images WHERE next_sync_at <= now()")
+        assert [r["name"] for r in due] == [name]
+        _, claimed = await claim_due(conn, 10_000, 60)
+        assert claimed == [await conn.fetchval("SELECT id FROM images WHERE owner_id IS NULL AND name = $1", name)]
+        await conn.execute("UPDATE images SET lease_owner = NULL, lease_until = NULL")
+    finally:
+        await conn.close()

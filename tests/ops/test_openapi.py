@@ -144,6 +144,8 @@ async def test_real_answers_validate_against_the_declared_schemas(
     await check(await client.get("/api/v1/registry/", headers=h), "/api/v1/registry/")
     await check(await client.get(f"/api/v1/registry/{host}/", headers=h), "/api/v1/registry/{host}/")
     await check(await client.post(f"{img}/tag/v1/build/", headers=h), "/api/v1/image/{name}/tag/{tag}/build/")
+    resynced = await check(await client.post(f"{img}/sync/", headers=h), "/api/v1/image/{name}/sync/")  # 202
+    assert resynced["image"] == f"{img}/"
     await check(await client.patch(f"{img}/", json={"description": "d"}, headers=h), "/api/v1/image/{name}/")
     await check(await client.patch(f"{img}/", json={"immutable_tags": ["v*"]}, headers=h), "/api/v1/image/{name}/")
     await pool.execute("UPDATE tags SET manifest_digest = 'sha256:1' WHERE image_id = $1 AND name = 'v1'", image_id)
@@ -178,6 +180,8 @@ async def test_real_answers_validate_against_the_declared_schemas(
     shared = await insert_image(pool, name=f"example.com/{unique('oa')}/shared")
     shared_name = await pool.fetchval("SELECT name FROM images WHERE id = $1", shared)
     await check(await client.delete(f"/api/v1/image/{shared_name}/", headers=h), "/api/v1/image/{name}/")  # 403
+    await check(await client.post(f"/api/v1/image/{shared_name}/sync/", headers=h),
+                "/api/v1/image/{name}/sync/")  # 403
     await check(await client.post("/api/v1/webhooks/registry/", json={"events": []}),
                 "/api/v1/webhooks/registry/")  # 401: no secret
 

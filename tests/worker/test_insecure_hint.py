@@ -28,7 +28,8 @@ async def test_tls_against_plain_http_names_insecure_registries(
     finally:
         await rt.aclose()
     error = await pool.fetchval("SELECT sync_error FROM images WHERE id = $1", image_id)
-    assert f"add it to INSECURE_REGISTRIES (registry-sync dev --insecure-registry {registry.host})" in error
+    assert (f"add it to INSECURE_REGISTRIES (while `registry-sync dev` runs: registry-sync dev"
+            f" --add-insecure-registry {registry.host})") in error
     assert f"if {registry.host} serves plain HTTP" in error
 
     relaxed = dataclasses.replace(settings, insecure_registries=frozenset({registry.host}))

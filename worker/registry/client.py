@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import os
 import random
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -64,6 +64,10 @@ class TagList(list[str]):
     truncated: bool = False
 
 
+def _fixed(hosts: frozenset[str]) -> Callable[[], frozenset[str]]:
+    return lambda: hosts
+
+
 class RegistryClient:
     def __init__(
         self,
@@ -72,7 +76,7 @@ class RegistryClient:
         platform: str = "linux/amd64",
         timeout: float = 30.0,
         per_host_limit: int = 8,
-        insecure_hosts: frozenset[str] = frozenset(),
+        insecure_hosts: frozenset[str] | Callable[[], frozenset[str]] = frozenset(),
         max_attempts: int = 4,
         max_retry_wait: float = 30.0,
         max_tag_pages: int = MAX_TAG_PAGES,
@@ -82,7 +86,9 @@ class RegistryClient:
         configs: ConfigCache | None = None,
     ) -> None:
         """`guard` defaults to the one of a make_session() session, else to a guard that
-        refuses private and loopback addresses."""
+        refuses private and loopback addresses. `insecure_hosts` (reached over plain HTTP) may
+        be a function, asked at every request: the set may change while the client lives
+        (core/insecure.py); it returns the same object while the set is unchanged."""
         self.guard = (
             guard or getattr(session.connector, "guard", None) or Guard(allow_private=False)
         )
@@ -94,7 +100,8 @@ class RegistryClient:
         self.platform = platform
         self.timeout = timeout
         self.per_host_limit = per_host_limit
-        self.insecure_hosts = frozenset(canonical_host(h) for h in insecure_hosts)
+        self._insecure = insecure_hosts if callable(insecure_hosts) else _fixed(insecure_hosts)
+        self._insecure_seen: tuple[frozenset[str], frozenset[str]] | None = None
         self.max_attempts = max(1, max_attempts)
         self.max_retry_wait = max_retry_wait
         self.max_tag_pages = max_tag_pages
@@ -109,6 +116,14 @@ class RegistryClient:
         """Forget cached state; the session belongs to the caller, who closes it."""
         self.configs.clear()
         self._challenges.clear()
+
+    @property
+    def insecure_hosts(self) -> frozenset[str]:
+        """The hosts reached over plain HTTP now, canonical."""
+        current = self._insecure()
+        if self._insecure_seen is None or self._insecure_seen[0] is not current:
+            self._insecure_seen = (current, frozenset(canonical_host(h) for h in current))
+        return self._insecure_seen[1]
 
     def base_url(self, host: str) -> str:
         scheme = "http" if canonical_host(host) in self.insecure_hosts else "https"

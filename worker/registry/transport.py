@@ -158,7 +158,7 @@ class Transport:
                 if isinstance(exc, aiohttp.ClientSSLError) and urlsplit(url).scheme == "https":
                     # what a registry that serves plain HTTP looks like over TLS
                     hint = (f": TLS failed; if {host} serves plain HTTP, add it to INSECURE_REGISTRIES"
-                            f" (registry-sync dev --insecure-registry {host})")
+                            f" (while `registry-sync dev` runs: registry-sync dev --add-insecure-registry {host})")
                 raise RegistryUnavailableError(
                     f"{where(method, url)}: connection failed ({type(exc).__name__}){hint}"
                 ) from exc
