@@ -251,7 +251,7 @@ CREATE TABLE IF NOT EXISTS webhook_events (
     CONSTRAINT webhook_events_status_check
         CHECK (status IN ('pending', 'done', 'ignored', 'failed')),
     CONSTRAINT webhook_events_build_state_check
-        CHECK (build_state IS NULL OR build_state IN ('Building', 'Success', 'Failed'))
+        CHECK (build_state IS NULL OR build_state IN ('Building', 'Success', 'Failed', 'ended'))
 );
 -- the sweep: pending events by the time they were last queued
 CREATE INDEX IF NOT EXISTS webhook_events_pending_idx ON webhook_events (queued_at)
@@ -259,9 +259,6 @@ CREATE INDEX IF NOT EXISTS webhook_events_pending_idx ON webhook_events (queued_
 -- deletes are tombstones: a push older than a processed delete must not resurrect its tag
 CREATE INDEX IF NOT EXISTS webhook_events_deletes_idx ON webhook_events (repository, host, occurred_at)
     WHERE kind IN ('delete_tag', 'delete_manifest', 'delete_repository');
--- builds are ordered by when the first event of their id arrived
-CREATE INDEX IF NOT EXISTS webhook_events_builds_idx ON webhook_events (repository, host, build_id, received_at)
-    WHERE build_id IS NOT NULL;
 -- retention of processed events
 CREATE INDEX IF NOT EXISTS webhook_events_processed_idx ON webhook_events (processed_at)
     WHERE status IN ('done', 'ignored');

@@ -47,13 +47,15 @@ BUILD_STATE = "build"  # `tag`'s build state is `build_state` since `occurred_at
 KINDS = (PUSH, DELETE_TAG, DELETE_MANIFEST, DELETE_REPOSITORY, SYNC, BUILD_STATE)
 
 BUILDING, SUCCESS, FAILED = "Building", "Success", "Failed"
+# over without a result of its own (Quay's cancelled build): the tag shows what the registry has
+ENDED = "ended"
 GENERIC_STATUSES = {"building": BUILDING, "success": SUCCESS, "failed": FAILED}
 QUAY_BUILD_EVENTS = {
     "build_queued": BUILDING,
     "build_start": BUILDING,
     "build_success": SUCCESS,
     "build_failure": FAILED,
-    "build_cancelled": FAILED,  # stopped: the tag was not built, the old image may be stale
+    "build_cancelled": ENDED,  # stopped: as the build API's `cancelled` (worker/builds.py)
 }
 MANIFEST_TYPES = frozenset({
     "application/vnd.oci.image.index.v1+json",

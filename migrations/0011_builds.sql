@@ -21,3 +21,10 @@ SELECT host, repository, build_id, account_id, min(received_at),
  WHERE build_id IS NOT NULL AND kind = 'build'
  GROUP BY host, repository, build_id, account_id
 ON CONFLICT ON CONSTRAINT builds_key DO NOTHING;
+-- Builds are ordered by `builds` now, not by the webhook events of their id.
+DROP INDEX IF EXISTS webhook_events_builds_idx;
+-- A Quay build_cancelled webhook is `ended` (the tag shows what the registry has), as the
+-- build API's `cancelled` phase is.
+ALTER TABLE webhook_events DROP CONSTRAINT IF EXISTS webhook_events_build_state_check;
+ALTER TABLE webhook_events ADD CONSTRAINT webhook_events_build_state_check
+    CHECK (build_state IS NULL OR build_state IN ('Building', 'Success', 'Failed', 'ended'));

@@ -42,13 +42,10 @@ from typing import Any
 import asyncpg
 import structlog
 
+from core.webhooks import BUILDING, ENDED
 from worker.locks import lock_images
 
 log = structlog.get_logger("worker.builds")
-
-BUILDING, SUCCESS, FAILED = "Building", "Success", "Failed"
-ENDED = "ended"  # over without a result of its own: the tag shows what the registry has
-
 
 def _first_seen(build_id: str, repository: str, host: str, sender: str) -> str:
     """When the database first saw the build, as `sender` (an account id, NULL: the

@@ -32,6 +32,7 @@ import structlog
 
 from core.artifacts import is_metadata_tag
 from core.tag_policy import effective
+from core.webhooks import BUILDING, ENDED, FAILED, SUCCESS
 from worker import builds
 from worker.locks import lock_images
 from worker.registry import quay
@@ -44,17 +45,17 @@ log = structlog.get_logger("worker.quay_builds")
 
 # Quay's phases (data/database.py BUILD_PHASE, and `expired` / `cannot_load` from its API).
 PHASES: dict[str, str] = {
-    **dict.fromkeys(("waiting", "build-scheduled", "unpacking", "pulling", "building", "pushing"), builds.BUILDING),
-    "complete": builds.SUCCESS,
-    **dict.fromkeys(("error", "internalerror", "expired", "cannot_load"), builds.FAILED),
-    "cancelled": builds.ENDED,
+    **dict.fromkeys(("waiting", "build-scheduled", "unpacking", "pulling", "building", "pushing"), BUILDING),
+    "complete": SUCCESS,
+    **dict.fromkeys(("error", "internalerror", "expired", "cannot_load"), FAILED),
+    "cancelled": ENDED,
 }
 CLAIM_PREFIX, RUN_PREFIX = "claim:", "run:"
 READ, FAILED, SKIPPED = "read", "failed", "skipped"
 
 
 def is_terminal(phase: str) -> bool:
-    return PHASES.get(phase, builds.BUILDING) != builds.BUILDING
+    return PHASES.get(phase, BUILDING) != BUILDING
 
 
 @dataclass(frozen=True)
@@ -162,10 +163,10 @@ async def _apply(
                 max_tags=s.max_tags_per_image,
             )).changed
             changed += bool(written)
-            completed |= bool(written) and state == builds.SUCCESS
+            completed |= bool(written) and state == SUCCESS
         since = seen.now - timedelta(seconds=s.build_timeout_seconds)
         running = any(
-            PHASES.get(b.phase) == builds.BUILDING and seen.first_seen.get(b.id, seen.now) > since for b in listing
+            PHASES.get(b.phase) == BUILDING and seen.first_seen.get(b.id, seen.now) > since for b in listing
         )
         await conn.execute(FINISH_READ_SQL, image_id, token, [_recent(b, seen) for b in listing], running,
                            s.build_poll_seconds)
@@ -181,7 +182,7 @@ def _recent(b: quay.QuayBuild, seen: builds.Seen) -> dict[str, Any]:
     ended = seen.ended.get(b.id)
     state = PHASES.get(b.phase)
     return {
-        "id": b.id, "phase": b.phase, "state": state if state != builds.ENDED else None, "tags": list(b.tags),
+        "id": b.id, "phase": b.phase, "state": state if state != ENDED else None, "tags": list(b.tags),
         "started": b.started.isoformat() if b.started else None,
         "ended_at": ended.isoformat() if ended and is_terminal(b.phase) else None, "error": b.error,
     }

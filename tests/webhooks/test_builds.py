@@ -120,6 +120,25 @@ async def test_quay_a_newer_build_wins_over_a_late_older_one(
     assert await image_state(pool, image_id) == "Failed"
 
 
+async def test_quay_a_cancelled_build_leaves_what_the_registry_shows(
+    wh_client: TestClient, pool: asyncpg.Pool, wh_settings: Settings, sender: Sender,
+) -> None:
+    """Quay's build_cancelled webhook, like its build API's `cancelled` phase: a tag the
+    registry has (a digest) is `Success` again, a tag only the build named is gone."""
+    (quay, image_id), build = await Quay.registered(wh_client, pool, sender), unique("cancelled")
+    await pool.execute("INSERT INTO tags (image_id, name, state, manifest_digest) VALUES ($1, 'latest', 'Success', $2)",
+                       image_id, DIGEST)
+    await quay.send("build_queued", build, ["latest", "next"])
+    await apply_all(pool, wh_settings)
+    assert await image_state(pool, image_id) == "Building"
+    await quay.send("build_cancelled", build, ["latest", "next"])
+    await apply_all(pool, wh_settings)
+    latest = await tag(pool, image_id, "latest")
+    assert (latest["state"], latest["manifest_digest"]) == ("Success", DIGEST)
+    assert await tag(pool, image_id, "next") is None
+    assert await image_state(pool, image_id) == "Success"
+
+
 class Generic:
     def __init__(self, client: TestClient, sender: Sender, name: str) -> None:
         self.client, self.sender, self.name = client, sender, name
