@@ -31,6 +31,7 @@ from worker.beat_lock import DB_ERRORS
 from worker.deliverer import Deliverer
 from worker.deliveries import Sender, delivery_session
 from worker.fanout import fan_out
+from worker.waits import first_event
 
 log = structlog.get_logger("worker.notifier")
 
@@ -88,9 +89,9 @@ async def _fan_outs(pool: asyncpg.Pool, settings: Settings, outbox: asyncio.Even
                             break
                 except DB_ERRORS as exc:
                     log.warning("notify.fan_out_failed", error=f"{type(exc).__name__}: {exc}")
-            await _first(outbox, stop, within=next_poll - time.monotonic())
+            await first_event(outbox, stop, within=next_poll - time.monotonic())
             # pacing: what comes within a round's time waits for the next round, all together
-            await _first(stop, within=now + settings.notify_round_seconds - time.monotonic())
+            await first_event(stop, within=now + settings.notify_round_seconds - time.monotonic())
     finally:
         if listener is not None:
             with contextlib.suppress(*DB_ERRORS):
@@ -113,20 +114,8 @@ async def _claims(deliverer: Deliverer, settings: Settings, stop: asyncio.Event)
                 log.warning("notify.claim_failed", error=f"{type(exc).__name__}: {exc}")
                 deliverer.next_due = None  # the next poll looks again
         wake_at = next_poll if deliverer.next_due is None else min(next_poll, deliverer.next_due)
-        await _first(deliverer.wake, stop, within=wake_at - time.monotonic())
-        await _first(stop, within=now + settings.notify_round_seconds - time.monotonic())
-
-
-async def _first(*events: asyncio.Event, within: float) -> None:
-    """Return when any of `events` is set, or after `within` seconds."""
-    if within <= 0 or any(e.is_set() for e in events):
-        return
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+        await first_event(deliverer.wake, stop, within=wake_at - time.monotonic())
+        await first_event(stop, within=now + settings.notify_round_seconds - time.monotonic())
 
 
 async def _listen(dsn: str, wake: asyncio.Event) -> asyncpg.Connection | None:

@@ -41,6 +41,7 @@ from worker import quay_builds, store
 from worker.beat_lock import DB_ERRORS, SingletonLock
 from worker.retention import Retention
 from worker.sweep import EventSweeper
+from worker.waits import first_event
 
 log = structlog.get_logger("worker.beat")
 
@@ -235,7 +236,7 @@ async def _active(pool: asyncpg.Pool, settings: Settings, send: Send, queue: Rou
             log.warning("beat.tick_failed", error=f"{type(exc).__name__}: {exc}")
         # a full batch means more is due: go again at once
         if queued < settings.beat_batch_size:
-            await _wait_any(settings.beat_interval_seconds, stop, lock.lost)
+            await first_event(stop, lock.lost, within=settings.beat_interval_seconds)
     return "stopping"
 
 
@@ -245,12 +246,3 @@ def _stop_on_signals() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return stop
-
-
-async def _wait_any(seconds: float, *events: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
